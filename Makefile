@@ -1,0 +1,65 @@
+# Developer and CI entry points. Every tool runs from .venv/bin, so nothing here
+# depends on an activated virtualenv. `make help` lists the targets.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REDIS_HOST ?= 127.0.0.1
+REDIS_PORT ?= 6379
+# CI=true: the test suite fails, instead of skipping, when Redis is unreachable
+# (tests/conftest.py reads it). `make test` starts Redis first, so it defaults to true;
+# `make test CI=false` (or CI=false in the environment) opts out.
+CI ?= true
+
+export NO_MKDOCS_2_WARNING := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install-demo demo install redis lint test docs check bench soak clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+
+venv: ## Create .venv (if missing) and upgrade pip.
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install-demo: venv ## Install the package with the embedded (no-server) extra.
+	$(BIN)/python -m pip install --quiet -e ".[embedded]"
+
+demo: install-demo ## Run the demo in embedded mode: no Redis needed.
+	$(BIN)/python -m cml_jobs demo
+
+install: venv ## Install the package with every development extra.
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+
+redis: ## Start a throwaway local Redis (no persistence) unless one answers.
+	@redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 && echo "redis: answering on $(REDIS_HOST):$(REDIS_PORT)" || { \
+	  command -v redis-server >/dev/null || { echo "redis: redis-server is not installed (apt-get install redis-server, or brew install redis)" >&2; exit 1; }; \
+	  redis-server --daemonize yes --bind $(REDIS_HOST) --port $(REDIS_PORT) --save "" --appendonly no >/dev/null; \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 && { echo "redis: started on $(REDIS_HOST):$(REDIS_PORT)"; exit 0; }; sleep 0.5; done; \
+	  echo "redis: started redis-server but it does not answer on $(REDIS_HOST):$(REDIS_PORT)" >&2; exit 1; }
+
+lint: ## ruff check, ruff format --check, mypy --strict.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict src
+
+test: install redis ## Run the test suite against a local Redis.
+	CI=$(CI) $(BIN)/pytest
+
+docs: ## Build the documentation site into site/, warnings as errors.
+	$(BIN)/mkdocs build --strict
+
+check: install lint test docs ## Everything CI checks (see also .ci/run).
+
+bench: install ## Run the benchmarks.
+	$(BIN)/python -m benchmarks
+
+# No soak tests may exist yet: "no tests collected" (exit 5) is fine here, unlike in `make test`.
+soak: install redis ## Long-running reliability tests (marker: soak).
+	@if [ -d tests/reliability ]; then $(BIN)/pytest tests/reliability -m soak || [ $$? -eq 5 ]; else echo "soak: no tests/reliability yet"; fi
+
+clean: ## Remove build, cache and docs output (keeps .venv).
+	rm -rf build dist site .mypy_cache .pytest_cache .ruff_cache src/*.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

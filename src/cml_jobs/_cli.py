@@ -1,0 +1,97 @@
+"""The ``cml-jobs`` command (also ``python -m cml_jobs``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+
+from cml_jobs._descriptors import (
+    CronTaskDescriptor,
+    RecurrentTaskDescriptor,
+    ScheduledTaskDescriptor,
+)
+from cml_jobs._events import EventKind, TaskEvent
+from cml_jobs._scheduler import BackgroundTaskScheduler
+
+__all__ = ["main"]
+
+_SHOWN = {EventKind.SCHEDULED, EventKind.SUCCEEDED, EventKind.FAILED, EventKind.MISSED}
+
+
+async def demo(redis_url: str, seconds: float) -> int:
+    """Schedule a recurrent, a cron and a one-time task; print their runs for a while."""
+    prefix = f"cml-demo:{uuid.uuid4().hex[:8]}:"
+    scheduler = BackgroundTaskScheduler.configure(
+        modules=["cml_jobs._demo"], redis_url=redis_url, run_worker=True, key_prefix=prefix
+    )
+    counts: Counter[tuple[str, str]] = Counter()
+    async with scheduler:
+        start = scheduler.clock.now()
+
+        def show(event: TaskEvent) -> None:
+            counts[(event.task_id, event.kind.value)] += 1
+            if event.kind in _SHOWN:
+                at = (scheduler.clock.now() - start).total_seconds()
+                late = ""
+                if event.kind is EventKind.SUCCEEDED and event.occurrence_at:
+                    late = f" (occurrence {event.occurrence_at:%H:%M:%S.%f}"[:-3] + ")"
+                print(f"{at:6.2f}s  {event.task_id:<10} {event.kind.value}{late}", flush=True)
+
+        scheduler.subscribe(show)
+        bus = scheduler.bus
+        await bus.schedule_task(
+            RecurrentTaskDescriptor(
+                id="heartbeat", name="HeartbeatJob", data={"service": "api"}, interval=2
+            )
+        )
+        await bus.schedule_task(
+            CronTaskDescriptor(
+                id="cleanup", name="CleanupJob", data={"folder": "/tmp"}, cron="*/3 * * * * *"
+            )
+        )
+        await bus.schedule_task(
+            ScheduledTaskDescriptor(
+                id="report",
+                name="ReportJob",
+                data={"recipient": "ops@example.com"},
+                scheduled_at=start + timedelta(seconds=4),
+            )
+        )
+        await asyncio.sleep(seconds)
+        tasks = await scheduler.list_tasks()
+        for task in tasks:
+            await bus.cancel_task(task.id)
+    return _summary(counts, seconds)
+
+
+def _summary(counts: Counter[tuple[str, str]], seconds: float) -> int:
+    print(f"\nsummary after {seconds:.0f} s:")
+    ok = True
+    for task_id in ("heartbeat", "cleanup", "report"):
+        runs = counts[(task_id, "succeeded")]
+        failed = counts[(task_id, "failed")]
+        print(f"  {task_id:<10} {runs} run(s) succeeded, {failed} failed")
+        ok = ok and runs > 0 and failed == 0
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cml-jobs`` command."""
+    parser = argparse.ArgumentParser(prog="cml-jobs", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_demo = commands.add_parser("demo", help="run three demo tasks for a few seconds")
+    run_demo.add_argument(
+        "--redis-url", default="memory://", help="memory:// (default, no server) or redis://..."
+    )
+    run_demo.add_argument("--seconds", type=float, default=10.0, help="how long to run")
+    args = parser.parse_args(argv)
+    return asyncio.run(demo(args.redis_url, args.seconds))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

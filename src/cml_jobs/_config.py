@@ -1,0 +1,149 @@
+"""Settings shared by the scheduler and the workers, and how they are read from the environment."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from typing import Any
+
+from cml_jobs.exceptions import ConfigurationError
+
+__all__ = ["ENVIRONMENT", "Settings", "load_object"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a cml-jobs process is configured with.
+
+    Attributes:
+        redis_url: ``memory://`` (the embedded default: one process, nothing kept) or a
+            ``redis://`` / ``rediss://`` URL shared by the app and its workers.
+        modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
+        container: a dependency-injector container, handed to jobs' ``configure``.
+        key_prefix: prefix of every Redis key cml-jobs writes.
+        queue_name: the arq queue runs travel on.
+        max_jobs: runs one worker executes at once.
+        poll_interval: longest time the dispatcher sleeps between looks at the schedule.
+        queue_poll_delay: how often an arq worker polls its queue.
+        lease: how long a run may go without a heartbeat before another worker re-runs it.
+        batch_size: most tasks claimed per dispatcher tick.
+        unknown_job_grace: how long a run whose job no worker knows waits before its task
+            is parked (rolling deploys).
+        drain_timeout: how long stopping waits for running jobs before cancelling them.
+    """
+
+    redis_url: str = "memory://"
+    modules: tuple[str, ...] = ()
+    container: Any = None
+    key_prefix: str = "cml:"
+    queue_name: str = "cml_jobs:queue"
+    max_jobs: int = 10
+    poll_interval: timedelta = timedelta(seconds=1)
+    queue_poll_delay: timedelta = timedelta(milliseconds=200)
+    lease: timedelta = timedelta(seconds=30)
+    batch_size: int = 500
+    unknown_job_grace: timedelta = timedelta(minutes=5)
+    drain_timeout: timedelta = timedelta(seconds=30)
+
+    @property
+    def embedded(self) -> bool:
+        """True for the ``memory://`` mode."""
+        return self.redis_url.startswith("memory://")
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some settings changed; unknown names are refused."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s) {unknown!r}; known settings are {sorted(known)!r}"
+            )
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``CML_JOBS_*`` environment variables (see ``ENVIRONMENT``)."""
+        env = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for variable, (name, parse, _) in ENVIRONMENT.items():
+            raw = env.get(variable)
+            if raw is None or raw == "":
+                continue
+            try:
+                changes[name] = parse(raw)
+            except (ValueError, ImportError, AttributeError) as exc:
+                raise ConfigurationError(f"{variable}={raw!r} is not valid: {exc}") from exc
+        return cls().with_changes(**changes)
+
+
+def _seconds(raw: str) -> timedelta:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return timedelta(seconds=value)
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive whole number")
+    return value
+
+
+def _modules(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _container(raw: str) -> Any:
+    factory = load_object(raw)
+    return factory() if isinstance(factory, type) else factory
+
+
+def load_object(path: str) -> Any:
+    """Import ``package.module:attribute`` (or ``package.module.attribute``)."""
+    module_name, _, attribute = path.partition(":")
+    if not attribute:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise ValueError(f"expected 'package.module:Name', got {path!r}")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+#: Every environment variable a worker reads: variable -> (setting, parser, meaning).
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "CML_JOBS_REDIS_URL": ("redis_url", str, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_MODULES": ("modules", _modules, "comma-separated modules to scan for jobs"),
+    "CML_JOBS_CONTAINER": (
+        "container",
+        _container,
+        "dependency-injector container, 'pkg.module:Container' (a class is instantiated)",
+    ),
+    "CML_JOBS_KEY_PREFIX": ("key_prefix", str, "prefix of cml-jobs' Redis keys (default cml:)"),
+    "CML_JOBS_QUEUE": ("queue_name", str, "arq queue name (default cml_jobs:queue)"),
+    "CML_JOBS_MAX_JOBS": ("max_jobs", _positive_int, "runs executed at once (default 10)"),
+    "CML_JOBS_POLL_INTERVAL": (
+        "poll_interval",
+        _seconds,
+        "longest dispatcher sleep, seconds (default 1)",
+    ),
+    "CML_JOBS_QUEUE_POLL_DELAY": (
+        "queue_poll_delay",
+        _seconds,
+        "arq queue poll delay, seconds (default 0.2)",
+    ),
+    "CML_JOBS_LEASE": ("lease", _seconds, "run lease, seconds (default 30)"),
+    "CML_JOBS_BATCH_SIZE": ("batch_size", _positive_int, "tasks claimed per tick (default 500)"),
+    "CML_JOBS_UNKNOWN_JOB_GRACE": (
+        "unknown_job_grace",
+        _seconds,
+        "seconds before a task whose job no worker knows is parked (default 300)",
+    ),
+    "CML_JOBS_DRAIN_TIMEOUT": (
+        "drain_timeout",
+        _seconds,
+        "seconds to let running jobs finish on stop (default 30)",
+    ),
+}

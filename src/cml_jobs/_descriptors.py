@@ -1,0 +1,246 @@
+"""Task descriptors: what a task is, written down as JSON.
+
+A descriptor holds only IDs and configuration (``data``) plus its trigger and run
+policy. Resources are never stored: the job gets them from the container on every run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+from cml_jobs.exceptions import (
+    InvalidDescriptorError,
+    InvalidTaskDataError,
+    InvalidTriggerError,
+)
+
+__all__ = [
+    "MAX_DESCRIPTOR_BYTES",
+    "CronTaskDescriptor",
+    "RecurrentTaskDescriptor",
+    "ScheduledTaskDescriptor",
+    "TaskDescriptor",
+    "parse_descriptor",
+]
+
+#: The largest descriptor, as JSON, that cml-jobs accepts. Descriptors carry IDs and
+#: configuration; anything bigger belongs in the app's own storage, referenced by ID.
+MAX_DESCRIPTOR_BYTES = 64 * 1024
+
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,199}$")
+
+
+def _to_utc(value: datetime) -> datetime:
+    # Stores keep milliseconds; so do descriptors, so that both agree on every occurrence.
+    value = value.astimezone(timezone.utc)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _finite_json(value: JsonValue) -> JsonValue:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a JSON number")
+    if isinstance(value, list):
+        for item in value:
+            _finite_json(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _finite_json(item)
+    return value
+
+
+Seconds = Annotated[
+    timedelta,
+    PlainSerializer(lambda td: td.total_seconds(), return_type=float, when_used="json"),
+]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+JsonData = Annotated[dict[str, JsonValue], AfterValidator(_finite_json)]
+
+_TRIGGER_FIELDS = frozenset({"interval", "cron", "timezone", "scheduled_at", "start_at", "jitter"})
+
+
+class _Descriptor(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: ClassVar[str]
+
+    id: str = Field(description="Unique task id, e.g. 'metrics-worker-456'.")
+    name: str = Field(min_length=1, description="The registered name of the job to run.")
+    data: JsonData = Field(
+        default_factory=dict, description="The job's constructor arguments: IDs and configuration."
+    )
+    start_at: UtcDatetime | None = Field(
+        default=None, description="Do not run before this time (aware datetime)."
+    )
+    misfire_grace_time: Seconds | None = Field(
+        default=timedelta(seconds=60),
+        description="How late an occurrence may still run; later ones are recorded as missed. "
+        "None runs every late occurrence.",
+    )
+    coalesce: bool = Field(
+        default=True, description="Several missed occurrences become one catch-up run."
+    )
+    max_instances: int = Field(default=1, ge=1, description="Runs of this task allowed at once.")
+    jitter: Seconds = Field(
+        default=timedelta(0), description="Up to this much random delay per occurrence."
+    )
+    timeout: Seconds | None = Field(
+        default=None, description="A run taking longer is cancelled and recorded as timed out."
+    )
+    max_retries: int = Field(default=0, ge=0, le=100, description="Retries after a failed run.")
+    retry_backoff: Seconds = Field(
+        default=timedelta(seconds=1),
+        description="Delay before the first retry; doubles on each further retry.",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _descriptor_error(type(self).__name__, exc) from exc
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _TASK_ID.match(value):
+            raise ValueError(
+                "a task id is 1-200 characters of letters, digits and _.:@/+=- "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("misfire_grace_time", "timeout")
+    @classmethod
+    def _positive_or_none(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError(f"must be positive (got {value.total_seconds()!r} s) or None")
+        return value
+
+    @field_validator("jitter", "retry_backoff")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError(f"must not be negative (got {value.total_seconds()!r} s)")
+        return value
+
+
+class RecurrentTaskDescriptor(_Descriptor):
+    """A task that runs every ``interval``, on the grid ``start_at + k * interval``.
+
+    Without ``start_at`` the first occurrence is one interval after scheduling.
+
+    Example:
+        ``RecurrentTaskDescriptor(id="metrics-w1", name="WorkerMetricsCollectionJob",
+        data={"worker_id": "w1"}, interval=300)``
+    """
+
+    kind: Literal["recurrent"] = "recurrent"  # type: ignore[misc]
+    interval: Seconds = Field(description="Time between occurrences (timedelta or seconds).")
+
+    @field_validator("interval")
+    @classmethod
+    def _positive_interval(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(f"must be positive (got {value.total_seconds()!r} s)")
+        if value < timedelta(milliseconds=1):
+            raise ValueError(f"must be at least 1 ms (got {value.total_seconds()!r} s)")
+        return value
+
+
+class ScheduledTaskDescriptor(_Descriptor):
+    """A task that runs once, at ``scheduled_at``; it ends after its run."""
+
+    kind: Literal["scheduled"] = "scheduled"  # type: ignore[misc]
+    scheduled_at: UtcDatetime = Field(description="When to run (aware datetime).")
+
+
+class CronTaskDescriptor(_Descriptor):
+    """A task on a cron expression, evaluated in ``timezone``.
+
+    Standard 5-field expressions (minute hour day month weekday); a 6-field expression
+    starts with a seconds field (``"*/10 * * * * *"``: every 10 seconds).
+
+    Daylight-saving changes follow cron's rules: a time that does not exist that day runs
+    at the first minute after the gap; a time that occurs twice runs once.
+    """
+
+    kind: Literal["cron"] = "cron"  # type: ignore[misc]
+    cron: str = Field(description="A cron expression, e.g. '*/5 * * * *'.")
+    timezone: str = Field(default="UTC", description="An IANA timezone name, e.g. 'Europe/Paris'.")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from cml_jobs._triggers import check_cron
+
+        check_cron(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name like 'UTC'") from exc
+        return value
+
+
+TaskDescriptor: TypeAlias = Annotated[
+    RecurrentTaskDescriptor | ScheduledTaskDescriptor | CronTaskDescriptor,
+    Field(discriminator="kind"),
+]
+"""Any of the three descriptor kinds, told apart by their ``kind`` field."""
+
+_ADAPTER: TypeAdapter[TaskDescriptor] = TypeAdapter(TaskDescriptor)
+
+
+def parse_descriptor(raw: str | bytes) -> TaskDescriptor:
+    """Validate a stored descriptor.
+
+    Raises:
+        InvalidDescriptorError: the JSON is malformed or does not describe a valid task.
+    """
+    try:
+        return _ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        raise _descriptor_error("TaskDescriptor", exc) from exc
+
+
+def encode_descriptor(descriptor: TaskDescriptor) -> str:
+    """The descriptor as compact JSON, the only form in which it is stored."""
+    return descriptor.model_dump_json()
+
+
+def _descriptor_error(model: str, exc: ValidationError) -> InvalidDescriptorError:
+    problems = []
+    fields: set[str] = set()
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "descriptor"
+        fields.add(str(error["loc"][0]) if error["loc"] else "")
+        shown = "" if error["type"] == "missing" else f" (got {error.get('input')!r:.80})"
+        problems.append(f"{where}: {error['msg']}{shown}")
+    message = f"invalid {model}: " + "; ".join(problems)
+    if fields & _TRIGGER_FIELDS:
+        return InvalidTriggerError(message)
+    if fields == {"data"}:
+        return InvalidTaskDataError(
+            message + "; data holds only JSON values: IDs and configuration"
+        )
+    return InvalidDescriptorError(message)

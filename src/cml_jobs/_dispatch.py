@@ -1,0 +1,238 @@
+"""Dispatch: claim due occurrences from the store and hand them to a transport.
+
+Every worker runs a dispatcher; any number may run at once. Each tick reads the due
+tasks, decides in Python what each one does (``plan``: misfire grace, coalescing), and
+applies all decisions in one atomic store call that only succeeds for tasks still in the
+state the decision was made from. So each occurrence becomes a run once, whoever wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from cml_jobs import _telemetry
+from cml_jobs._descriptors import TaskDescriptor, parse_descriptor
+from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._timing import Clock
+from cml_jobs._triggers import jitter_offset, plan
+from cml_jobs.exceptions import InvalidDescriptorError, StoreError
+from cml_jobs.stores._base import ClaimStatus, Decision, DueTask, Outcome, Run, ScheduleStore
+
+__all__ = ["Dispatcher", "RunSink", "TickReport"]
+
+logger = logging.getLogger("cml_jobs.dispatch")
+
+#: A run whose worker was lost this many times is recorded as failed instead of re-run:
+#: a job that kills its worker must not take down every worker in turn.
+MAX_LOST_ATTEMPTS = 3
+
+
+class RunSink(Protocol):
+    """Where claimed runs go: the arq queue, or straight to an executor in tests."""
+
+    async def submit(self, runs: Sequence[Run], job_names: Mapping[str, str]) -> None:
+        """Hand over ``runs``; ``job_names`` maps a task id to its job name, where known."""
+        ...
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one dispatcher tick did."""
+
+    claimed: int = 0
+    reissued: int = 0
+    missed: int = 0
+    skipped: int = 0
+    parked: int = 0
+    full: bool = False  # the batch limit was reached: more may be due right now
+
+
+class Dispatcher:
+    """Claims due occurrences and submits them as runs.
+
+    Args:
+        store: the schedule store.
+        clock: the time.
+        sink: where runs go.
+        hub: where lifecycle events go.
+        lease: how long a claimed run may go without a heartbeat before it is re-issued.
+        batch: the most tasks claimed per tick.
+        poll_interval: the longest sleep between ticks (new tasks scheduled elsewhere are
+            seen within it).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ScheduleStore,
+        clock: Clock,
+        sink: RunSink,
+        hub: EventHub,
+        lease: timedelta = timedelta(seconds=30),
+        batch: int = 500,
+        poll_interval: timedelta = timedelta(seconds=1),
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.sink = sink
+        self.hub = hub
+        self.lease = lease
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Tick now: something earlier than the next known due time was scheduled."""
+        self._wake.set()
+
+    async def tick(self) -> TickReport:
+        """Claim everything due now (up to ``batch``) and submit it."""
+        now = self.clock.now()
+        lease_until = now + self.lease
+        reissued = await self._reissue(now, lease_until)
+        due = await self.store.due(now, self.batch)
+        decisions, names, parked = await self._decide(due, now)
+        results = await self.store.claim(decisions, now=now, lease_until=lease_until)
+        runs = [r.run for r in results if r.run is not None]
+        missed, skipped = self._report(decisions, results, names, now)
+        await self.sink.submit([*reissued, *runs], names)
+        return TickReport(
+            claimed=len(runs),
+            reissued=len(reissued),
+            missed=missed,
+            skipped=skipped,
+            parked=parked,
+            full=len(due) >= self.batch,
+        )
+
+    async def _reissue(self, now: datetime, lease_until: datetime) -> list[Run]:
+        expired = await self.store.reclaim_expired(
+            now=now, lease_until=lease_until, limit=self.batch
+        )
+        runs = []
+        for run in expired:
+            if run.attempt > MAX_LOST_ATTEMPTS:
+                error = f"worker lost during {MAX_LOST_ATTEMPTS} attempts; not re-run"
+                await self.store.finish(run, Outcome.FAILED, now=now, error=error)
+                logger.error("task %r: %s", run.task_id, error)
+                continue
+            logger.warning(
+                "task %r: the run of %s lost its worker; re-running it (attempt %d)",
+                run.task_id,
+                run.occurrence_at.isoformat(),
+                run.attempt,
+            )
+            runs.append(run)
+        return runs
+
+    async def _decide(
+        self, due: Sequence[DueTask], now: datetime
+    ) -> tuple[list[Decision], dict[str, str], int]:
+        decisions: list[Decision] = []
+        names: dict[str, str] = {}
+        parked = 0
+        for task in due:
+            try:
+                descriptor = parse_descriptor(task.descriptor_json)
+            except InvalidDescriptorError as exc:
+                await self._park(task.task_id, f"stored descriptor is invalid: {exc}", now)
+                parked += 1
+                continue
+            names[task.task_id] = descriptor.name
+            decisions.append(_decision(descriptor, task, now))
+        return decisions, names, parked
+
+    async def _park(self, task_id: str, reason: str, now: datetime) -> None:
+        await self.store.park(task_id, reason)
+        logger.error("task %r parked: %s", task_id, reason)
+        _telemetry.record_outcome("unknown", Outcome.PARKED)
+        self.hub.emit(TaskEvent(EventKind.PARKED, task_id, "", now, error=reason))
+
+    def _report(
+        self,
+        decisions: Sequence[Decision],
+        results: Sequence[object],
+        names: Mapping[str, str],
+        now: datetime,
+    ) -> tuple[int, int]:
+        missed = skipped = 0
+        for decision, result in zip(decisions, results, strict=True):
+            status = getattr(result, "status", None)
+            if status in (ClaimStatus.RACED, ClaimStatus.GONE):
+                continue
+            name = names[decision.task_id]
+            if decision.missed:
+                missed += decision.missed
+                self._emit_count(EventKind.MISSED, decision, name, now, decision.missed)
+            if status is ClaimStatus.SKIPPED:
+                skipped += 1
+                self._emit_count(EventKind.SKIPPED, decision, name, now, 1)
+        return missed, skipped
+
+    def _emit_count(
+        self, kind: EventKind, decision: Decision, name: str, now: datetime, count: int
+    ) -> None:
+        _telemetry.record_outcome(name, Outcome(kind.value), count=count)
+        self.hub.emit(
+            TaskEvent(kind, decision.task_id, name, now, decision.expected_due_at, count=count)
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Tick until ``stopping`` is set, sleeping until the next due time in between.
+
+        Store failures are logged and retried with backoff; they never end the loop.
+        """
+        backoff = 0.1
+        while not stopping.is_set():
+            try:
+                report = await self.tick()
+                backoff = 0.1
+                if report.full:
+                    continue
+                delay = await self._delay()
+            except (StoreError, OSError, ConnectionError) as exc:
+                logger.warning(
+                    "dispatcher: store unavailable (%s); retrying in %.1f s", exc, backoff
+                )
+                delay, backoff = backoff, min(backoff * 2, 5.0)
+            await self._sleep(delay, stopping)
+
+    async def _delay(self) -> float:
+        ready_at = await self.store.next_ready_at()
+        longest = self.poll_interval.total_seconds()
+        if ready_at is None:
+            return longest
+        return min(max((ready_at - self.clock.now()).total_seconds(), 0.0), longest)
+
+    async def _sleep(self, seconds: float, stopping: asyncio.Event) -> None:
+        self._wake.clear()
+        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+
+
+def _decision(descriptor: TaskDescriptor, task: DueTask, now: datetime) -> Decision:
+    decided = plan(descriptor, task.due_at, now)
+    next_ready = None
+    if decided.next_due_at is not None:
+        next_ready = decided.next_due_at + jitter_offset(descriptor, decided.next_due_at)
+    return Decision(
+        task_id=task.task_id,
+        expected_due_at=task.due_at,
+        run_at=decided.run_at,
+        next_due_at=decided.next_due_at,
+        next_ready_at=next_ready,
+        max_instances=descriptor.max_instances,
+        missed=decided.missed,
+    )

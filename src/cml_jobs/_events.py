@@ -1,0 +1,110 @@
+"""Lifecycle events, and the hub that hands them to observers in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+__all__ = ["EventHub", "EventKind", "TaskEvent"]
+
+logger = logging.getLogger("cml_jobs.events")
+
+
+class EventKind(str, enum.Enum):
+    """What happened to a task."""
+
+    SCHEDULED = "scheduled"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRIED = "retried"
+    TIMED_OUT = "timed_out"
+    MISSED = "missed"
+    SKIPPED = "skipped"
+    STOPPED = "stopped"
+    CANCELLED = "cancelled"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    PARKED = "parked"
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One lifecycle change of a task.
+
+    Attributes:
+        kind: what happened.
+        task_id: the task.
+        job_name: its job's registered name ("" when unknown, e.g. a tampered descriptor).
+        at: when it happened.
+        occurrence_at: the occurrence concerned, if any.
+        attempt: the attempt number, for run events.
+        duration: how long the run took, for events that end a run.
+        error: a one-line summary of what went wrong, if anything.
+        count: how many occurrences the event stands for (several missed ones coalesce).
+    """
+
+    kind: EventKind
+    task_id: str
+    job_name: str
+    at: datetime
+    occurrence_at: datetime | None = None
+    attempt: int | None = None
+    duration: timedelta | None = None
+    error: str | None = None
+    count: int = 1
+
+
+EventCallback = Callable[[TaskEvent], object]
+
+
+class EventHub:
+    """Fans events out to callbacks and async iterators; never blocks the emitter.
+
+    Args:
+        buffer: events kept per async-iterator observer; when one falls behind by more,
+            its oldest events are dropped (and counted in ``dropped``).
+    """
+
+    def __init__(self, buffer: int = 1000) -> None:
+        self._callbacks: list[EventCallback] = []
+        self._queues: list[asyncio.Queue[TaskEvent]] = []
+        self._buffer = buffer
+        self.dropped = 0
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event. Returns a function that unsubscribes.
+
+        Callbacks run inline and must be quick; an exception in one is logged and ignored.
+        """
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)
+
+    async def events(self) -> AsyncIterator[TaskEvent]:
+        """Iterate over events from now on, until the iteration is abandoned."""
+        queue: asyncio.Queue[TaskEvent] = asyncio.Queue(self._buffer)
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    def emit(self, event: TaskEvent) -> None:
+        """Hand ``event`` to every observer."""
+        for callback in list(self._callbacks):
+            try:
+                callback(event)
+            except Exception:
+                logger.exception("event observer %r failed on %s", callback, event.kind.value)
+        for queue in self._queues:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                    self.dropped += 1
+            queue.put_nowait(event)

@@ -1,0 +1,325 @@
+"""Execution: descriptor → job instance → DI → run (timeout, retries) → outcome recorded.
+
+Nothing here knows about arq: the worker hands a ``Run`` in, the in-process test runner
+does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cml_jobs import _telemetry
+from cml_jobs._descriptors import TaskDescriptor, parse_descriptor
+from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._jobs import BackgroundJob, RecurrentBackgroundJob, RunContext, StopRecurrence
+from cml_jobs._registry import JobRegistry, check_data
+from cml_jobs._timing import Clock
+from cml_jobs._triggers import jitter_offset
+from cml_jobs.exceptions import InvalidDescriptorError, InvalidTaskDataError
+from cml_jobs.stores._base import Outcome, Run, ScheduleStore
+
+if TYPE_CHECKING:
+    from cml_jobs._di import ServiceProvider
+
+__all__ = ["Executor", "Handoff"]
+
+logger = logging.getLogger("cml_jobs.runs")
+
+
+class Handoff(enum.Enum):
+    """What the transport should do with a run this worker did not finish."""
+
+    DONE = "done"  # finished (or stale): nothing more to do
+    ELSEWHERE = "elsewhere"  # this worker lacks the job class: let another worker take it
+
+
+@dataclass
+class _Attempt:
+    outcome: Outcome
+    error: BaseException | None = None
+
+
+class Executor:
+    """Runs occurrences handed out by the dispatcher, and records how they end.
+
+    Args:
+        store: where runs are confirmed and outcomes recorded.
+        registry: the job classes this process knows.
+        clock: the time.
+        hub: where lifecycle events go.
+        provider: the container handed to ``configure``, or None.
+        lease: how long a run's lease lasts; the heartbeat renews it every third of it.
+        unknown_job_grace: how long an occurrence whose job no worker knows waits before
+            the task is parked (covers rolling deploys).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ScheduleStore,
+        registry: JobRegistry,
+        clock: Clock,
+        hub: EventHub,
+        provider: ServiceProvider | None = None,
+        lease: timedelta = timedelta(seconds=30),
+        unknown_job_grace: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.hub = hub
+        self.provider = provider
+        self.lease = lease
+        self.unknown_job_grace = unknown_job_grace
+        self._active: dict[int, tuple[Run, asyncio.Task[Any]]] = {}
+        self._revoked: set[int] = set()  # fences whose runs the heartbeat cancelled
+
+    @property
+    def active(self) -> int:
+        """Runs executing now in this process."""
+        return len(self._active)
+
+    async def execute(self, run: Run, job_name: str | None = None) -> Handoff:
+        """Execute one run if its fence is still valid, and record its outcome.
+
+        Never raises for a job's failure: that is recorded. ``job_name`` (carried by the
+        transport) lets a worker without the class hand the run on without touching it.
+        """
+        if job_name is not None and job_name not in self.registry:
+            return await self._unknown_job(run, job_name)
+        now = self.clock.now()
+        started = await self.store.start(run, now=now, lease_until=now + self.lease)
+        if started is None:
+            logger.info("run of task %r (fence %d) is no longer valid; skipped", *_ids(run))
+            return Handoff.DONE
+        try:
+            descriptor = parse_descriptor(started.descriptor_json)
+        except InvalidDescriptorError as exc:
+            await self._park(run, "", f"stored descriptor is invalid: {exc}")
+            return Handoff.DONE
+        if descriptor.name not in self.registry:
+            return await self._unknown_job(run, descriptor.name)
+        try:
+            check_data(self.registry.get(descriptor.name), descriptor.data)
+        except InvalidTaskDataError as exc:
+            await self._park(run, descriptor.name, f"data no longer fits the job: {exc}")
+            return Handoff.DONE
+        await self._run_tracked(run, descriptor, now)
+        return Handoff.DONE
+
+    async def _run_tracked(self, run: Run, descriptor: TaskDescriptor, now: datetime) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._active[run.fence] = (run, task)
+        try:
+            await self._run(run, descriptor, now)
+        except asyncio.CancelledError:
+            if run.fence not in self._revoked:
+                # The worker is stopping: give the run back so that another worker re-runs
+                # it at once instead of waiting for the lease to expire.
+                release = self.store.extend([run], lease_until=self.clock.now())
+                await asyncio.shield(release)
+                logger.warning("run of task %r interrupted; released for a re-run", run.task_id)
+            raise
+        finally:
+            self._active.pop(run.fence, None)
+            self._revoked.discard(run.fence)
+
+    async def _run(self, run: Run, descriptor: TaskDescriptor, now: datetime) -> None:
+        name = descriptor.name
+        lateness = now - run.occurrence_at - jitter_offset(descriptor, run.occurrence_at)
+        grace = descriptor.misfire_grace_time
+        if grace is not None and lateness > grace:
+            await self._finish(run, descriptor, _Attempt(Outcome.MISSED), now, late_by=lateness)
+            return
+        _telemetry.record_lag(name, lateness)
+        self._emit(EventKind.STARTED, run, name)
+        attempt = run.attempt
+        while True:
+            result = await self._attempt(run, descriptor, attempt)
+            if (
+                result.outcome is not Outcome.FAILED
+                or attempt - run.attempt >= descriptor.max_retries
+            ):
+                break
+            delay = descriptor.retry_backoff * 2 ** (attempt - run.attempt)
+            self._emit(EventKind.RETRIED, run, name, attempt=attempt, error=result.error)
+            _telemetry.record_retry(name)
+            await asyncio.sleep(delay.total_seconds())
+            attempt += 1
+        await self._finish(run, descriptor, result, now, attempt=attempt)
+
+    async def _attempt(self, run: Run, descriptor: TaskDescriptor, attempt: int) -> _Attempt:
+        with _telemetry.run_span(descriptor.name, run.task_id, attempt) as span:
+            try:
+                job = await self._build(run, descriptor, attempt)
+                body = job.run_every if isinstance(job, RecurrentBackgroundJob) else job.run_at  # type: ignore[attr-defined]
+                timeout = descriptor.timeout.total_seconds() if descriptor.timeout else None
+                await asyncio.wait_for(body(), timeout)
+                return _Attempt(Outcome.SUCCEEDED)
+            except StopRecurrence as stop:
+                return _Attempt(Outcome.STOPPED, stop)
+            except asyncio.TimeoutError as exc:
+                _telemetry.mark_failed(span, exc)
+                return _Attempt(Outcome.TIMED_OUT, exc)
+            except Exception as exc:
+                _telemetry.mark_failed(span, exc)
+                return _Attempt(Outcome.FAILED, exc)
+            finally:
+                await self._close_run_resources()
+
+    async def _build(self, run: Run, descriptor: TaskDescriptor, attempt: int) -> BackgroundJob:
+        job = self.registry.get(descriptor.name)(**descriptor.data)
+        job.context = RunContext(run.task_id, descriptor.name, run.occurrence_at, attempt)
+        configured = job.configure(service_provider=self.provider)
+        if inspect.isawaitable(configured):
+            await configured
+        return job
+
+    async def _close_run_resources(self) -> None:
+        if self.provider is not None:
+            from cml_jobs._di import close_run_resources
+
+            await close_run_resources(self.provider.container)
+
+    async def _finish(
+        self,
+        run: Run,
+        descriptor: TaskDescriptor,
+        result: _Attempt,
+        started_at: datetime,
+        *,
+        attempt: int | None = None,
+        late_by: timedelta | None = None,
+    ) -> None:
+        now = self.clock.now()
+        duration = None if late_by is not None else now - started_at
+        error = _summary(result.error) if result.outcome is not Outcome.STOPPED else None
+        stopped = result.outcome is Outcome.STOPPED
+        recorded = await self.store.finish(
+            run, result.outcome, now=now, error=error, end_task=stopped
+        )
+        _telemetry.record_outcome(
+            descriptor.name,
+            result.outcome,
+            duration=duration,
+            error_type=type(result.error).__qualname__ if error else None,
+        )
+        _log_outcome(run, descriptor.name, result, attempt or run.attempt, duration, late_by)
+        if not recorded:
+            logger.info(
+                "outcome of task %r (fence %d) not recorded: the task was cancelled or its "
+                "run re-issued meanwhile",
+                *_ids(run),
+            )
+        kind = EventKind(result.outcome.value)
+        self._emit(
+            kind, run, descriptor.name, attempt=attempt, duration=duration, error=result.error
+        )
+
+    async def _unknown_job(self, run: Run, job_name: str) -> Handoff:
+        waited = self.clock.now() - run.occurrence_at
+        if waited <= self.unknown_job_grace:
+            logger.info(
+                "job %r of task %r is not registered in this worker; handing the run on",
+                job_name,
+                run.task_id,
+            )
+            return Handoff.ELSEWHERE
+        reason = (
+            f"no worker has run job {job_name!r} for {waited.total_seconds():.0f} s; "
+            "deploy a worker whose modules include it, then reschedule the task"
+        )
+        await self._park(run, job_name, reason)
+        return Handoff.DONE
+
+    async def _park(self, run: Run, job_name: str, reason: str) -> None:
+        now = self.clock.now()
+        await self.store.park(run.task_id, reason)
+        logger.error("task %r parked: %s", run.task_id, reason)
+        _telemetry.record_outcome(job_name or "unknown", Outcome.PARKED)
+        self.hub.emit(
+            TaskEvent(EventKind.PARKED, run.task_id, job_name, now, run.occurrence_at, error=reason)
+        )
+
+    def _emit(
+        self,
+        kind: EventKind,
+        run: Run,
+        job_name: str,
+        *,
+        attempt: int | None = None,
+        duration: timedelta | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        event = TaskEvent(
+            kind,
+            run.task_id,
+            job_name,
+            self.clock.now(),
+            run.occurrence_at,
+            attempt=attempt or run.attempt,
+            duration=duration,
+            error=_summary(error),
+        )
+        self.hub.emit(event)
+
+    async def heartbeat(self) -> None:
+        """Renew the leases of every run executing here; cancel runs no longer valid."""
+        if not self._active:
+            return
+        entries = list(self._active.values())
+        until = self.clock.now() + self.lease
+        valid = await self.store.extend([run for run, _ in entries], lease_until=until)
+        for (run, task), ok in zip(entries, valid, strict=True):
+            if not ok and not task.done():
+                logger.warning("task %r was cancelled during its run; stopping it", run.task_id)
+                self._revoked.add(run.fence)
+                task.cancel()
+
+
+def _summary(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, asyncio.TimeoutError):
+        return "timed out"
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:500] if text else type(error).__name__
+
+
+def _ids(run: Run) -> tuple[str, int]:
+    return run.task_id, run.fence
+
+
+def _log_outcome(
+    run: Run,
+    job_name: str,
+    result: _Attempt,
+    attempt: int,
+    duration: timedelta | None,
+    late_by: timedelta | None,
+) -> None:
+    seconds = duration.total_seconds() if duration is not None else 0.0
+    message = "task=%s job=%s occurrence=%s attempt=%d duration=%.3fs outcome=%s"
+    args: tuple[Any, ...] = (
+        run.task_id,
+        job_name,
+        run.occurrence_at.isoformat(),
+        attempt,
+        seconds,
+        result.outcome.value,
+    )
+    extra = {"cml_jobs": {"task_id": run.task_id, "job": job_name, "outcome": result.outcome.value}}
+    if result.outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
+        exc_info = result.error if result.outcome is Outcome.FAILED else None
+        logger.error(message, *args, exc_info=exc_info, extra=extra)
+    elif late_by is not None:
+        logger.warning(message + " late_by=%.3fs", *args, late_by.total_seconds(), extra=extra)
+    else:
+        logger.info(message, *args, extra=extra)

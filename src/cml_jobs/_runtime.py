@@ -1,0 +1,146 @@
+"""The parts of a running cml-jobs process, wired together once.
+
+The app's scheduler and every worker process build one ``Runtime``: the registry from
+the scanned modules, the container's resources, the executor and the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from cml_jobs._config import Settings
+from cml_jobs._dispatch import Dispatcher, RunSink
+from cml_jobs._events import EventHub
+from cml_jobs._execution import Executor
+from cml_jobs._registry import JobRegistry
+from cml_jobs._timing import Clock
+from cml_jobs.stores._base import ScheduleStore
+
+__all__ = ["Runtime"]
+
+logger = logging.getLogger("cml_jobs")
+
+
+class Runtime:
+    """Registry, container, executor and dispatcher of one process."""
+
+    def __init__(
+        self, settings: Settings, *, store: ScheduleStore, clock: Clock, hub: EventHub | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.hub = hub or EventHub()
+        self.registry = JobRegistry()
+        self.provider: Any = None
+        self.executor: Executor | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._dispatching = asyncio.Event()  # set = stop dispatching
+        self._beating = asyncio.Event()  # set = stop the heartbeat
+        self._loops: list[asyncio.Task[None]] = []
+        self._resources_open = False
+
+    async def open(self) -> None:
+        """Scan the job modules, wire the container and open its shared resources."""
+        self.registry.scan(self.settings.modules)
+        container = self.settings.container
+        if container is not None:
+            from cml_jobs import _di
+
+            modules = [importlib.import_module(name) for name in self.settings.modules]
+            _di.wire(container, modules)
+            await _di.init_resources(container)
+            self._resources_open = True
+            self.provider = _di.ServiceProvider(container)
+        self.executor = Executor(
+            store=self.store,
+            registry=self.registry,
+            clock=self.clock,
+            hub=self.hub,
+            provider=self.provider,
+            lease=self.settings.lease,
+            unknown_job_grace=self.settings.unknown_job_grace,
+        )
+        logger.info(
+            "cml-jobs ready: %d job(s) registered (%s)",
+            len(self.registry),
+            ", ".join(self.registry.names) or "none",
+        )
+
+    def make_dispatcher(self, sink: RunSink) -> Dispatcher:
+        """The dispatcher for this process, submitting runs to ``sink``."""
+        self.dispatcher = Dispatcher(
+            store=self.store,
+            clock=self.clock,
+            sink=sink,
+            hub=self.hub,
+            lease=self.settings.lease,
+            batch=self.settings.batch_size,
+            poll_interval=self.settings.poll_interval,
+        )
+        return self.dispatcher
+
+    def start_loops(self) -> None:
+        """Start the dispatcher and the lease heartbeat in the background."""
+        assert self.dispatcher is not None and self.executor is not None
+        self._dispatching.clear()
+        self._beating.clear()
+        self._loops = [
+            asyncio.create_task(self.dispatcher.run(self._dispatching), name="cml-jobs-dispatcher"),
+            asyncio.create_task(
+                _every(self.settings.lease / 3, self.executor.heartbeat, self._beating),
+                name="cml-jobs-heartbeat",
+            ),
+        ]
+
+    async def stop_dispatching(self) -> None:
+        """Claim no more runs; runs going on keep their leases until ``stop_loops``."""
+        self._dispatching.set()
+        if self._loops:
+            await _finish(self._loops[0])
+
+    async def stop_loops(self) -> None:
+        """Stop the dispatcher and the heartbeat."""
+        self._dispatching.set()
+        self._beating.set()
+        for loop in self._loops:
+            await _finish(loop)
+        self._loops = []
+
+    async def close(self) -> None:
+        """Close the container's resources."""
+        if self._resources_open:
+            from cml_jobs import _di
+
+            await _di.shutdown_resources(self.settings.container)
+            self._resources_open = False
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Let a loop that was told to stop end its current step, then make sure it is gone."""
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), 5)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _every(
+    period: timedelta, action: Callable[[], Awaitable[None]], stopping: asyncio.Event
+) -> None:
+    """Call ``action`` every ``period`` until ``stopping``; failures are logged, not fatal."""
+    while not stopping.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stopping.wait(), period.total_seconds())
+        if stopping.is_set():
+            return
+        try:
+            await action()
+        except Exception as exc:
+            logger.warning("heartbeat failed (%s); retrying in %.1f s", exc, period.total_seconds())

@@ -1,0 +1,189 @@
+"""``BackgroundTaskScheduler``: the app's handle on cml-jobs, with its start/stop lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from cml_jobs._bus import BackgroundTasksBus, TaskInfo
+from cml_jobs._config import Settings
+from cml_jobs._events import EventCallback, EventHub, TaskEvent
+from cml_jobs._runtime import Runtime
+from cml_jobs._timing import Clock, SystemClock
+from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
+from cml_jobs.stores._base import ScheduleStore
+
+__all__ = ["BackgroundTaskScheduler"]
+
+logger = logging.getLogger("cml_jobs")
+
+
+class BackgroundTaskScheduler:
+    """Schedules tasks and, with ``run_worker``, runs them in this process.
+
+    Build it with ``configure``; use it as an async context manager (or call ``start``
+    and ``stop``), e.g. in a FastAPI/Starlette lifespan.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: ScheduleStore | None = None,
+        clock: Clock | None = None,
+        run_worker: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.run_worker = settings.embedded if run_worker is None else run_worker
+        self.hub = EventHub()
+        self._given_store = store
+        self._runtime: Runtime | None = None
+        self._bus: BackgroundTasksBus | None = None
+        self._exit = AsyncExitStack()
+
+    @classmethod
+    def configure(
+        cls,
+        *,
+        container: Any = None,
+        modules: Iterable[str] = (),
+        redis_url: str = "memory://",
+        store: ScheduleStore | None = None,
+        clock: Clock | None = None,
+        run_worker: bool | None = None,
+        **settings: Any,
+    ) -> BackgroundTaskScheduler:
+        """Configure a scheduler; nothing connects until ``start``.
+
+        Args:
+            container: a dependency-injector container; jobs get it in ``configure``.
+            modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
+            redis_url: ``"memory://"`` (the default: everything in this process, nothing
+                kept) or a Redis URL shared with the workers.
+            store: a ``ScheduleStore`` to use instead of the one ``redis_url`` implies.
+            clock: the time source; tests pass ``cml_jobs.testing.ManualClock``.
+            run_worker: run a worker (dispatcher and executor) inside this process. The
+                default is True for ``memory://`` and False for Redis, where workers run
+                as ``arq cml_jobs.WorkerSettings``.
+            **settings: any other ``Settings`` field (``lease``, ``poll_interval``,
+                ``max_jobs``, ``key_prefix``, ``queue_name``, ``drain_timeout``...).
+
+        Raises:
+            ConfigurationError: an unknown setting.
+        """
+        config = Settings(
+            redis_url=redis_url, modules=tuple(modules), container=container
+        ).with_changes(**settings)
+        return cls(config, store=store, clock=clock, run_worker=run_worker)
+
+    @property
+    def bus(self) -> BackgroundTasksBus:
+        """Where tasks are scheduled, cancelled, paused and resumed."""
+        if self._bus is None:
+            raise ConfigurationError("the scheduler is not started; use 'async with scheduler:'")
+        return self._bus
+
+    @property
+    def runtime(self) -> Runtime:
+        """The running parts of this process (for ``cml_jobs.testing``)."""
+        if self._runtime is None:
+            raise ConfigurationError("the scheduler is not started; use 'async with scheduler:'")
+        return self._runtime
+
+    async def start(self) -> None:
+        """Connect to the store, scan the job modules, open the container's resources and,
+        with ``run_worker``, start dispatching and executing.
+
+        Raises:
+            StoreUnavailableError: Redis cannot be reached.
+        """
+        from cml_jobs.worker._connect import connect
+
+        try:
+            store, pool = await connect(
+                self.settings, self._exit, self._given_store, queue=self.run_worker
+            )
+            runtime = Runtime(self.settings, store=store, clock=self.clock, hub=self.hub)
+            await runtime.open()
+            self._exit.push_async_callback(runtime.close)
+            self._runtime = runtime
+            if self.run_worker:
+                await self._start_worker(runtime, pool)
+        except BaseException:
+            await self._exit.aclose()
+            raise
+        self._bus = BackgroundTasksBus(
+            store=store,
+            registry=runtime.registry,
+            clock=self.clock,
+            hub=self.hub,
+            on_scheduled=runtime.dispatcher.wake if runtime.dispatcher else None,
+        )
+        await self._log_recovered()
+
+    async def _start_worker(self, runtime: Runtime, pool: Any) -> None:
+        from cml_jobs.worker import ArqSink, EmbeddedWorker
+
+        if pool is None:
+            raise ConfigurationError("run_worker=True needs redis_url (memory:// or redis://)")
+        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name))
+        worker = EmbeddedWorker(runtime, pool)
+        worker.start()
+        runtime.start_loops()
+
+        async def stop_worker() -> None:
+            await runtime.stop_dispatching()
+            await worker.stop(self.settings.drain_timeout)
+            await runtime.stop_loops()
+
+        self._exit.push_async_callback(stop_worker)
+
+    async def _log_recovered(self) -> None:
+        try:
+            tasks = await self.runtime.store.list()
+        except StoreUnavailableError:
+            return
+        if tasks:
+            logger.info("cml-jobs: %d task(s) found in the store; resuming them", len(tasks))
+
+    async def stop(self, drain_timeout: timedelta | None = None) -> None:
+        """Stop claiming runs, let running ones finish (up to ``drain_timeout``, by default
+        the configured one), then close everything."""
+        if drain_timeout is not None:
+            self.settings = self.settings.with_changes(drain_timeout=drain_timeout)
+        self._bus = None
+        await self._exit.aclose()
+        self._runtime = None
+
+    async def __aenter__(self) -> BackgroundTaskScheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def list_tasks(self) -> list[TaskInfo]:
+        """Every task, with its next and last run times (see ``TaskInfo``)."""
+        return await self.bus.list_tasks()
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for each lifecycle event in this process.
+
+        Returns:
+            A function that unsubscribes.
+        """
+        return self.hub.subscribe(callback)
+
+    def events(self) -> AsyncIterator[TaskEvent]:
+        """An async iterator over lifecycle events in this process, from now on."""
+        return self.hub.events()

@@ -1,0 +1,217 @@
+"""When a task fires: trigger arithmetic and the misfire/coalesce decision.
+
+Everything here is pure: callers pass ``now``; nothing reads the clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from cronsim import CronSim, CronSimError
+
+from cml_jobs._descriptors import (
+    CronTaskDescriptor,
+    RecurrentTaskDescriptor,
+    ScheduledTaskDescriptor,
+    TaskDescriptor,
+)
+
+__all__ = [
+    "Plan",
+    "check_cron",
+    "first_occurrence",
+    "grid_point_at_or_after",
+    "jitter_offset",
+    "next_occurrence",
+    "plan",
+]
+
+# A cron backlog longer than this is not walked occurrence by occurrence: the count of
+# missed occurrences becomes a lower bound, and the walk restarts one day before `now`.
+_CRON_WALK_LIMIT = 10_000
+
+
+def check_cron(expression: str) -> None:
+    """Raise ``ValueError`` naming the expression when it is not a valid cron expression.
+
+    Five fields (minute hour day month weekday), or six with a leading seconds field.
+    """
+    fields = expression.split()
+    if len(fields) not in (5, 6):
+        raise ValueError(
+            f"{expression!r} is not a cron expression: expected 5 fields (minute hour day "
+            "month weekday), or 6 with seconds first"
+        )
+    try:
+        if len(fields) == 6:
+            _seconds_field(fields[0])
+        CronSim(" ".join(fields[-5:]), datetime(2000, 1, 1, tzinfo=timezone.utc))
+    except (CronSimError, ValueError) as exc:
+        raise ValueError(f"{expression!r} is not a valid cron expression: {exc}") from exc
+
+
+def _seconds_field(field: str) -> list[int]:
+    """The seconds a cron seconds field selects (``*``, ``*/N``, ``a``, ``a-b/N``, lists)."""
+    selected: set[int] = set()
+    for part in field.split(","):
+        base, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if base == "*":
+            low, high = 0, 59
+        else:
+            low_text, _, high_text = base.partition("-")
+            low = int(low_text)
+            high = int(high_text) if high_text else (59 if step_text else low)
+        if not (0 <= low <= high <= 59) or step < 1:
+            raise ValueError(f"seconds field {field!r}: values are 0-59, steps at least 1")
+        selected.update(range(low, high + 1, step))
+    return sorted(selected)
+
+
+def grid_point_at_or_after(
+    descriptor: RecurrentTaskDescriptor, occurrence: datetime, now: datetime
+) -> datetime:
+    """The first occurrence at or after ``now`` on the grid through ``occurrence``."""
+    if occurrence >= now:
+        return occurrence
+    steps = -((occurrence - now) // descriptor.interval)  # ceiling division
+    return occurrence + steps * descriptor.interval
+
+
+def first_occurrence(descriptor: TaskDescriptor, now: datetime) -> datetime | None:
+    """The first occurrence at or after ``now`` (the first grid point for recurrent tasks)."""
+    if isinstance(descriptor, ScheduledTaskDescriptor):
+        return descriptor.scheduled_at
+    if isinstance(descriptor, RecurrentTaskDescriptor) and descriptor.start_at is None:
+        return now + descriptor.interval
+    if descriptor.start_at is not None and descriptor.start_at >= now:
+        if isinstance(descriptor, RecurrentTaskDescriptor):
+            return descriptor.start_at
+        return next_occurrence(descriptor, descriptor.start_at - timedelta(microseconds=1))
+    return next_occurrence(descriptor, now - timedelta(microseconds=1))
+
+
+def next_occurrence(descriptor: TaskDescriptor, after: datetime) -> datetime | None:
+    """The first occurrence strictly after ``after``, or None when the task has no more.
+
+    For a recurrent task without ``start_at``, ``after`` must itself be an occurrence.
+    """
+    if isinstance(descriptor, ScheduledTaskDescriptor):
+        return descriptor.scheduled_at if descriptor.scheduled_at > after else None
+    if isinstance(descriptor, RecurrentTaskDescriptor):
+        return _next_on_grid(descriptor, after)
+    return _next_cron(descriptor, after)
+
+
+def _next_on_grid(descriptor: RecurrentTaskDescriptor, after: datetime) -> datetime:
+    # Counting whole intervals from an occurrence (never from when a run ended) keeps the
+    # grid drift-free. Without start_at the grid is anchored at the task's first
+    # occurrence, and callers pass an occurrence as `after`.
+    anchor = descriptor.start_at or after
+    if after < anchor:
+        return anchor
+    steps = (after - anchor) // descriptor.interval + 1
+    return anchor + steps * descriptor.interval
+
+
+def _next_cron(descriptor: CronTaskDescriptor, after: datetime) -> datetime:
+    if descriptor.start_at is not None and after < descriptor.start_at:
+        after = descriptor.start_at - timedelta(microseconds=1)
+    return next(_cron_times(descriptor, after))
+
+
+def _cron_times(descriptor: CronTaskDescriptor, after: datetime) -> Iterator[datetime]:
+    zone = ZoneInfo(descriptor.timezone)
+    fields = descriptor.cron.split()
+    seconds = _seconds_field(fields[0]) if len(fields) == 6 else [0]
+    # Start one second before `after`'s minute so that its own minute is included.
+    start = after.astimezone(zone).replace(second=0, microsecond=0) - timedelta(seconds=1)
+    for minute in CronSim(" ".join(fields[-5:]), start):
+        for second in seconds:
+            at = (minute + timedelta(seconds=second)).astimezone(timezone.utc)
+            if at > after:
+                yield at
+
+
+def jitter_offset(descriptor: TaskDescriptor, occurrence_at: datetime) -> timedelta:
+    """The delay added to one occurrence: in ``[0, jitter)``, the same on every worker."""
+    if not descriptor.jitter:
+        return timedelta(0)
+    seed = f"{descriptor.id}|{occurrence_at.isoformat()}".encode()
+    fraction = int.from_bytes(hashlib.blake2b(seed, digest_size=8).digest(), "big") / 2**64
+    return descriptor.jitter * fraction
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do with a task whose occurrence ``due_at`` has come.
+
+    Attributes:
+        run_at: the occurrence to run now, or None when nothing runs.
+        missed: occurrences that will not run (late beyond grace, or coalesced away).
+        first_missed_at: the earliest of those, for the record.
+        next_due_at: the task's next occurrence after this decision, or None when it ends.
+    """
+
+    run_at: datetime | None
+    missed: int
+    first_missed_at: datetime | None
+    next_due_at: datetime | None
+
+
+def plan(descriptor: TaskDescriptor, due_at: datetime, now: datetime) -> Plan:
+    """Decide which of the occurrences due by ``now`` runs, following grace and coalescing.
+
+    With ``coalesce`` the latest due occurrence runs if it is within
+    ``misfire_grace_time``, and every earlier one is missed. Without it the earliest
+    occurrence still within grace runs, and the ones before it are missed; the later ones
+    run on the following ticks.
+    """
+    grace = descriptor.misfire_grace_time
+
+    def in_grace(occurrence: datetime) -> bool:
+        late = now - (occurrence + jitter_offset(descriptor, occurrence))
+        return grace is None or late <= grace
+
+    occurrences = _due_occurrences(descriptor, due_at, now)
+    if descriptor.coalesce:
+        *earlier, latest = occurrences
+        chosen = latest if in_grace(latest) else None
+    else:
+        chosen = next((o for o in occurrences if in_grace(o)), None)
+        earlier = occurrences[: occurrences.index(chosen)] if chosen else occurrences
+        latest = chosen or occurrences[-1]
+    missed = len(earlier) + (chosen is None) * descriptor.coalesce
+    return Plan(
+        run_at=chosen,
+        missed=missed,
+        first_missed_at=occurrences[0] if missed else None,
+        next_due_at=next_occurrence(descriptor, latest),
+    )
+
+
+def _due_occurrences(descriptor: TaskDescriptor, due_at: datetime, now: datetime) -> list[datetime]:
+    """Occurrences from ``due_at`` up to ``now``, always at least ``[due_at]``."""
+    if isinstance(descriptor, RecurrentTaskDescriptor) and descriptor.coalesce:
+        # Interval arithmetic: only the first and the latest matter, the count is exact.
+        latest = due_at
+        if now > due_at:
+            latest = due_at + ((now - due_at) // descriptor.interval) * descriptor.interval
+        count = (latest - due_at) // descriptor.interval
+        return [due_at] * count + [latest]
+    occurrences = [due_at]
+    while len(occurrences) < _CRON_WALK_LIMIT:
+        following = next_occurrence(descriptor, occurrences[-1])
+        if following is None or following > now:
+            return occurrences
+        occurrences.append(following)
+    # A very long backlog: the count is a lower bound; find the latest near `now`.
+    latest = occurrences[-1]
+    probe = next_occurrence(descriptor, max(latest, now - timedelta(days=1)))
+    while probe is not None and probe <= now:
+        latest, probe = probe, next_occurrence(descriptor, probe)
+    return [*occurrences[:-1], latest]

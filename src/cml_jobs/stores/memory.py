@@ -1,0 +1,263 @@
+"""The in-memory store: the reference semantics of ``ScheduleStore``, for one process.
+
+It backs the embedded ``memory://`` mode and users' tests. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from cml_jobs.exceptions import TaskExistsError
+from cml_jobs.stores._base import (
+    ClaimResult,
+    ClaimStatus,
+    Decision,
+    DueTask,
+    NewTask,
+    Outcome,
+    Run,
+    StartedRun,
+    TaskState,
+)
+
+__all__ = ["InMemoryScheduleStore"]
+
+
+def _ms(at: datetime) -> datetime:
+    """Truncate to the millisecond, as every store keeps time."""
+    return at.astimezone(timezone.utc) - timedelta(microseconds=at.microsecond % 1000)
+
+
+@dataclass
+class _Task:
+    descriptor_json: str
+    due_at: datetime | None
+    ready_at: datetime | None
+    created_at: datetime
+    paused: bool = False
+    parked_reason: str | None = None
+    last_run_at: datetime | None = None
+    last_outcome: Outcome | None = None
+    last_error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    runs: dict[int, Run] = field(default_factory=dict)
+
+    @property
+    def schedulable(self) -> bool:
+        return not self.paused and self.parked_reason is None and self.ready_at is not None
+
+    def count(self, outcome: Outcome, n: int = 1) -> None:
+        self.counts[outcome.value] = self.counts.get(outcome.value, 0) + n
+
+
+class InMemoryScheduleStore:
+    """A ``ScheduleStore`` in plain dicts."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, _Task] = {}
+        self._leases: dict[int, tuple[str, datetime]] = {}  # fence -> (task id, lease end)
+        self._fence = 0
+
+    # -- tasks -------------------------------------------------------------------------
+
+    async def add(self, task: NewTask, *, replace: bool) -> bool:
+        existing = self._tasks.get(task.task_id)
+        if existing is not None and existing.descriptor_json == task.descriptor_json:
+            return False
+        if existing is not None and not replace:
+            raise TaskExistsError(
+                f"a different task with id {task.task_id!r} is already scheduled; "
+                "pass replace=True to replace it, or cancel it first"
+            )
+        self._drop(task.task_id)
+        self._tasks[task.task_id] = _Task(
+            descriptor_json=task.descriptor_json,
+            due_at=_ms(task.due_at),
+            ready_at=_ms(task.ready_at),
+            created_at=_ms(task.created_at),
+        )
+        return True
+
+    async def remove(self, task_id: str) -> bool:
+        return self._drop(task_id)
+
+    async def get(self, task_id: str) -> TaskState | None:
+        task = self._tasks.get(task_id)
+        return None if task is None else self._state(task_id, task)
+
+    async def list(self) -> builtins.list[TaskState]:
+        return [self._state(task_id, self._tasks[task_id]) for task_id in sorted(self._tasks)]
+
+    async def set_paused(
+        self, task_id: str, *, paused: bool, due_at: datetime | None, ready_at: datetime | None
+    ) -> bool:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return False
+        task.paused = paused
+        if not paused:
+            self._schedule(task, due_at, ready_at)
+        return True
+
+    async def park(self, task_id: str, reason: str) -> bool:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return False
+        task.parked_reason = reason
+        task.last_outcome = Outcome.PARKED
+        task.count(Outcome.PARKED)
+        for fence in list(task.runs):
+            self._release(task_id, fence)
+        return True
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    async def due(self, now: datetime, limit: int) -> builtins.list[DueTask]:
+        found: builtins.list[DueTask] = []
+        for ready_at, task_id in self._live_due():
+            if ready_at > now or len(found) >= limit:
+                break
+            task = self._tasks[task_id]
+            assert task.due_at is not None
+            found.append(DueTask(task_id, task.due_at, task.descriptor_json))
+        return found
+
+    async def next_ready_at(self) -> datetime | None:
+        due = min((ready for ready, _ in self._live_due()), default=None)
+        lease = min((until for _, until in self._leases.values()), default=None)
+        return min((t for t in (due, lease) if t is not None), default=None)
+
+    async def claim(
+        self, decisions: Sequence[Decision], *, now: datetime, lease_until: datetime
+    ) -> builtins.list[ClaimResult]:
+        return [self._claim_one(d, _ms(lease_until)) for d in decisions]
+
+    def _claim_one(self, decision: Decision, lease_until: datetime) -> ClaimResult:
+        task = self._tasks.get(decision.task_id)
+        if task is None or task.paused or task.parked_reason is not None:
+            return ClaimResult(decision.task_id, ClaimStatus.GONE)
+        if task.due_at != _ms(decision.expected_due_at):
+            return ClaimResult(decision.task_id, ClaimStatus.RACED)
+        run: Run | None = None
+        status = ClaimStatus.ADVANCED
+        if decision.run_at is not None and len(task.runs) >= decision.max_instances:
+            status = ClaimStatus.SKIPPED
+            task.last_outcome = Outcome.SKIPPED
+            task.count(Outcome.SKIPPED)
+        elif decision.run_at is not None:
+            status = ClaimStatus.CLAIMED
+            run = self._new_run(decision.task_id, _ms(decision.run_at), 1, lease_until)
+        if decision.missed:
+            task.count(Outcome.MISSED, decision.missed)
+            if run is None and status is ClaimStatus.ADVANCED:
+                task.last_outcome = Outcome.MISSED
+        self._schedule(task, decision.next_due_at, decision.next_ready_at)
+        if task.due_at is None and not task.runs:
+            self._drop(decision.task_id)  # a one-time task whose occurrence was missed has ended
+        return ClaimResult(decision.task_id, status, run)
+
+    async def reclaim_expired(
+        self, *, now: datetime, lease_until: datetime, limit: int
+    ) -> builtins.list[Run]:
+        reissued: builtins.list[Run] = []
+        for fence, (task_id, until) in sorted(self._leases.items(), key=lambda kv: kv[1][1]):
+            if until > now or len(reissued) >= limit:
+                break
+            old = self._release(task_id, fence)
+            if old is not None:
+                reissued.append(
+                    self._new_run(task_id, old.occurrence_at, old.attempt + 1, _ms(lease_until))
+                )
+        return reissued
+
+    # -- runs --------------------------------------------------------------------------
+
+    async def start(self, run: Run, *, now: datetime, lease_until: datetime) -> StartedRun | None:
+        task = self._tasks.get(run.task_id)
+        if task is None or run.fence not in task.runs:
+            return None
+        self._leases[run.fence] = (run.task_id, _ms(lease_until))
+        task.last_run_at = _ms(now)
+        return StartedRun(task.runs[run.fence], task.descriptor_json)
+
+    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+        valid = []
+        for run in runs:
+            ok = run.fence in self._leases and self._leases[run.fence][0] == run.task_id
+            if ok:
+                self._leases[run.fence] = (run.task_id, _ms(lease_until))
+            valid.append(ok)
+        return valid
+
+    async def finish(
+        self,
+        run: Run,
+        outcome: Outcome,
+        *,
+        now: datetime,
+        error: str | None = None,
+        end_task: bool = False,
+    ) -> bool:
+        task = self._tasks.get(run.task_id)
+        if task is None or self._release(run.task_id, run.fence) is None:
+            return False
+        task.last_outcome = outcome
+        task.last_error = error
+        task.count(outcome)
+        ended = task.due_at is None and not task.runs and task.parked_reason is None
+        if end_task or ended:
+            self._drop(run.task_id)
+        return True
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _new_run(self, task_id: str, occurrence_at: datetime, attempt: int, until: datetime) -> Run:
+        self._fence += 1
+        run = Run(task_id, self._fence, occurrence_at, attempt)
+        self._tasks[task_id].runs[run.fence] = run
+        self._leases[run.fence] = (task_id, until)
+        return run
+
+    @staticmethod
+    def _schedule(task: _Task, due_at: datetime | None, ready_at: datetime | None) -> None:
+        task.due_at = None if due_at is None else _ms(due_at)
+        task.ready_at = task.due_at if ready_at is None or due_at is None else _ms(ready_at)
+
+    def _release(self, task_id: str, fence: int) -> Run | None:
+        self._leases.pop(fence, None)
+        task = self._tasks.get(task_id)
+        return None if task is None else task.runs.pop(fence, None)
+
+    def _drop(self, task_id: str) -> bool:
+        task = self._tasks.pop(task_id, None)
+        if task is None:
+            return False
+        for fence in task.runs:
+            self._leases.pop(fence, None)
+        return True
+
+    def _live_due(self) -> builtins.list[tuple[datetime, str]]:
+        """Schedulable tasks by ready time, earliest first."""
+        return sorted(
+            (task.ready_at, task_id)
+            for task_id, task in self._tasks.items()
+            if task.schedulable and task.ready_at is not None
+        )
+
+    def _state(self, task_id: str, task: _Task) -> TaskState:
+        return TaskState(
+            task_id=task_id,
+            descriptor_json=task.descriptor_json,
+            due_at=task.due_at,
+            paused=task.paused,
+            parked_reason=task.parked_reason,
+            running=len(task.runs),
+            last_run_at=task.last_run_at,
+            last_outcome=task.last_outcome,
+            last_error=task.last_error,
+            created_at=task.created_at,
+            counts=dict(task.counts),
+        )

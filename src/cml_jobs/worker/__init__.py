@@ -1,0 +1,111 @@
+"""Workers: the only package that imports arq.
+
+``arq cml_jobs.WorkerSettings`` runs a worker configured from ``CML_JOBS_*`` environment
+variables; ``worker_settings(...)`` builds the same settings class in code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cml_jobs._config import Settings
+from cml_jobs._runtime import Runtime
+from cml_jobs._timing import Clock, SystemClock
+from cml_jobs.exceptions import ConfigurationError
+from cml_jobs.worker._arq import (
+    ARQ_JOB_TIMEOUT,
+    ArqSink,
+    WorkerContext,
+    dumps,
+    loads,
+    redis_settings,
+    run_function,
+)
+from cml_jobs.worker._embedded import EmbeddedWorker
+
+__all__ = ["ArqSink", "EmbeddedWorker", "worker_settings"]
+
+logger = logging.getLogger("cml_jobs.worker")
+
+#: How often a worker refreshes arq's health-check key (``arq --check`` reads it).
+HEALTH_CHECK_INTERVAL = 15
+
+
+def worker_settings(
+    settings: Settings | None = None, *, clock: Clock | None = None, **changes: Any
+) -> type:
+    """An arq ``WorkerSettings`` class for a cml-jobs worker process.
+
+    Args:
+        settings: the settings; by default read from ``CML_JOBS_*`` environment variables.
+        clock: the clock (tests inject one); the system clock by default.
+        **changes: settings to override, e.g. ``redis_url=...``, ``modules=[...]``.
+
+    Raises:
+        ConfigurationError: the settings name no Redis (a separate worker process cannot
+            share the embedded ``memory://`` store).
+    """
+    settings = (settings or Settings.from_env()).with_changes(**_normalised(changes))
+    if settings.embedded:
+        raise ConfigurationError(
+            "a worker process needs a shared Redis: set CML_JOBS_REDIS_URL=redis://host:6379/0 "
+            "(redis_url='memory://' runs the worker inside the app instead, run_worker=True)"
+        )
+    lifecycle = _Lifecycle(settings, clock or SystemClock())
+    return type(
+        "WorkerSettings",
+        (),
+        {
+            "functions": [run_function],
+            "redis_settings": redis_settings(settings.redis_url),
+            "queue_name": settings.queue_name,
+            "on_startup": lifecycle.startup,
+            "on_shutdown": lifecycle.shutdown,
+            "job_serializer": dumps,
+            "job_deserializer": loads,
+            "max_jobs": settings.max_jobs,
+            "poll_delay": settings.queue_poll_delay.total_seconds(),
+            "keep_result": 0,
+            "max_tries": 1,
+            "job_timeout": ARQ_JOB_TIMEOUT.total_seconds(),
+            "job_completion_wait": int(settings.drain_timeout.total_seconds()),
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+            "log_results": False,
+            "cml_jobs_settings": settings,
+        },
+    )
+
+
+def _normalised(changes: dict[str, Any]) -> dict[str, Any]:
+    if "modules" in changes:
+        changes = {**changes, "modules": tuple(changes["modules"])}
+    return changes
+
+
+class _Lifecycle:
+    """arq's on_startup / on_shutdown for a worker process."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+
+    async def startup(self, ctx: WorkerContext) -> None:
+        from cml_jobs.stores.redis import RedisScheduleStore
+
+        pool = ctx["redis"]
+        store = RedisScheduleStore(pool, prefix=self.settings.key_prefix)
+        runtime = Runtime(self.settings, store=store, clock=self.clock)
+        await runtime.open()
+        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name))
+        runtime.start_loops()
+        ctx["cml_jobs"] = runtime
+        logger.info("cml-jobs worker started on queue %r", self.settings.queue_name)
+
+    async def shutdown(self, ctx: WorkerContext) -> None:
+        runtime = ctx.get("cml_jobs")
+        if runtime is None:
+            return
+        await runtime.stop_loops()
+        await runtime.close()
+        logger.info("cml-jobs worker stopped")

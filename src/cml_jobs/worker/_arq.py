@@ -1,0 +1,162 @@
+"""Everything cml-jobs asks of arq: the run function, the queue sink, the worker settings.
+
+Runs travel as arq jobs of one function, ``cml_jobs.run``, whose only argument is a small
+JSON payload (task id, fence, occurrence, attempt, job name); the arq job id is derived
+from the task, the occurrence and the fence, so submitting a run twice queues it once.
+Payloads and results are JSON: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, TypedDict
+from uuid import uuid4
+
+import arq.worker
+from arq import func
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cml_jobs._execution import Handoff
+from cml_jobs._runtime import Runtime
+from cml_jobs._timing import from_ms, to_ms
+from cml_jobs.stores._base import Run
+
+__all__ = [
+    "FUNCTION_NAME",
+    "ArqSink",
+    "WorkerContext",
+    "dumps",
+    "loads",
+    "redis_settings",
+    "run_function",
+]
+
+logger = logging.getLogger("cml_jobs.worker")
+
+FUNCTION_NAME = "cml_jobs.run"
+# A run handed on by a worker that lacks its job class waits this long before another
+# worker picks it up, so that a cluster of old workers does not spin on it.
+_HANDOFF_DELAY = timedelta(seconds=1)
+# arq's own timeout must never cut a run short: runs have their own per-task timeout.
+ARQ_JOB_TIMEOUT = timedelta(days=1)
+
+
+class WorkerContext(TypedDict, total=False):
+    """The part of arq's ``ctx`` that cml-jobs uses."""
+
+    cml_jobs: Runtime
+    redis: ArqRedis
+    job_id: str
+
+
+class _Payload(TypedDict):
+    t: str  # task id
+    f: int  # fence
+    o: int  # occurrence, epoch ms
+    a: int  # attempt
+    j: str | None  # job name, when the dispatcher knew it
+
+
+def dumps(value: Any) -> bytes:
+    """arq's job serializer: JSON, never pickle."""
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def loads(raw: bytes) -> Any:
+    """arq's job deserializer: JSON, never pickle."""
+    return json.loads(raw)
+
+
+def arq_job_id(run: Run) -> str:
+    """The arq job id of a run: the same run always maps to the same id."""
+    return f"cml:{run.task_id}:{to_ms(run.occurrence_at)}:{run.fence}"
+
+
+class ArqSink:
+    """Submits runs to the arq queue."""
+
+    def __init__(self, pool: ArqRedis, queue_name: str) -> None:
+        self.pool = pool
+        self.queue_name = queue_name
+
+    async def submit(self, runs: Sequence[Run], job_names: Mapping[str, str]) -> None:
+        """Enqueue one arq job per run (a run already queued is not queued again)."""
+        for run in runs:
+            await self._enqueue(_payload(run, job_names.get(run.task_id)), arq_job_id(run))
+
+    async def _enqueue(
+        self, payload: _Payload, job_id: str, defer: timedelta | None = None
+    ) -> None:
+        await self.pool.enqueue_job(
+            FUNCTION_NAME,
+            payload,
+            _job_id=job_id,
+            _queue_name=self.queue_name,
+            _defer_by=defer,
+        )
+
+
+def _payload(run: Run, job_name: str | None) -> _Payload:
+    return {
+        "t": run.task_id,
+        "f": run.fence,
+        "o": to_ms(run.occurrence_at),
+        "a": run.attempt,
+        "j": job_name,
+    }
+
+
+async def _run(ctx: WorkerContext, payload: _Payload) -> None:
+    """The arq function: execute one run in this worker's runtime."""
+    runtime = ctx["cml_jobs"]
+    assert runtime.executor is not None
+    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"])
+    if await runtime.executor.execute(run, payload.get("j")) is Handoff.ELSEWHERE:
+        sink = ArqSink(ctx["redis"], runtime.settings.queue_name)
+        await sink._enqueue(payload, f"{arq_job_id(run)}:{uuid4().hex[:8]}", _HANDOFF_DELAY)
+
+
+run_function = func(
+    _run,  # type: ignore[arg-type]
+    name=FUNCTION_NAME,
+    timeout=ARQ_JOB_TIMEOUT.total_seconds(),
+    keep_result=0,
+    max_tries=1,
+)
+
+
+def redis_settings(url: str) -> RedisSettings:
+    """arq settings for ``url`` that never give up on Redis.
+
+    A worker started before Redis is up keeps trying to connect, and a command that
+    fails because Redis went away is retried with backoff until it is back: a worker does
+    not exit because of Redis.
+    """
+    settings = RedisSettings.from_dsn(url)
+    settings.conn_retries = 1_000_000_000
+    settings.conn_retry_delay = 1
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
+    settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
+    return settings
+
+
+_original_log_redis_info = arq.worker.log_redis_info  # type: ignore[attr-defined]
+
+
+async def _log_redis_info(redis: Any, log_func: Any) -> None:
+    """arq logs INFO at start; fakeredis and least-privilege ACL users cannot run it."""
+    try:
+        await _original_log_redis_info(redis, log_func)
+    except ResponseError as exc:
+        logger.debug("Redis INFO not available (%s); not logged", exc)
+
+
+arq.worker.log_redis_info = _log_redis_info  # type: ignore[attr-defined]

@@ -49,7 +49,10 @@ _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,199}$")
 
 def _to_utc(value: datetime) -> datetime:
     # Stores keep milliseconds; so do descriptors, so that both agree on every occurrence.
-    value = value.astimezone(timezone.utc)
+    try:
+        value = value.astimezone(timezone.utc)
+    except OverflowError as exc:  # 9999-12-31T23:00-05:00; a ValueError is a field error
+        raise ValueError(f"{value.isoformat()!r} is out of range once converted to UTC") from exc
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 

@@ -106,7 +106,8 @@ def _provided_type(provider: Any) -> Any:
 
 def wire(container: containers.Container, modules: Iterable[ModuleType]) -> None:
     """Make ``@inject`` and ``Provide[...]`` work in the scanned job modules."""
-    container.wire(modules=list(modules))
+    # As packages: the scan reaches their submodules, and so must the wiring.
+    container.wire(packages=list(modules))
 
 
 async def init_resources(container: containers.Container) -> None:

@@ -128,11 +128,14 @@ def _cron_times(descriptor: CronTaskDescriptor, after: datetime) -> Iterator[dat
     zone = ZoneInfo(descriptor.timezone)
     fields = descriptor.cron.split()
     seconds = _seconds_field(fields[0]) if len(fields) == 6 else [0]
-    # Start one second before `after`'s minute so that its own minute is included.
-    start = after.astimezone(zone).replace(second=0, microsecond=0) - timedelta(seconds=1)
+    # Start one second before `after`'s minute so that its own minute is included. Add and
+    # subtract in UTC: arithmetic on a local time resets `fold`, which turns the second pass
+    # through a fall-back hour into the first and skips it.
+    minute_start = after.astimezone(zone).replace(second=0, microsecond=0)
+    start = (minute_start.astimezone(timezone.utc) - timedelta(seconds=1)).astimezone(zone)
     for minute in CronSim(" ".join(fields[-5:]), start):
         for second in seconds:
-            at = (minute + timedelta(seconds=second)).astimezone(timezone.utc)
+            at = minute.astimezone(timezone.utc) + timedelta(seconds=second)
             if at > after:
                 yield at
 
@@ -177,7 +180,7 @@ def plan(descriptor: TaskDescriptor, due_at: datetime, now: datetime) -> Plan:
         late = now - (occurrence + jitter_offset(descriptor, occurrence))
         return grace is None or late <= grace
 
-    occurrences = _due_occurrences(descriptor, due_at, now)
+    occurrences, unlisted = _due_occurrences(descriptor, due_at, now)
     if descriptor.coalesce:
         *earlier, latest = occurrences
         chosen = latest if in_grace(latest) else None
@@ -185,7 +188,7 @@ def plan(descriptor: TaskDescriptor, due_at: datetime, now: datetime) -> Plan:
         chosen = next((o for o in occurrences if in_grace(o)), None)
         earlier = occurrences[: occurrences.index(chosen)] if chosen else occurrences
         latest = chosen or occurrences[-1]
-    missed = len(earlier) + (chosen is None) * descriptor.coalesce
+    missed = len(earlier) + unlisted + (chosen is None) * descriptor.coalesce
     return Plan(
         run_at=chosen,
         missed=missed,
@@ -194,24 +197,31 @@ def plan(descriptor: TaskDescriptor, due_at: datetime, now: datetime) -> Plan:
     )
 
 
-def _due_occurrences(descriptor: TaskDescriptor, due_at: datetime, now: datetime) -> list[datetime]:
-    """Occurrences from ``due_at`` up to ``now``, always at least ``[due_at]``."""
+def _due_occurrences(
+    descriptor: TaskDescriptor, due_at: datetime, now: datetime
+) -> tuple[list[datetime], int]:
+    """Occurrences from ``due_at`` up to ``now``, always at least ``[due_at]``, and how many
+    more lie between the first and the latest without being listed."""
     if isinstance(descriptor, RecurrentTaskDescriptor) and descriptor.coalesce:
         # Interval arithmetic: only the first and the latest matter, the count is exact.
         latest = due_at
         if now > due_at:
             latest = due_at + ((now - due_at) // descriptor.interval) * descriptor.interval
         count = (latest - due_at) // descriptor.interval
-        return [due_at] * count + [latest]
+        return ([due_at, latest], count - 1) if count else ([latest], 0)
     occurrences = [due_at]
     while len(occurrences) < _CRON_WALK_LIMIT:
         following = next_occurrence(descriptor, occurrences[-1])
         if following is None or following > now:
-            return occurrences
+            return occurrences, 0
         occurrences.append(following)
-    # A very long backlog: the count is a lower bound; find the latest near `now`.
+    # A very long backlog: the count is a lower bound; find the latest near `now`, looking
+    # back no further than needed (a day of an every-second cron is 86,400 steps).
     latest = occurrences[-1]
-    probe = next_occurrence(descriptor, max(latest, now - timedelta(days=1)))
+    for window in (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)):
+        probe = next_occurrence(descriptor, max(latest, now - window))
+        if probe is None or probe <= now:
+            break
     while probe is not None and probe <= now:
         latest, probe = probe, next_occurrence(descriptor, probe)
-    return [*occurrences[:-1], latest]
+    return [*occurrences[:-1], latest], 0

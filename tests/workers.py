@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class WorkerFleet:
     container: str = "tests.fixtures.recording:Container"
     settings: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: dict[int, Any] = field(default_factory=dict)  # pid -> its stderr file
 
     @property
     def queue(self) -> str:
@@ -58,18 +60,28 @@ class WorkerFleet:
         }
 
     def start(self, count: int = 1) -> list[subprocess.Popen[bytes]]:
-        started = [
-            subprocess.Popen(
+        started = []
+        for _ in range(count):
+            # A file, not a pipe: nobody reads a pipe while the test runs, and a full one
+            # would block the worker.
+            log = tempfile.TemporaryFile()
+            process = subprocess.Popen(
                 [str(ARQ), "cml_jobs.WorkerSettings"],
                 cwd=ROOT,
                 env=self.env(),
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=log,
             )
-            for _ in range(count)
-        ]
+            self.logs[process.pid] = log
+            started.append(process)
         self.processes.extend(started)
         return started
+
+    def stderr(self, process: subprocess.Popen[bytes]) -> str:
+        """What a worker has written to stderr so far."""
+        log = self.logs[process.pid]
+        log.seek(0)
+        return str(log.read().decode(errors="replace"))
 
     async def wait_ready(self, client: aioredis.Redis, timeout: float = 20) -> None:
         """Wait until arq's health-check key shows the workers polling."""
@@ -81,8 +93,8 @@ class WorkerFleet:
     def _check_alive(self) -> None:
         for process in self.processes:
             if process.poll() is not None:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise AssertionError(f"worker exited with {process.returncode}:\n{err[-3000:]}")
+                err = self.stderr(process)[-3000:]
+                raise AssertionError(f"worker exited with {process.returncode}:\n{err}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> list[int]:
         """Signal every worker and wait for it; returns their exit codes."""
@@ -90,10 +102,9 @@ class WorkerFleet:
             if process.poll() is None:
                 process.send_signal(sig)
         codes = [process.wait(timeout) for process in self.processes]
-        for process in self.processes:
-            if process.stderr:
-                process.stderr.close()
-        self.processes = []
+        for log in self.logs.values():
+            log.close()
+        self.processes, self.logs = [], {}
         return codes
 
     async def records(self, client: aioredis.Redis) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ variables; ``worker_settings(...)`` builds the same settings class in code.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from cml_jobs._config import Settings
@@ -28,6 +29,9 @@ __all__ = ["ArqSink", "EmbeddedWorker", "worker_settings"]
 
 logger = logging.getLogger("cml_jobs.worker")
 
+#: The Redis a worker process uses when CML_JOBS_REDIS_URL is not set.
+DEFAULT_WORKER_REDIS_URL = "redis://localhost:6379/0"
+
 #: How often a worker refreshes arq's health-check key (``arq --check`` reads it).
 HEALTH_CHECK_INTERVAL = 15
 
@@ -46,7 +50,7 @@ def worker_settings(
         ConfigurationError: the settings name no Redis (a separate worker process cannot
             share the embedded ``memory://`` store).
     """
-    settings = (settings or Settings.from_env()).with_changes(**_normalised(changes))
+    settings = (settings or _settings_from_env()).with_changes(**_normalised(changes))
     if settings.embedded:
         raise ConfigurationError(
             "a worker process needs a shared Redis: set CML_JOBS_REDIS_URL=redis://host:6379/0 "
@@ -73,8 +77,18 @@ def worker_settings(
             "health_check_interval": HEALTH_CHECK_INTERVAL,
             "log_results": False,
             "cml_jobs_settings": settings,
+            "__doc__": "arq worker settings for cml-jobs (see cml_jobs.worker_settings).",
         },
     )
+
+
+def _settings_from_env() -> Settings:
+    # A worker process always needs a shared Redis: without CML_JOBS_REDIS_URL it uses the
+    # local default, as arq does.
+    settings = Settings.from_env()
+    if "CML_JOBS_REDIS_URL" not in os.environ:
+        settings = settings.with_changes(redis_url=DEFAULT_WORKER_REDIS_URL)
+    return settings
 
 
 def _normalised(changes: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 from uuid import uuid4
 
 import arq.worker
@@ -21,7 +22,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cml_jobs._execution import Handoff
@@ -133,6 +134,28 @@ run_function = func(
 )
 
 
+T = TypeVar("T")
+
+
+class PatientRetry(Retry):
+    """Retries forever with backoff, and says so in the log (at most every 10 s), so that an
+    operator sees a worker waiting for Redis instead of a silent one."""
+
+    _last_warning = 0.0
+
+    async def call_with_retry(
+        self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]
+    ) -> T:
+        async def noted(error: RedisError) -> None:
+            now = time.monotonic()
+            if now - PatientRetry._last_warning >= 10:
+                PatientRetry._last_warning = now
+                logger.warning("Redis is unavailable (%s); retrying until it is back", error)
+            await fail(error)
+
+        return await super().call_with_retry(do, noted)
+
+
 def redis_settings(url: str) -> RedisSettings:
     """arq settings for ``url`` that never give up on Redis.
 
@@ -144,7 +167,7 @@ def redis_settings(url: str) -> RedisSettings:
     settings.conn_retries = 1_000_000_000
     settings.conn_retry_delay = 1
     settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
-    settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
+    settings.retry = PatientRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
     return settings
 
 

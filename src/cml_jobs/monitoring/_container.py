@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
@@ -63,12 +63,7 @@ async def open_ec2_client(
     session: AioSession, settings: MonitoringSettings
 ) -> AsyncIterator[EC2Client]:
     """An EC2 client, open for the life of the container's resources."""
-    async with session.create_client(
-        "ec2",
-        region_name=settings.region,
-        endpoint_url=settings.endpoint_url,
-        config=_client_config(settings),
-    ) as client:
+    async with _client(session, "ec2", settings) as client:
         yield client
 
 
@@ -76,13 +71,19 @@ async def open_cloudwatch_client(
     session: AioSession, settings: MonitoringSettings
 ) -> AsyncIterator[CloudWatchClient]:
     """A CloudWatch client, open for the life of the container's resources."""
-    async with session.create_client(
-        "cloudwatch",
+    async with _client(session, "cloudwatch", settings) as client:
+        yield client
+
+
+def _client(
+    session: AioSession, service: Literal["ec2", "cloudwatch"], settings: MonitoringSettings
+) -> Any:
+    return session.create_client(
+        service,
         region_name=settings.region,
         endpoint_url=settings.endpoint_url,
         config=_client_config(settings),
-    ) as client:
-        yield client
+    )
 
 
 class MonitoringContainer(containers.DeclarativeContainer):

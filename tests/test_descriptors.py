@@ -65,11 +65,24 @@ def test_descriptor_round_trips_through_json(descriptor: Any) -> None:
 
 @pytest.mark.parametrize("descriptor", [RECURRENT, SCHEDULED, CRON], ids=lambda d: d.kind)
 def test_encoded_descriptor_is_plain_json_with_seconds_and_utc_times(descriptor: Any) -> None:
-    """The stored form is a JSON object: durations in seconds, datetimes in ISO 8601 UTC."""
+    """The stored form is a JSON object: durations in seconds, datetimes in ISO 8601 UTC,
+    and fields left at their defaults left out (``kind`` always written)."""
     stored = json.loads(encode_descriptor(descriptor))
     assert stored["kind"] == descriptor.kind
-    assert isinstance(stored["retry_backoff"], float)
-    assert stored["start_at"] is None or stored["start_at"].endswith("Z")
+    durations = ("interval", "misfire_grace_time", "jitter", "timeout", "retry_backoff")
+    assert all(isinstance(stored[name], float) for name in durations if stored.get(name))
+    assert stored.get("start_at") is None or stored["start_at"].endswith("Z")
+
+
+def test_encoded_descriptor_leaves_defaults_out() -> None:
+    """A descriptor with only its required fields stores only those, and its kind."""
+    minimal = RecurrentTaskDescriptor(id="t1", name="Tick", interval=10)
+    assert json.loads(encode_descriptor(minimal)) == {
+        "kind": "recurrent",
+        "id": "t1",
+        "name": "Tick",
+        "interval": 10.0,
+    }
 
 
 def test_encoded_recurrent_descriptor_shows_each_field() -> None:

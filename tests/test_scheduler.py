@@ -22,6 +22,7 @@ from cml_jobs import (
     TaskNotFoundError,
     UnknownJobError,
 )
+from cml_jobs._dispatch import Dispatcher
 from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores import ScheduleStore
 from cml_jobs.testing import ManualClock, run_due
@@ -189,7 +190,7 @@ async def test_an_occurrence_due_while_the_previous_run_goes_on_is_skipped(
     """With max_instances=1 a second occurrence does not start beside a running one."""
     await scheduler.bus.schedule_task(recurrent())
     clock.advance(seconds=60)
-    dispatcher = scheduler.runtime.make_dispatcher(_Hold())
+    dispatcher = _dispatcher(scheduler, _Hold())
     await dispatcher.tick()  # claims the first occurrence; its run is "still going"
     clock.advance(seconds=60)
     report = await dispatcher.tick()
@@ -199,10 +200,18 @@ async def test_an_occurrence_due_while_the_previous_run_goes_on_is_skipped(
     assert task.running == 1
 
 
+def _dispatcher(scheduler: BackgroundTaskScheduler, sink: object) -> Dispatcher:
+    runtime = scheduler.runtime
+    return Dispatcher(store=runtime.store, clock=runtime.clock, sink=sink, hub=runtime.hub)  # type: ignore[arg-type]
+
+
 class _Hold:
     """A sink that keeps runs without executing them (a worker busy with them)."""
 
-    async def submit(self, runs: object, job_names: object) -> None:
+    def room(self) -> int:
+        return 100
+
+    async def submit(self, runs: object, descriptors: object) -> None:
         return None
 
 
@@ -329,7 +338,7 @@ async def test_a_run_for_a_job_this_worker_lacks_is_handed_on_then_parked(
     await scheduler.bus.schedule_task(recurrent())
     clock.advance(seconds=60)
     runs: list[object] = []
-    dispatcher = scheduler.runtime.make_dispatcher(_Collect(runs))
+    dispatcher = _dispatcher(scheduler, _Collect(runs))
     await dispatcher.tick()
     [run] = runs
     executor = scheduler.runtime.executor
@@ -346,5 +355,8 @@ class _Collect:
     def __init__(self, into: list[object]) -> None:
         self.into = into
 
-    async def submit(self, runs: list[object], job_names: object) -> None:
+    def room(self) -> int:
+        return 100
+
+    async def submit(self, runs: list[object], descriptors: object) -> None:
         self.into.extend(runs)

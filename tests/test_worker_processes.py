@@ -49,8 +49,9 @@ async def test_one_worker_runs_each_occurrence_once_on_the_grid(
     app: BackgroundTaskScheduler, redis_client: aioredis.Redis, redis_url: str, key_prefix: str
 ) -> None:
     """One worker runs a 1 s task once per occurrence for 20 s, on start + k x interval;
-    list_tasks shows the next run time; cancel stops it within one interval."""
-    with fleet(redis_url, key_prefix) as workers:
+    list_tasks shows the next run time; cancel stops it within one interval. (Runs travel
+    through the arq queue here; the other tests run them where they are claimed.)"""
+    with fleet(redis_url, key_prefix, CML_JOBS_DISPATCH="queue") as workers:
         workers.start(1)
         await workers.wait_ready(redis_client)
         info = await app.bus.schedule_task(

@@ -29,6 +29,7 @@ class WorkerFleet:
     prefix: str
     modules: str = "tests.fixtures.recording"
     container: str = "tests.fixtures.recording:Container"
+    target: str = "cml_jobs.WorkerSettings"  # what ``arq`` runs
     settings: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: dict[int, Any] = field(default_factory=dict)  # pid -> its stderr file
@@ -66,7 +67,7 @@ class WorkerFleet:
             # would block the worker.
             log = tempfile.TemporaryFile()
             process = subprocess.Popen(
-                [str(ARQ), "cml_jobs.WorkerSettings"],
+                [str(ARQ), self.target],
                 cwd=ROOT,
                 env=self.env(),
                 stdout=subprocess.DEVNULL,
@@ -108,7 +109,13 @@ class WorkerFleet:
         return codes
 
     async def records(self, client: aioredis.Redis) -> list[dict[str, Any]]:
+        """Every finished run the recording jobs wrote, oldest first."""
         return [json.loads(raw) for raw in await client.lrange(self.record_key, 0, -1)]
+
+    async def starts(self, client: aioredis.Redis) -> list[dict[str, Any]]:
+        """Every run start the recording jobs wrote (finished or not), oldest first."""
+        raw = await client.lrange(f"{self.record_key}:started", 0, -1)
+        return [json.loads(entry) for entry in raw]
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cml_jobs import _telemetry
 from cml_jobs._descriptors import (
     MAX_DESCRIPTOR_BYTES,
     RecurrentTaskDescriptor,
@@ -140,12 +141,17 @@ class BackgroundTasksBus:
                 "in data"
             )
         ready_at = due_at + jitter_offset(descriptor, due_at)
-        task = NewTask(descriptor.id, encoded, due_at, ready_at, now)
-        if await self._store.add(task, replace=replace):
-            self._emit(EventKind.SCHEDULED, descriptor.id, descriptor.name, due_at)
-            if self._on_scheduled is not None:
-                self._on_scheduled()
-        return await self.get_task(descriptor.id)
+        with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
+            task = NewTask(descriptor.id, encoded, due_at, ready_at, now, trace_context)
+            added = await self._store.add(task, replace=replace)
+        if not added:  # the same task was already there: show it as it is
+            return await self.get_task(descriptor.id)
+        self._emit(EventKind.SCHEDULED, descriptor.id, descriptor.name, due_at)
+        if self._on_scheduled is not None:
+            self._on_scheduled()
+        # As the store keeps it (to the millisecond), without reading it back.
+        next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
+        return TaskInfo(descriptor.id, descriptor.name, descriptor, next_run)
 
     def _first_due(self, descriptor: TaskDescriptor, now: datetime) -> datetime:
         due_at = first_occurrence(descriptor, now)
@@ -220,8 +226,13 @@ class BackgroundTasksBus:
         return TaskInfo.from_state(state)
 
     async def list_tasks(self) -> list[TaskInfo]:
-        """Every task, ordered by id, paused and parked ones included."""
-        return [TaskInfo.from_state(state) for state in await self._store.list()]
+        """Every task, ordered by id, paused and parked ones included.
+
+        Also refreshes the counts that the ``cml_jobs.tasks`` gauge reports.
+        """
+        states = await self._store.list()
+        _telemetry.set_task_counts(_telemetry.count_states(states))
+        return [TaskInfo.from_state(state) for state in states]
 
     def _emit(self, kind: EventKind, task_id: str, name: str, at: datetime | None) -> None:
         self._hub.emit(TaskEvent(kind, task_id, name, self._clock.now(), at))

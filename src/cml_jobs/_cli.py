@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
+from cml_jobs._config import Settings
 from cml_jobs._descriptors import (
     CronTaskDescriptor,
     RecurrentTaskDescriptor,
@@ -17,6 +20,7 @@ from cml_jobs._descriptors import (
 )
 from cml_jobs._events import EventKind, TaskEvent
 from cml_jobs._scheduler import BackgroundTaskScheduler
+from cml_jobs._timing import SystemClock
 
 __all__ = ["main"]
 
@@ -80,6 +84,47 @@ def _summary(counts: Counter[tuple[str, str]], seconds: float) -> int:
     return 0 if ok else 1
 
 
+async def check(args: argparse.Namespace) -> int:
+    """Print the health report; 0 when healthy, 1 when not."""
+    from cml_jobs.worker._health import check_health
+
+    report = await check_health(
+        args.redis_url,
+        prefix=args.key_prefix,
+        queue=args.queue,
+        now=SystemClock().now(),
+        default_grace=timedelta(seconds=args.grace),
+        require_worker=not args.no_worker,
+    )
+    print("\n".join(report.lines()), flush=True)
+    return 0 if report.healthy else 1
+
+
+def _add_check(commands: Any) -> None:
+    defaults = Settings()
+    env = os.environ.get
+    run_check = commands.add_parser(
+        "check",
+        help="exit 0 when Redis answers, a worker is alive and no task is overdue",
+        description="Health check, fit for a liveness probe: exits 1 when unhealthy. "
+        "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and CML_JOBS_QUEUE.",
+    )
+    run_check.add_argument(
+        "--redis-url", default=env("CML_JOBS_REDIS_URL") or "redis://localhost:6379/0"
+    )
+    run_check.add_argument(
+        "--key-prefix", default=env("CML_JOBS_KEY_PREFIX") or defaults.key_prefix
+    )
+    run_check.add_argument("--queue", default=env("CML_JOBS_QUEUE") or defaults.queue_name)
+    run_check.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds a task without misfire_grace_time may be late (default 60)",
+    )
+    run_check.add_argument("--no-worker", action="store_true", help="do not require a live worker")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cml-jobs`` command."""
     parser = argparse.ArgumentParser(prog="cml-jobs", description=__doc__)
@@ -89,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--redis-url", default="memory://", help="memory:// (default, no server) or redis://..."
     )
     run_demo.add_argument("--seconds", type=float, default=10.0, help="how long to run")
+    _add_check(commands)
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return asyncio.run(check(args))
     return asyncio.run(demo(args.redis_url, args.seconds))
 
 

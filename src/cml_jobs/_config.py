@@ -33,6 +33,9 @@ class Settings:
         unknown_job_grace: how long a run whose job no worker knows waits before its task
             is parked (rolling deploys).
         drain_timeout: how long stopping waits for running jobs before cancelling them.
+        dispatch: ``"local"`` (the default): a worker runs what it claims itself, up to
+            ``max_jobs`` at once, and only hands on runs of jobs it lacks; ``"queue"``:
+            every run goes through the arq queue to whichever worker polls first.
     """
 
     redis_url: str = "memory://"
@@ -40,13 +43,14 @@ class Settings:
     container: Any = None
     key_prefix: str = "cml:"
     queue_name: str = "cml_jobs:queue"
-    max_jobs: int = 10
+    max_jobs: int = 50
     poll_interval: timedelta = timedelta(seconds=1)
-    queue_poll_delay: timedelta = timedelta(milliseconds=200)
+    queue_poll_delay: timedelta = timedelta(milliseconds=500)
     lease: timedelta = timedelta(seconds=30)
     batch_size: int = 500
     unknown_job_grace: timedelta = timedelta(minutes=5)
     drain_timeout: timedelta = timedelta(seconds=30)
+    dispatch: str = "local"
 
     @property
     def embedded(self) -> bool:
@@ -55,6 +59,10 @@ class Settings:
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some settings changed; unknown names are refused."""
+        if changes.get("dispatch", "local") not in ("local", "queue"):
+            raise ConfigurationError(
+                f"dispatch={changes['dispatch']!r} is not a dispatch mode; use 'local' or 'queue'"
+            )
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -123,7 +131,11 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
     ),
     "CML_JOBS_KEY_PREFIX": ("key_prefix", str, "prefix of cml-jobs' Redis keys (default cml:)"),
     "CML_JOBS_QUEUE": ("queue_name", str, "arq queue name (default cml_jobs:queue)"),
-    "CML_JOBS_MAX_JOBS": ("max_jobs", _positive_int, "runs executed at once (default 10)"),
+    "CML_JOBS_MAX_JOBS": (
+        "max_jobs",
+        _positive_int,
+        "runs executed at once per worker (default 50)",
+    ),
     "CML_JOBS_POLL_INTERVAL": (
         "poll_interval",
         _seconds,
@@ -132,7 +144,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "CML_JOBS_QUEUE_POLL_DELAY": (
         "queue_poll_delay",
         _seconds,
-        "arq queue poll delay, seconds (default 0.2)",
+        "arq queue poll delay, seconds (default 0.5)",
     ),
     "CML_JOBS_LEASE": ("lease", _seconds, "run lease, seconds (default 30)"),
     "CML_JOBS_BATCH_SIZE": ("batch_size", _positive_int, "tasks claimed per tick (default 500)"),
@@ -140,6 +152,11 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "unknown_job_grace",
         _seconds,
         "seconds before a task whose job no worker knows is parked (default 300)",
+    ),
+    "CML_JOBS_DISPATCH": (
+        "dispatch",
+        str,
+        "local (run claimed occurrences in the claiming worker) or queue (default local)",
     ),
     "CML_JOBS_DRAIN_TIMEOUT": (
         "drain_timeout",

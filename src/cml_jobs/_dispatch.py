@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -31,13 +31,19 @@ logger = logging.getLogger("cml_jobs.dispatch")
 #: A run whose worker was lost this many times is recorded as failed instead of re-run:
 #: a job that kills its worker must not take down every worker in turn.
 MAX_LOST_ATTEMPTS = 3
+_RECLAIM_EVERY = timedelta(seconds=1)
 
 
 class RunSink(Protocol):
-    """Where claimed runs go: the arq queue, or straight to an executor in tests."""
+    """Where claimed runs go: this worker's executor, the arq queue, or a test."""
 
-    async def submit(self, runs: Sequence[Run], job_names: Mapping[str, str]) -> None:
-        """Hand over ``runs``; ``job_names`` maps a task id to its job name, where known."""
+    def room(self) -> int:
+        """How many runs the sink takes now; the dispatcher claims no more than that."""
+        ...
+
+    async def submit(self, runs: Sequence[Run], descriptors: Mapping[str, TaskDescriptor]) -> None:
+        """Hand over ``runs``; ``descriptors`` maps task ids to the descriptors claimed
+        (a re-issued run has none)."""
         ...
 
 
@@ -65,6 +71,8 @@ class Dispatcher:
         batch: the most tasks claimed per tick.
         poll_interval: the longest sleep between ticks (new tasks scheduled elsewhere are
             seen within it).
+        lookahead: claim occurrences due up to this much ahead of now; the sink must start
+            each run at its own time.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=30),
         batch: int = 500,
         poll_interval: timedelta = timedelta(seconds=1),
+        lookahead: timedelta = timedelta(0),
     ) -> None:
         self.store = store
         self.clock = clock
@@ -85,36 +94,60 @@ class Dispatcher:
         self.lease = lease
         self.batch = batch
         self.poll_interval = poll_interval
+        self.lookahead = lookahead
         self._wake = asyncio.Event()
+        self._parsed = _DescriptorCache()
+        self._starved = False  # the last tick had no room for everything that was due
+        self._reclaim_after: datetime | None = None
+        self._next_ready: datetime | None = None  # as of the last tick
 
     def wake(self) -> None:
         """Tick now: something earlier than the next known due time was scheduled."""
         self._wake.set()
 
+    def slot_freed(self) -> None:
+        """A run ended; tick now only if the last tick left due work for lack of room."""
+        if self._starved:
+            self._wake.set()
+
     async def tick(self) -> TickReport:
-        """Claim everything due now (up to ``batch``) and submit it."""
+        """Claim what is due now, as much as the sink has room for, and submit it."""
+        self._wake.clear()  # a wake from here on means: look again
+        room = min(self.sink.room(), self.batch)
+        self._starved = room <= 0
+        if self._starved:
+            return TickReport(full=True)
         now = self.clock.now()
         lease_until = now + self.lease
-        reissued = await self._reissue(now, lease_until)
-        due = await self.store.due(now, self.batch)
-        decisions, names, parked = await self._decide(due, now)
+        reissued = await self._reissue(now, lease_until, room)
+        # Claiming a few ms ahead lets one tick serve every occurrence in that window;
+        # each run then waits for its own time (Executor.execute_claimed).
+        polled = await self.store.poll(now + self.lookahead, room - len(reissued))
+        due = polled.tasks
+        decisions, descriptors, parked = await self._decide(due, now)
         results = await self.store.claim(decisions, now=now, lease_until=lease_until)
-        runs = [r.run for r in results if r.run is not None]
-        missed, skipped = self._report(decisions, results, names, now)
-        await self.sink.submit([*reissued, *runs], names)
+        runs = _traced([r.run for r in results if r.run is not None], due)
+        missed, skipped = self._report(decisions, results, descriptors, now)
+        self._starved = len(reissued) + len(due) >= room
+        self._next_ready = _earliest(polled.next_ready_at, *(d.next_ready_at for d in decisions))
+        await self.sink.submit([*reissued, *runs], descriptors)
         return TickReport(
             claimed=len(runs),
             reissued=len(reissued),
             missed=missed,
             skipped=skipped,
             parked=parked,
-            full=len(due) >= self.batch,
+            full=len(reissued) + len(due) >= room,
         )
 
-    async def _reissue(self, now: datetime, lease_until: datetime) -> list[Run]:
-        expired = await self.store.reclaim_expired(
-            now=now, lease_until=lease_until, limit=self.batch
-        )
+    async def _reissue(self, now: datetime, lease_until: datetime, room: int) -> list[Run]:
+        # Leases are seconds long: looking for expired ones once a second is enough, and
+        # spares a round trip on every tick of a busy dispatcher.
+        last = self._reclaim_after
+        if last is not None and last - _RECLAIM_EVERY <= now < last:  # (a clock moved back
+            return []  # looks again at once)
+        self._reclaim_after = now + _RECLAIM_EVERY
+        expired = await self.store.reclaim_expired(now=now, lease_until=lease_until, limit=room)
         runs = []
         for run in expired:
             if run.attempt > MAX_LOST_ATTEMPTS:
@@ -133,20 +166,20 @@ class Dispatcher:
 
     async def _decide(
         self, due: Sequence[DueTask], now: datetime
-    ) -> tuple[list[Decision], dict[str, str], int]:
+    ) -> tuple[list[Decision], dict[str, TaskDescriptor], int]:
         decisions: list[Decision] = []
-        names: dict[str, str] = {}
+        descriptors: dict[str, TaskDescriptor] = {}
         parked = 0
         for task in due:
             try:
-                descriptor = parse_descriptor(task.descriptor_json)
+                descriptor = self._parsed.parse(task.descriptor_json)
             except InvalidDescriptorError as exc:
                 await self._park(task.task_id, f"stored descriptor is invalid: {exc}", now)
                 parked += 1
                 continue
-            names[task.task_id] = descriptor.name
+            descriptors[task.task_id] = descriptor
             decisions.append(_decision(descriptor, task, now))
-        return decisions, names, parked
+        return decisions, descriptors, parked
 
     async def _park(self, task_id: str, reason: str, now: datetime) -> None:
         await self.store.park(task_id, reason)
@@ -158,7 +191,7 @@ class Dispatcher:
         self,
         decisions: Sequence[Decision],
         results: Sequence[object],
-        names: Mapping[str, str],
+        descriptors: Mapping[str, TaskDescriptor],
         now: datetime,
     ) -> tuple[int, int]:
         missed = skipped = 0
@@ -166,7 +199,7 @@ class Dispatcher:
             status = getattr(result, "status", None)
             if status in (ClaimStatus.RACED, ClaimStatus.GONE):
                 continue
-            name = names[decision.task_id]
+            name = descriptors[decision.task_id].name
             if decision.missed:
                 missed += decision.missed
                 self._emit_count(EventKind.MISSED, decision, name, now, decision.missed)
@@ -193,9 +226,10 @@ class Dispatcher:
             try:
                 report = await self.tick()
                 backoff = 0.1
-                if report.full:
+                if report.full and self.sink.room() > 0:
                     continue
-                delay = await self._delay()
+                # Full sink: a run ending wakes us. Otherwise: sleep until the next due time.
+                delay = self.poll_interval.total_seconds() if report.full else await self._delay()
             except (StoreError, OSError, ConnectionError) as exc:
                 logger.warning(
                     "dispatcher: store unavailable (%s); retrying in %.1f s", exc, backoff
@@ -204,14 +238,20 @@ class Dispatcher:
             await self._sleep(delay, stopping)
 
     async def _delay(self) -> float:
-        ready_at = await self.store.next_ready_at()
+        # The last tick learnt when the next task is ready; a task scheduled since then
+        # in this process wakes us, one scheduled elsewhere is seen within poll_interval.
+        ready_at = self._next_ready
         longest = self.poll_interval.total_seconds()
         if ready_at is None:
             return longest
-        return min(max((ready_at - self.clock.now()).total_seconds(), 0.0), longest)
+        # Wake for the next task itself (not lookahead early): the tick then claims it
+        # with everything ready within the lookahead after it.
+        wait = (ready_at - self.clock.now()).total_seconds()
+        return min(max(wait, 0.0), longest)
 
     async def _sleep(self, seconds: float, stopping: asyncio.Event) -> None:
-        self._wake.clear()
+        if self._wake.is_set():
+            return
         waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -220,6 +260,36 @@ class Dispatcher:
                 waiter.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiter
+
+
+def _earliest(*times: datetime | None) -> datetime | None:
+    return min((t for t in times if t is not None), default=None)
+
+
+class _DescriptorCache:
+    """Parsed descriptors by their JSON text: a recurrent task is parsed once, not on
+    every occurrence (the text is the key, so a replaced task is parsed anew)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._parsed: dict[str, TaskDescriptor] = {}
+
+    def parse(self, raw: str) -> TaskDescriptor:
+        descriptor = self._parsed.get(raw)
+        if descriptor is None:
+            descriptor = parse_descriptor(raw)
+            if len(self._parsed) >= self._size:
+                self._parsed.clear()
+            self._parsed[raw] = descriptor
+        return descriptor
+
+
+def _traced(runs: list[Run], due: Sequence[DueTask]) -> list[Run]:
+    """The runs with their task's trace context, so that each run's span links to it."""
+    traces = {task.task_id: task.trace_context for task in due if task.trace_context}
+    if not traces:
+        return runs
+    return [replace(run, trace_context=traces.get(run.task_id)) for run in runs]
 
 
 def _decision(descriptor: TaskDescriptor, task: DueTask, now: datetime) -> Decision:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-__all__ = ["EventHub", "EventKind", "TaskEvent"]
+__all__ = ["REDACTED", "EventHub", "EventKind", "TaskEvent", "redact"]
+
+#: What a redacted ``data`` value is replaced with, in logs and events.
+REDACTED = "[redacted]"
 
 logger = logging.getLogger("cml_jobs.events")
 
@@ -47,6 +52,8 @@ class TaskEvent:
         duration: how long the run took, for events that end a run.
         error: a one-line summary of what went wrong, if anything.
         count: how many occurrences the event stands for (several missed ones coalesce).
+        data: the task's ``data`` on run events, redacted as its job class asks
+            (``redact_data``); None on other events.
     """
 
     kind: EventKind
@@ -58,6 +65,58 @@ class TaskEvent:
     duration: timedelta | None = None
     error: str | None = None
     count: int = 1
+    data: Mapping[str, Any] | None = None
+
+    def to_json(self) -> str:
+        """The event as one JSON object (times as ISO 8601, the duration in seconds)."""
+
+        def iso(at: datetime | None) -> str | None:
+            return at.isoformat() if at is not None else None
+
+        return json.dumps(
+            {
+                "kind": self.kind.value,
+                "task_id": self.task_id,
+                "job_name": self.job_name,
+                "at": iso(self.at),
+                "occurrence_at": iso(self.occurrence_at),
+                "attempt": self.attempt,
+                "duration": self.duration.total_seconds() if self.duration is not None else None,
+                "error": self.error,
+                "count": self.count,
+                "data": self.data,
+            },
+            separators=(",", ":"),
+            default=str,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TaskEvent:
+        """The event that ``to_json`` wrote."""
+        fields = json.loads(raw)
+        occurrence, duration = fields["occurrence_at"], fields["duration"]
+        return cls(
+            kind=EventKind(fields["kind"]),
+            task_id=fields["task_id"],
+            job_name=fields["job_name"],
+            at=datetime.fromisoformat(fields["at"]),
+            occurrence_at=datetime.fromisoformat(occurrence) if occurrence else None,
+            attempt=fields["attempt"],
+            duration=timedelta(seconds=duration) if duration is not None else None,
+            error=fields["error"],
+            count=fields["count"],
+            data=fields["data"],
+        )
+
+
+def redact(data: Mapping[str, Any], rule: bool | frozenset[str] | set[str]) -> dict[str, Any]:
+    """``data`` as logs and events show it: ``rule`` True hides every value, a set of keys
+    hides those keys' values, False hides nothing."""
+    if rule is True:
+        return dict.fromkeys(data, REDACTED)
+    if not rule:
+        return dict(data)
+    return {key: REDACTED if key in rule else value for key, value in data.items()}
 
 
 EventCallback = Callable[[TaskEvent], object]

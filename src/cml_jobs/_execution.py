@@ -9,20 +9,23 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cml_jobs import _telemetry
+from cml_jobs._batching import FinishBatcher
 from cml_jobs._descriptors import TaskDescriptor, parse_descriptor
-from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._events import EventHub, EventKind, TaskEvent, redact
 from cml_jobs._jobs import BackgroundJob, RecurrentBackgroundJob, RunContext, StopRecurrence
 from cml_jobs._registry import JobRegistry, check_data
 from cml_jobs._timing import Clock
 from cml_jobs._triggers import jitter_offset
 from cml_jobs.exceptions import InvalidDescriptorError, InvalidTaskDataError
-from cml_jobs.stores._base import Outcome, Run, ScheduleStore
+from cml_jobs.stores._base import Finish, Outcome, Run, ScheduleStore
 
 if TYPE_CHECKING:
     from cml_jobs._di import ServiceProvider
@@ -69,6 +72,8 @@ class Executor:
         provider: ServiceProvider | None = None,
         lease: timedelta = timedelta(seconds=30),
         unknown_job_grace: timedelta = timedelta(minutes=5),
+        max_concurrency: int = 10,
+        finish_window: timedelta = timedelta(0),
     ) -> None:
         self.store = store
         self.registry = registry
@@ -79,11 +84,81 @@ class Executor:
         self.unknown_job_grace = unknown_job_grace
         self._active: dict[int, tuple[Run, asyncio.Task[Any]]] = {}
         self._revoked: set[int] = set()  # fences whose runs the heartbeat cancelled
+        self.max_concurrency = max_concurrency
+        self.on_slot_free: Callable[[], None] | None = None
+        self._spawned: set[asyncio.Task[Any]] = set()
+        self._busy: set[int] = set()  # fences of spawned runs whose job has not ended
+        self._batcher = FinishBatcher(store, window=finish_window)
 
     @property
     def active(self) -> int:
         """Runs executing now in this process."""
         return len(self._active)
+
+    @property
+    def free_slots(self) -> int:
+        """How many more runs this process may start now (``max_concurrency`` in all)."""
+        return max(self.max_concurrency - len(self._busy), 0)
+
+    def spawn(self, run: Run, descriptor: TaskDescriptor | None) -> None:
+        """Execute a run in a task of its own, in this process.
+
+        With the ``descriptor`` the dispatcher just claimed it under, the run starts at
+        once: its fence and lease are fresh. Without it (a re-issued run) the run is
+        confirmed with the store first.
+        """
+        work = self.execute(run) if descriptor is None else self.execute_claimed(run, descriptor)
+        task = asyncio.create_task(work, name=f"cml-jobs-run-{run.task_id}")
+        self._spawned.add(task)
+        self._busy.add(run.fence)
+        task.add_done_callback(lambda done: self._spawn_done(done, run))
+
+    def _spawn_done(self, task: asyncio.Task[Any], run: Run) -> None:
+        self._spawned.discard(task)
+        self._free_slot(run)  # a run that ended without reaching _finish (parked, handed on)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("run failed outside its job", exc_info=task.exception())
+
+    def _free_slot(self, run: Run) -> None:
+        # A slot is free as soon as the job ends: recording its outcome is batched
+        # and need not hold up the next run.
+        if run.fence in self._busy:
+            self._busy.discard(run.fence)
+            if self.on_slot_free is not None:
+                self.on_slot_free()
+
+    async def drain(self, timeout: timedelta) -> None:
+        """Wait up to ``timeout`` for spawned runs, then cancel (and so release) the rest."""
+        if self._spawned:
+            await asyncio.wait(list(self._spawned), timeout=timeout.total_seconds())
+        for task in list(self._spawned):
+            task.cancel()
+        if self._spawned:
+            await asyncio.wait(list(self._spawned), timeout=5)
+
+    async def execute_claimed(self, run: Run, descriptor: TaskDescriptor) -> Handoff:
+        """Execute a run this process just claimed, with its already-parsed descriptor.
+
+        A run claimed ahead of its time (the dispatcher's lookahead) waits for it here.
+        """
+        ready_at = run.occurrence_at + jitter_offset(descriptor, run.occurrence_at)
+        early = (ready_at - self.clock.now()).total_seconds()
+        if early > 0:
+            await asyncio.sleep(early)
+        if descriptor.name not in self.registry:
+            return await self._unknown_job(run, descriptor.name)
+        if await self._parked_for_data(run, descriptor):
+            return Handoff.DONE
+        await self._run_tracked(run, descriptor, self.clock.now())
+        return Handoff.DONE
+
+    async def _parked_for_data(self, run: Run, descriptor: TaskDescriptor) -> bool:
+        try:
+            check_data(self.registry.get(descriptor.name), descriptor.data)
+        except InvalidTaskDataError as exc:
+            await self._park(run, descriptor.name, f"data no longer fits the job: {exc}")
+            return True
+        return False
 
     async def execute(self, run: Run, job_name: str | None = None) -> Handoff:
         """Execute one run if its fence is still valid, and record its outcome.
@@ -105,10 +180,7 @@ class Executor:
             return Handoff.DONE
         if descriptor.name not in self.registry:
             return await self._unknown_job(run, descriptor.name)
-        try:
-            check_data(self.registry.get(descriptor.name), descriptor.data)
-        except InvalidTaskDataError as exc:
-            await self._park(run, descriptor.name, f"data no longer fits the job: {exc}")
+        if await self._parked_for_data(run, descriptor):
             return Handoff.DONE
         await self._run_tracked(run, descriptor, now)
         return Handoff.DONE
@@ -135,11 +207,11 @@ class Executor:
         name = descriptor.name
         lateness = now - run.occurrence_at - jitter_offset(descriptor, run.occurrence_at)
         grace = descriptor.misfire_grace_time
+        _telemetry.record_lag(name, lateness)
         if grace is not None and lateness > grace:
             await self._finish(run, descriptor, _Attempt(Outcome.MISSED), now, late_by=lateness)
             return
-        _telemetry.record_lag(name, lateness)
-        self._emit(EventKind.STARTED, run, name)
+        self._emit(EventKind.STARTED, run, name, data=self._data(descriptor))
         attempt = run.attempt
         while True:
             result = await self._attempt(run, descriptor, attempt)
@@ -150,13 +222,13 @@ class Executor:
                 break
             delay = descriptor.retry_backoff * 2 ** (attempt - run.attempt)
             self._emit(EventKind.RETRIED, run, name, attempt=attempt, error=result.error)
-            _telemetry.record_retry(name)
+            _telemetry.record_retry(name, type(result.error).__qualname__)
             await asyncio.sleep(delay.total_seconds())
             attempt += 1
         await self._finish(run, descriptor, result, now, attempt=attempt)
 
     async def _attempt(self, run: Run, descriptor: TaskDescriptor, attempt: int) -> _Attempt:
-        with _telemetry.run_span(descriptor.name, run.task_id, attempt) as span:
+        with _telemetry.run_span(descriptor.name, run.task_id, attempt, run.trace_context) as span:
             try:
                 job = await self._build(run, descriptor, attempt)
                 body = job.run_every if isinstance(job, RecurrentBackgroundJob) else job.run_at  # type: ignore[attr-defined]
@@ -198,12 +270,21 @@ class Executor:
         attempt: int | None = None,
         late_by: timedelta | None = None,
     ) -> None:
+        # The job is done: the heartbeat must stop renewing a lease the record releases.
+        self._active.pop(run.fence, None)
+        self._free_slot(run)
         now = self.clock.now()
         duration = None if late_by is not None else now - started_at
         error = _summary(result.error) if result.outcome is not Outcome.STOPPED else None
         stopped = result.outcome is Outcome.STOPPED
-        recorded = await self.store.finish(
-            run, result.outcome, now=now, error=error, end_task=stopped
+        recorded = await self._batcher.finish(
+            Finish(
+                run,
+                result.outcome,
+                error,
+                end_task=stopped,
+                started_at=None if late_by is not None else started_at,
+            )
         )
         _telemetry.record_outcome(
             descriptor.name,
@@ -211,7 +292,8 @@ class Executor:
             duration=duration,
             error_type=type(result.error).__qualname__ if error else None,
         )
-        _log_outcome(run, descriptor.name, result, attempt or run.attempt, duration, late_by)
+        data = self._data(descriptor)
+        _log_outcome(run, descriptor.name, result, attempt or run.attempt, duration, late_by, data)
         if not recorded:
             logger.info(
                 "outcome of task %r (fence %d) not recorded: the task was cancelled or its "
@@ -220,8 +302,19 @@ class Executor:
             )
         kind = EventKind(result.outcome.value)
         self._emit(
-            kind, run, descriptor.name, attempt=attempt, duration=duration, error=result.error
+            kind,
+            run,
+            descriptor.name,
+            attempt=attempt,
+            duration=duration,
+            error=result.error,
+            data=data,
         )
+
+    def _data(self, descriptor: TaskDescriptor) -> dict[str, Any]:
+        """The task's data as logs and events show it (see ``BackgroundJob.redact_data``)."""
+        job = self.registry.get(descriptor.name)
+        return redact(descriptor.data, getattr(job, "redact_data", False))
 
     async def _unknown_job(self, run: Run, job_name: str) -> Handoff:
         waited = self.clock.now() - run.occurrence_at
@@ -257,6 +350,7 @@ class Executor:
         attempt: int | None = None,
         duration: timedelta | None = None,
         error: BaseException | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         event = TaskEvent(
             kind,
@@ -267,6 +361,7 @@ class Executor:
             attempt=attempt or run.attempt,
             duration=duration,
             error=_summary(error),
+            data=data,
         )
         self.hub.emit(event)
 
@@ -304,9 +399,10 @@ def _log_outcome(
     attempt: int,
     duration: timedelta | None,
     late_by: timedelta | None,
+    data: dict[str, Any],
 ) -> None:
     seconds = duration.total_seconds() if duration is not None else 0.0
-    message = "task=%s job=%s occurrence=%s attempt=%d duration=%.3fs outcome=%s"
+    message = "task=%s job=%s occurrence=%s attempt=%d duration=%.3fs outcome=%s data=%s"
     args: tuple[Any, ...] = (
         run.task_id,
         job_name,
@@ -314,8 +410,18 @@ def _log_outcome(
         attempt,
         seconds,
         result.outcome.value,
+        json.dumps(data, default=str, sort_keys=True),
     )
-    extra = {"cml_jobs": {"task_id": run.task_id, "job": job_name, "outcome": result.outcome.value}}
+    fields = {
+        "task_id": run.task_id,
+        "job": job_name,
+        "occurrence_at": run.occurrence_at.isoformat(),
+        "attempt": attempt,
+        "duration": seconds,
+        "outcome": result.outcome.value,
+        "data": data,
+    }
+    extra = {"cml_jobs": fields}
     if result.outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
         exc_info = result.error if result.outcome is Outcome.FAILED else None
         logger.error(message, *args, exc_info=exc_info, extra=extra)

@@ -59,6 +59,9 @@ class BackgroundJob:
     """
 
     task_type: ClassVar[TaskType]
+    #: Hide ``data`` in logs and events: True for every value, or a set of keys whose
+    #: values are hidden. Secrets still never belong in ``data``.
+    redact_data: ClassVar[bool | frozenset[str]] = False
     #: Set by cml-jobs before ``configure`` is called.
     context: RunContext
 

@@ -108,6 +108,10 @@ class BackgroundTaskScheduler:
             store, pool = await connect(
                 self.settings, self._exit, self._given_store, queue=self.run_worker
             )
+            if pool is not None and not self.settings.embedded:
+                from cml_jobs.worker._stream import publish_events
+
+                await publish_events(self.hub, pool, self.settings.key_prefix, self._exit)
             runtime = Runtime(self.settings, store=store, clock=self.clock, hub=self.hub)
             await runtime.open()
             self._exit.push_async_callback(runtime.close)
@@ -131,7 +135,7 @@ class BackgroundTaskScheduler:
 
         if pool is None:
             raise ConfigurationError("run_worker=True needs redis_url (memory:// or redis://)")
-        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name))
+        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name, self.settings.batch_size))
         worker = EmbeddedWorker(runtime, pool)
         worker.start()
         runtime.start_loops()
@@ -139,6 +143,7 @@ class BackgroundTaskScheduler:
         async def stop_worker() -> None:
             await runtime.stop_dispatching()
             await worker.stop(self.settings.drain_timeout)
+            await runtime.drain()
             await runtime.stop_loops()
 
         self._exit.push_async_callback(stop_worker)

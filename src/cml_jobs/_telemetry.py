@@ -1,25 +1,46 @@
 """OpenTelemetry: the only module that imports it. The API only; the app picks the SDK.
 
 Instruments are created at import time against the global providers; OpenTelemetry binds
-them late, so an SDK the app installs afterwards still receives everything.
+them late, so an SDK the app installs afterwards still receives everything. Metric
+attributes never carry a task id (unbounded cardinality); spans do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from cml_jobs.stores._base import Outcome
+from cml_jobs.stores._base import Outcome, TaskState
 
-__all__ = ["record_lag", "record_outcome", "record_retry", "run_span"]
+__all__ = [
+    "count_states",
+    "mark_failed",
+    "record_lag",
+    "record_outcome",
+    "record_retry",
+    "run_span",
+    "schedule_span",
+    "set_task_counts",
+]
 
 _SCOPE = "cml_jobs"
 _tracer = trace.get_tracer(_SCOPE)
 _meter = metrics.get_meter(_SCOPE)
+_propagator = TraceContextTextMapPropagator()
+
+SYSTEM = "messaging.system"
+DESTINATION = "messaging.destination.name"  # the job name
+OUTCOME = "cml_jobs.outcome"
+ERROR_TYPE = "error.type"
+STATE = "cml_jobs.task.state"
+SYSTEM_NAME = "cml_jobs"
+TASK_STATES = ("scheduled", "running", "paused", "parked")
 
 # Seconds, from 5 ms to 10 min: the SDK's default buckets are made for milliseconds.
 _DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
@@ -41,12 +62,31 @@ _outcomes = _meter.create_counter(
     "cml_jobs.runs", unit="{occurrence}", description="Occurrences by job and outcome."
 )
 _active = _meter.create_up_down_counter(
-    "cml_jobs.runs.active", unit="{run}", description="Runs executing now."
+    "cml_jobs.runs.active", unit="{run}", description="Runs executing now, in this process."
 )
-_retries = _meter.create_counter("cml_jobs.retries", unit="{retry}", description="Retried runs.")
+_retries = _meter.create_counter(
+    "cml_jobs.retries", unit="{retry}", description="Failed attempts that are retried."
+)
 
-JOB = "cml_jobs.job.name"
-OUTCOME = "cml_jobs.outcome"
+# The latest task counts this process learnt (from listing the store). The gauge's
+# callback reads them: an exporter's collection never waits for Redis.
+_task_counts: dict[str, int] = {}
+
+
+def _observe_tasks(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(n, {STATE: state}) for state, n in _task_counts.items()]
+
+
+_meter.create_observable_gauge(
+    "cml_jobs.tasks",
+    callbacks=[_observe_tasks],
+    unit="{task}",
+    description="Tasks in the store by state, as last listed by this process.",
+)
+
+
+def _job(job_name: str) -> dict[str, str]:
+    return {SYSTEM: SYSTEM_NAME, DESTINATION: job_name}
 
 
 def record_outcome(
@@ -58,52 +98,106 @@ def record_outcome(
     error_type: str | None = None,
 ) -> None:
     """Count ``count`` occurrences that ended with ``outcome``; time the run if it ran."""
-    attributes = {"messaging.system": "arq", JOB: job_name, OUTCOME: outcome.value}
+    attributes = {**_job(job_name), OUTCOME: outcome.value}
     if error_type:
-        attributes["error.type"] = error_type
+        attributes[ERROR_TYPE] = error_type
     _outcomes.add(count, attributes)
     if duration is not None:
         _duration.record(duration.total_seconds(), attributes)
 
 
 def record_lag(job_name: str, lag: timedelta) -> None:
-    """Record how late a run started."""
-    _lag.record(max(lag.total_seconds(), 0.0), {JOB: job_name})
+    """Record how late a run started (or was found, when it is then missed)."""
+    _lag.record(max(lag.total_seconds(), 0.0), _job(job_name))
 
 
-def record_retry(job_name: str) -> None:
+def record_retry(job_name: str, error_type: str | None = None) -> None:
     """Count one retry of a failed run."""
-    _retries.add(1, {JOB: job_name})
+    attributes = _job(job_name)
+    if error_type:
+        attributes[ERROR_TYPE] = error_type
+    _retries.add(1, attributes)
+
+
+def count_states(states: Iterable[TaskState]) -> dict[str, int]:
+    """Tasks per state: parked, else paused, else running, else scheduled (if due)."""
+    counts = dict.fromkeys(TASK_STATES, 0)
+    for state in states:
+        if state.parked_reason is not None:
+            counts["parked"] += 1
+        elif state.paused:
+            counts["paused"] += 1
+        elif state.running:
+            counts["running"] += 1
+        elif state.due_at is not None:
+            counts["scheduled"] += 1
+    return counts
+
+
+def set_task_counts(counts: Mapping[str, int]) -> None:
+    """Replace the counts the ``cml_jobs.tasks`` gauge reports."""
+    _task_counts.clear()
+    _task_counts.update(counts)
 
 
 @contextmanager
-def run_span(job_name: str, task_id: str, attempt: int) -> Iterator[Span]:
-    """A consumer span around one run, the root of its own trace; active runs counted."""
+def schedule_span(job_name: str, task_id: str) -> Iterator[str | None]:
+    """A producer span around scheduling a task; yields its W3C ``traceparent`` (or None
+    when no tracing SDK is installed), which is stored with the task."""
+    attributes: dict[str, str] = {
+        **_job(job_name),
+        "messaging.operation.name": "create",
+        "messaging.operation.type": "create",
+        "cml_jobs.task.id": task_id,
+    }
+    with _tracer.start_as_current_span(
+        f"create {job_name}", kind=SpanKind.PRODUCER, attributes=attributes
+    ):
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)
+        yield carrier.get("traceparent")
+
+
+def _links(trace_context: str | None) -> list[Link]:
+    if not trace_context:
+        return []
+    context = _propagator.extract({"traceparent": trace_context})
+    parent = trace.get_current_span(context).get_span_context()
+    return [Link(parent)] if parent.is_valid else []
+
+
+@contextmanager
+def run_span(
+    job_name: str, task_id: str, attempt: int, trace_context: str | None = None
+) -> Iterator[Span]:
+    """A consumer span around one run: the root of a new trace, linked to the span that
+    scheduled the task (``trace_context``), so a recurrence never grows one endless trace.
+    Active runs are counted meanwhile."""
     attributes: dict[str, str | int] = {
-        "messaging.system": "arq",
+        **_job(job_name),
         "messaging.operation.name": "process",
         "messaging.operation.type": "process",
-        "messaging.destination.name": job_name,
         "cml_jobs.task.id": task_id,
         "cml_jobs.run.attempt": attempt,
     }
-    _active.add(1, {JOB: job_name})
+    _active.add(1, _job(job_name))
     try:
         with _tracer.start_as_current_span(
             f"process {job_name}",
             kind=SpanKind.CONSUMER,
             attributes=attributes,
+            links=_links(trace_context),
             context=trace.set_span_in_context(trace.INVALID_SPAN),
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
             yield span
     finally:
-        _active.add(-1, {JOB: job_name})
+        _active.add(-1, _job(job_name))
 
 
 def mark_failed(span: Span, error: BaseException) -> None:
     """Set the span's error status and record the exception on it."""
     span.record_exception(error)
     span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-    span.set_attribute("error.type", type(error).__qualname__)
+    span.set_attribute(ERROR_TYPE, type(error).__qualname__)

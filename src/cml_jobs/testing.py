@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
+from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._dispatch import Dispatcher
 from cml_jobs._events import TaskEvent
 from cml_jobs._execution import Executor, Handoff
@@ -63,15 +64,25 @@ class ManualClock:
 
 
 class _InlineSink:
-    """Runs each claimed occurrence right away, in order, instead of queueing it."""
+    """Runs each claimed occurrence right away, one after another, and waits for it."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, room: int) -> None:
         self.executor = executor
+        self._room = room
 
-    async def submit(self, runs: Sequence[Run], job_names: Mapping[str, str]) -> None:
+    def room(self) -> int:
+        return self._room
+
+    async def submit(self, runs: Sequence[Run], descriptors: Mapping[str, TaskDescriptor]) -> None:
         for run in runs:
-            # Each run gets its own task, as it would under arq (per-run resources).
-            outcome = await asyncio.create_task(self.executor.execute(run))
+            descriptor = descriptors.get(run.task_id)
+            work = (
+                self.executor.execute(run)
+                if descriptor is None
+                else self.executor.execute_claimed(run, descriptor)
+            )
+            # Each run gets its own task, as in a worker (per-run resources).
+            outcome = await asyncio.create_task(work)
             assert outcome is Handoff.DONE
 
 
@@ -89,7 +100,7 @@ async def run_due(scheduler: BackgroundTaskScheduler, *, max_ticks: int = 1000) 
     dispatcher = Dispatcher(
         store=runtime.store,
         clock=runtime.clock,
-        sink=_InlineSink(runtime.executor),
+        sink=_InlineSink(runtime.executor, runtime.settings.batch_size),
         hub=runtime.hub,
         lease=runtime.settings.lease,
         batch=runtime.settings.batch_size,

@@ -843,3 +843,83 @@ async def test_a_missed_one_time_occurrence_ends_the_task(store: ScheduleStore) 
     [result] = await store.claim([missed], now=T0, lease_until=T0 + LEASE)
     assert result.status is ClaimStatus.ADVANCED
     assert await store.get("t1") is None
+
+
+# -- batched finishes ------------------------------------------------------------------
+
+
+async def test_finish_many_applies_each_finish_and_rejects_stale_fences(
+    store: ScheduleStore,
+) -> None:
+    """One call finishes several runs; a stale fence in the batch is rejected alone."""
+    from cml_jobs.stores import Finish
+
+    await store.add(new_task("a"), replace=False)
+    await store.add(new_task("b"), replace=False)
+    run_a = await claim_run(store, decision("a"))
+    run_b = await claim_run(store, decision("b"))
+    stale = Run("a", run_a.fence + 10_000, T0)
+    results = await store.finish_many(
+        [
+            Finish(run_a, Outcome.SUCCEEDED, started_at=T0 + SEC),
+            Finish(stale, Outcome.FAILED, error="late"),
+            Finish(run_b, Outcome.FAILED, error="boom", started_at=T0 + 2 * SEC),
+        ]
+    )
+    assert results == [True, False, True]
+    a, b = await store.get("a"), await store.get("b")
+    assert a is not None and b is not None
+    assert (a.last_outcome, a.last_run_at, a.running) == (Outcome.SUCCEEDED, T0 + SEC, 0)
+    assert (b.last_outcome, b.last_error, b.last_run_at) == (Outcome.FAILED, "boom", T0 + 2 * SEC)
+
+
+# -- trace context ---------------------------------------------------------------------
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_a_task_keeps_the_trace_context_it_was_added_with(store: ScheduleStore) -> None:
+    """due() and get() return the W3C trace context given to add(), for every occurrence."""
+    task = NewTask("t1", descriptor("t1"), T0, T0, T0 - MINUTE, trace_context=TRACEPARENT)
+    await store.add(task, replace=False)
+    [due] = await store.due(T0, 10)
+    assert due.trace_context == TRACEPARENT
+    state = await store.get("t1")
+    assert state is not None and state.trace_context == TRACEPARENT
+    await claim_run(store)
+    [following] = await store.due(T0 + MINUTE, 10)
+    assert following.trace_context == TRACEPARENT
+
+
+async def test_a_task_added_without_a_trace_context_has_none(store: ScheduleStore) -> None:
+    """No trace context in, None out (not an empty string)."""
+    await store.add(new_task(), replace=False)
+    [due] = await store.due(T0, 10)
+    state = await store.get("t1")
+    assert due.trace_context is None
+    assert state is not None and state.trace_context is None
+    assert [s.trace_context for s in await store.list()] == [None]
+
+
+async def test_a_replaced_task_takes_the_new_trace_context(store: ScheduleStore) -> None:
+    """replace=True drops the old task's trace context with it."""
+    await store.add(new_task(), replace=False)
+    replacement = NewTask("t1", descriptor("t1", 2), T0, T0, T0, trace_context=TRACEPARENT)
+    await store.add(replacement, replace=True)
+    state = await store.get("t1")
+    assert state is not None and state.trace_context == TRACEPARENT
+
+
+async def test_poll_returns_the_due_tasks_and_when_the_next_one_is_ready(
+    store: ScheduleStore,
+) -> None:
+    """poll() is due() plus the ready time of the first task it left out."""
+    for n, offset in enumerate([0, 1, 5]):
+        await store.add(new_task(f"t{n}", due_at=T0 + offset * MINUTE), replace=False)
+    batch = await store.poll(T0 + MINUTE, 10)
+    assert [task.task_id for task in batch.tasks] == ["t0", "t1"]
+    assert batch.next_ready_at == T0 + 5 * MINUTE
+    limited = await store.poll(T0 + MINUTE, 1)
+    assert ([t.task_id for t in limited.tasks], limited.next_ready_at) == (["t0"], T0 + MINUTE)
+    await store.set_paused("t2", paused=True, due_at=None, ready_at=None)
+    assert (await store.poll(T0 + MINUTE, 10)).next_ready_at is None

@@ -20,7 +20,9 @@ __all__ = [
     "ClaimResult",
     "ClaimStatus",
     "Decision",
+    "DueBatch",
     "DueTask",
+    "Finish",
     "NewTask",
     "Outcome",
     "Run",
@@ -53,6 +55,8 @@ class NewTask:
         due_at: its first occurrence.
         ready_at: when that occurrence may be claimed (``due_at`` plus jitter).
         created_at: now, for the record.
+        trace_context: the W3C ``traceparent`` of the span that scheduled the task, or
+            None; every run's span links to it.
     """
 
     task_id: str
@@ -60,6 +64,7 @@ class NewTask:
     due_at: datetime
     ready_at: datetime
     created_at: datetime
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,15 @@ class DueTask:
     task_id: str
     due_at: datetime
     descriptor_json: str
+    trace_context: str | None = None
+
+
+@dataclass(frozen=True)
+class DueBatch:
+    """What ``ScheduleStore.poll`` found: the due tasks, and when the next one is ready."""
+
+    tasks: list[DueTask]
+    next_ready_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -114,12 +128,15 @@ class Run:
         fence: a token unique to this run; every write about the run must present it.
         occurrence_at: the intended time of the occurrence.
         attempt: 1 for the first attempt, +1 for each re-run after a lost lease.
+        trace_context: the task's ``trace_context``, when the dispatcher knew it; not part
+            of the run's identity.
     """
 
     task_id: str
     fence: int
     occurrence_at: datetime
     attempt: int = 1
+    trace_context: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,26 @@ class StartedRun:
 
 
 @dataclass(frozen=True)
+class Finish:
+    """How one run ended, for ``ScheduleStore.finish_many``.
+
+    Attributes:
+        run: the run, with its fence.
+        outcome: how it ended.
+        error: a one-line summary of the failure, if any.
+        end_task: the job ended its recurrence: delete the task.
+        started_at: when the run started, recorded as the task's last run time (a run
+            executed by the worker that claimed it is never ``start``-ed).
+    """
+
+    run: Run
+    outcome: Outcome
+    error: str | None = None
+    end_task: bool = False
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class TaskState:
     """What the store knows about one task.
 
@@ -155,6 +192,7 @@ class TaskState:
         last_error: a one-line summary of the latest failure.
         created_at: when the task was added.
         counts: occurrences per outcome since the task was added.
+        trace_context: the ``trace_context`` the task was added with.
     """
 
     task_id: str
@@ -168,6 +206,7 @@ class TaskState:
     last_error: str | None = None
     created_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    trace_context: str | None = None
 
 
 @runtime_checkable
@@ -228,6 +267,12 @@ class ScheduleStore(Protocol):
         """
         ...
 
+    async def poll(self, now: datetime, limit: int) -> DueBatch:
+        """``due(now, limit)``, and in the same call the earliest ready time among the
+        schedulable tasks it did not return (None if there are none): everything a
+        dispatcher needs for one tick and the sleep after it."""
+        ...
+
     async def next_ready_at(self) -> datetime | None:
         """The earliest ready time of any task or lease expiry of any run, or None."""
         ...
@@ -285,12 +330,18 @@ class ScheduleStore(Protocol):
         now: datetime,
         error: str | None = None,
         end_task: bool = False,
+        started_at: datetime | None = None,
     ) -> bool:
         """Record how a run ended and release it, if its fence is still valid.
 
         With ``end_task`` the task is deleted (a job that stopped its recurrence). A task
         with no next occurrence is deleted once its last run is finished (a one-time task
         ends after its run), unless it is parked. Returns False, writing nothing, for a
-        stale fence: a late write from a run that was re-issued or cancelled.
+        stale fence: a late write from a run that was re-issued or cancelled. With
+        ``started_at``, that time becomes the task's last run time.
         """
+        ...
+
+    async def finish_many(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
+        """``finish`` for several runs in one atomic call; one result per finish, in order."""
         ...

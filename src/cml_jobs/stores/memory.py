@@ -15,7 +15,9 @@ from cml_jobs.stores._base import (
     ClaimResult,
     ClaimStatus,
     Decision,
+    DueBatch,
     DueTask,
+    Finish,
     NewTask,
     Outcome,
     Run,
@@ -44,6 +46,7 @@ class _Task:
     last_error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     runs: dict[int, Run] = field(default_factory=dict)
+    trace_context: str | None = None
 
     @property
     def schedulable(self) -> bool:
@@ -78,6 +81,7 @@ class InMemoryScheduleStore:
             due_at=_ms(task.due_at),
             ready_at=_ms(task.ready_at),
             created_at=_ms(task.created_at),
+            trace_context=task.trace_context,
         )
         return True
 
@@ -122,8 +126,14 @@ class InMemoryScheduleStore:
                 break
             task = self._tasks[task_id]
             assert task.due_at is not None
-            found.append(DueTask(task_id, task.due_at, task.descriptor_json))
+            found.append(DueTask(task_id, task.due_at, task.descriptor_json, task.trace_context))
         return found
+
+    async def poll(self, now: datetime, limit: int) -> DueBatch:
+        tasks = await self.due(now, limit)
+        returned = {task.task_id for task in tasks}
+        later = (ready for ready, task_id in self._live_due() if task_id not in returned)
+        return DueBatch(tasks, next(later, None))
 
     async def next_ready_at(self) -> datetime | None:
         due = min((ready for ready, _ in self._live_due()), default=None)
@@ -200,15 +210,25 @@ class InMemoryScheduleStore:
         now: datetime,
         error: str | None = None,
         end_task: bool = False,
+        started_at: datetime | None = None,
     ) -> bool:
+        return self._finish(Finish(run, outcome, error, end_task, started_at))
+
+    async def finish_many(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
+        return [self._finish(finish) for finish in finishes]
+
+    def _finish(self, finish: Finish) -> bool:
+        run = finish.run
         task = self._tasks.get(run.task_id)
         if task is None or self._release(run.task_id, run.fence) is None:
             return False
-        task.last_outcome = outcome
-        task.last_error = error
-        task.count(outcome)
+        if finish.started_at is not None:
+            task.last_run_at = _ms(finish.started_at)
+        task.last_outcome = finish.outcome
+        task.last_error = finish.error
+        task.count(finish.outcome)
         ended = task.due_at is None and not task.runs and task.parked_reason is None
-        if end_task or ended:
+        if finish.end_task or ended:
             self._drop(run.task_id)
         return True
 
@@ -260,4 +280,5 @@ class InMemoryScheduleStore:
             last_error=task.last_error,
             created_at=task.created_at,
             counts=dict(task.counts),
+            trace_context=task.trace_context,
         )

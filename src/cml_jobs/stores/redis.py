@@ -13,6 +13,7 @@ Every mutating method is one Lua script (EVALSHA), so it is atomic across proces
 #                         last_run_at, created_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
 #                         r:{fence}    "{occurrence ms}|{attempt}", one field per live run
+#                         trace        W3C traceparent of the scheduling span; absent if none
 #   {p}tasks      SET     every task id (for list)
 #   {p}due        ZSET    task id -> ready time (ms); only tasks that can be claimed
 #   {p}runs       ZSET    "{fence:016d}|{task id}" -> lease expiry (ms); the zero padding
@@ -41,7 +42,9 @@ from cml_jobs.stores._base import (
     ClaimResult,
     ClaimStatus,
     Decision,
+    DueBatch,
     DueTask,
+    Finish,
     NewTask,
     Outcome,
     Run,
@@ -66,7 +69,8 @@ local function drop_task(key, id)
   redis.call('SREM', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
 end
-local function schedule(key, id, due, ready)
+local function schedule(key, id, due, ready, held)
+  -- held: the task is paused or parked (nil: look it up)
   if due == '' then
     redis.call('HDEL', key, 'due_at')
     redis.call('ZREM', KEYS[2], id)
@@ -74,8 +78,11 @@ local function schedule(key, id, due, ready)
   end
   redis.call('HSET', key, 'due_at', due)
   if ready == '' then ready = due end
-  local st = redis.call('HMGET', key, 'paused', 'parked')
-  if st[1] or st[2] then redis.call('ZREM', KEYS[2], id)
+  if held == nil then
+    local st = redis.call('HMGET', key, 'paused', 'parked')
+    held = st[1] or st[2]
+  end
+  if held then redis.call('ZREM', KEYS[2], id)
   else redis.call('ZADD', KEYS[2], ready, id) end
 end
 local function new_run(key, id, occurrence, attempt, lease)
@@ -85,12 +92,14 @@ local function new_run(key, id, occurrence, attempt, lease)
   return fence
 end
 local function release(key, id, fence)
-  redis.call('ZREM', KEYS[3], run_member(fence, id))
-  return redis.call('HDEL', key, 'r:' .. fence)
+  local had = redis.call('HDEL', key, 'r:' .. fence)
+  if had == 1 then redis.call('ZREM', KEYS[3], run_member(fence, id)) end
+  return had
 end
 """
 
-# ARGV: prefix, id, descriptor, due, ready, created, replace -> 1 written, 0 same, -1 conflict
+# ARGV: prefix, id, descriptor, due, ready, created, replace, trace ("" for none)
+# -> 1 written, 0 same, -1 conflict
 _ADD = """
 local id = ARGV[2]
 local key = ARGV[1] .. id
@@ -101,6 +110,7 @@ if redis.call('EXISTS', key) == 1 then
 end
 redis.call('HSET', key, 'descriptor', ARGV[3], 'due_at', ARGV[4], 'created_at', ARGV[6],
   'running', 0)
+if ARGV[8] ~= '' then redis.call('HSET', key, 'trace', ARGV[8]) end
 redis.call('SADD', KEYS[1], id)
 redis.call('ZADD', KEYS[2], ARGV[5], id)
 return 1
@@ -141,16 +151,20 @@ end
 return 1
 """
 
-# ARGV: prefix, now, limit -> flat (id, due_at, descriptor) triples
-_DUE = """
+
+# ARGV: prefix, now, limit -> {flat (id, due_at, descriptor, trace) quadruples,
+#   the ready score of the first task not returned, or false}
+_POLL = """
 local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])) do
-  local v = redis.call('HMGET', ARGV[1] .. id, 'due_at', 'descriptor')
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local v = redis.call('HMGET', ARGV[1] .. id, 'due_at', 'descriptor', 'trace')
   if v[1] and v[2] then
-    out[#out + 1] = id; out[#out + 1] = v[1]; out[#out + 1] = v[2]
+    out[#out + 1] = id; out[#out + 1] = v[1]; out[#out + 1] = v[2]; out[#out + 1] = v[3] or ''
   end
 end
-return out
+local following = redis.call('ZRANGE', KEYS[2], #ids, #ids, 'WITHSCORES')
+return {out, following[2] or false}
 """
 
 # ARGV: prefix, id -> HGETALL
@@ -188,7 +202,7 @@ local function claim(id, expected, run_at, next_due, next_ready, max_instances, 
     redis.call('HINCRBY', key, 'n:missed', missed)
     if status == 'advanced' then redis.call('HSET', key, 'last_outcome', 'missed') end
   end
-  schedule(key, id, next_due, next_ready)
+  schedule(key, id, next_due, next_ready, false)
   if next_due == '' and status ~= 'claimed' and (tonumber(st[5]) or 0) == 0 then
     drop_task(key, id)  -- a one-time task whose occurrence was missed has ended
   end
@@ -211,6 +225,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2], 'LIMIT'
   local key = ARGV[1] .. id
   local run = redis.call('HGET', key, 'r:' .. old)
   release(key, id, old)
+  redis.call('ZREM', KEYS[3], m)  -- also when the run's task is gone
   if run then
     bar = string.find(run, '|', 1, true)
     local occurrence = string.sub(run, 1, bar - 1)
@@ -248,22 +263,32 @@ end
 return out
 """
 
-# ARGV: prefix, id, fence, outcome, error ("" with has_error "0" for none), has_error, end_task
+# ARGV: prefix, then per finish: id, fence, outcome, error, has_error ("0" for none),
+# end_task, started_at ("" for none) -> one 1/0 per finish
 _FINISH = """
-local id = ARGV[2]
-local key = ARGV[1] .. id
-if redis.call('HEXISTS', key, 'r:' .. ARGV[3]) == 0 then return 0 end
-release(key, id, ARGV[3])
-local running = redis.call('HINCRBY', key, 'running', -1)
-redis.call('HSET', key, 'last_outcome', ARGV[4])
-redis.call('HINCRBY', key, 'n:' .. ARGV[4], 1)
-if ARGV[6] == '1' then redis.call('HSET', key, 'last_error', ARGV[5])
-else redis.call('HDEL', key, 'last_error') end
-local ended = running <= 0 and redis.call('HEXISTS', key, 'due_at') == 0
-if ARGV[7] == '1' or (ended and redis.call('HEXISTS', key, 'parked') == 0) then
-  drop_task(key, id)
+local function finish(id, fence, outcome, err, has_error, end_task, started_at)
+  local key = ARGV[1] .. id
+  if release(key, id, fence) == 0 then return 0 end
+  local running = redis.call('HINCRBY', key, 'running', -1)
+  local st = redis.call('HMGET', key, 'due_at', 'parked')
+  if end_task == '1' or (running <= 0 and not st[1] and not st[2]) then
+    drop_task(key, id)  -- ended: nothing left to record on it
+    return 1
+  end
+  if has_error ~= '1' then err = '' end  -- '' reads as no error
+  if started_at ~= '' then
+    redis.call('HSET', key, 'last_outcome', outcome, 'last_error', err, 'last_run_at', started_at)
+  else
+    redis.call('HSET', key, 'last_outcome', outcome, 'last_error', err)
+  end
+  redis.call('HINCRBY', key, 'n:' .. outcome, 1)
+  return 1
 end
-return 1
+local out = {}
+for i = 2, #ARGV, 7 do
+  out[#out + 1] = finish(unpack(ARGV, i, i + 6))
+end
+return out
 """
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -286,8 +311,10 @@ def _at(ms: object) -> datetime:
 
 
 def _text(value: object) -> str:
-    # The client may or may not decode responses (ArqRedis does not); accept both.
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # The client may or may not decode responses (ArqRedis does not); accept both. Bytes
+    # that are not UTF-8 (a tampered descriptor) must not break due() or list() for every
+    # task: they decode with U+FFFD, so the descriptor fails validation and is parked.
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -315,9 +342,10 @@ def _state(task_id: str, fields: Mapping[str, str]) -> TaskState:
         running=int(fields.get("running", "0")),
         last_run_at=at("last_run_at"),
         last_outcome=_outcome(fields.get("last_outcome")),
-        last_error=fields.get("last_error"),
+        last_error=fields.get("last_error") or None,
         created_at=at("created_at"),
         counts={k[2:]: int(v) for k, v in fields.items() if k.startswith("n:") and int(v)},
+        trace_context=fields.get("trace"),
     )
 
 
@@ -335,6 +363,25 @@ def _decision_args(d: Decision) -> list[str]:
         _opt_ms(d.next_ready_at),
         str(d.max_instances),
         str(d.missed),
+    ]
+
+
+def _finish_args(finish: Finish) -> list[str]:
+    error_args = ["", "0"] if finish.error is None else [finish.error, "1"]
+    return [
+        finish.run.task_id,
+        str(finish.run.fence),
+        Outcome(finish.outcome).value,
+        *error_args,
+        "1" if finish.end_task else "0",
+        _opt_ms(finish.started_at),
+    ]
+
+
+def _due_tasks(flat: Sequence[Any]) -> list[DueTask]:
+    return [
+        DueTask(_text(flat[i]), _at(flat[i + 1]), _text(flat[i + 2]), _text(flat[i + 3]) or None)
+        for i in range(0, len(flat), 4)
     ]
 
 
@@ -365,7 +412,7 @@ class RedisScheduleStore:
         self._remove = script(_LIB + _REMOVE)
         self._set_paused = script(_LIB + _SET_PAUSED)
         self._park = script(_LIB + _PARK)
-        self._due = script(_DUE)
+        self._poll = script(_POLL)
         self._get = script(_GET)
         self._list = script(_LIST)
         self._claim = script(_LIB + _CLAIM)
@@ -378,8 +425,10 @@ class RedisScheduleStore:
         if "|" in task.task_id:
             raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
         times = (_ms(task.due_at), _ms(task.ready_at), _ms(task.created_at))
+        replacing = "1" if replace else "0"
+        trace = task.trace_context or ""
         written = await self._call(
-            self._add, task.task_id, task.descriptor_json, *times, "1" if replace else "0"
+            self._add, task.task_id, task.descriptor_json, *times, replacing, trace
         )
         if written == -1:
             raise TaskExistsError(
@@ -411,13 +460,13 @@ class RedisScheduleStore:
         return bool(await self._call(self._park, task_id, reason))
 
     async def due(self, now: datetime, limit: int) -> builtins.list[DueTask]:
+        return [] if limit <= 0 else (await self.poll(now, limit)).tasks
+
+    async def poll(self, now: datetime, limit: int) -> DueBatch:
         if limit <= 0:
-            return []
-        flat = await self._call(self._due, _ms(now), str(limit))
-        return [
-            DueTask(_text(flat[i]), _at(flat[i + 1]), _text(flat[i + 2]))
-            for i in range(0, len(flat), 3)
-        ]
+            return DueBatch([], await self.next_ready_at())
+        flat, following = await self._call(self._poll, _ms(now), str(limit))
+        return DueBatch(_due_tasks(flat), None if following is None else _at(following))
 
     async def next_ready_at(self) -> datetime | None:
         _, due, runs, _ = self._keys
@@ -472,17 +521,16 @@ class RedisScheduleStore:
         now: datetime,
         error: str | None = None,
         end_task: bool = False,
+        started_at: datetime | None = None,
     ) -> bool:
-        error_args = ("", "0") if error is None else (error, "1")
-        done = await self._call(
-            self._finish,
-            run.task_id,
-            str(run.fence),
-            Outcome(outcome).value,
-            *error_args,
-            "1" if end_task else "0",
-        )
-        return bool(done)
+        [done] = await self.finish_many([Finish(run, outcome, error, end_task, started_at)])
+        return done
+
+    async def finish_many(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
+        if not finishes:
+            return []
+        args = [arg for finish in finishes for arg in _finish_args(finish)]
+        return [bool(done) for done in await self._call(self._finish, *args)]
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
         with self._translated():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AsyncExitStack
 from typing import Any
 
 from cml_jobs._config import Settings
@@ -24,8 +25,9 @@ from cml_jobs.worker._arq import (
     run_function,
 )
 from cml_jobs.worker._embedded import EmbeddedWorker
+from cml_jobs.worker._stream import EventStream, StreamEntry, publish_events
 
-__all__ = ["ArqSink", "EmbeddedWorker", "worker_settings"]
+__all__ = ["ArqSink", "EmbeddedWorker", "EventStream", "StreamEntry", "worker_settings"]
 
 logger = logging.getLogger("cml_jobs.worker")
 
@@ -111,7 +113,9 @@ class _Lifecycle:
         store = RedisScheduleStore(pool, prefix=self.settings.key_prefix)
         runtime = Runtime(self.settings, store=store, clock=self.clock)
         await runtime.open()
-        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name))
+        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name, self.settings.batch_size))
+        ctx["cml_jobs_events"] = AsyncExitStack()
+        await publish_events(runtime.hub, pool, self.settings.key_prefix, ctx["cml_jobs_events"])
         runtime.start_loops()
         ctx["cml_jobs"] = runtime
         logger.info("cml-jobs worker started on queue %r", self.settings.queue_name)
@@ -120,6 +124,10 @@ class _Lifecycle:
         runtime = ctx.get("cml_jobs")
         if runtime is None:
             return
+        await runtime.stop_dispatching()
+        await runtime.drain()
         await runtime.stop_loops()
+        if "cml_jobs_events" in ctx:
+            await ctx["cml_jobs_events"].aclose()  # the last events reach the stream
         await runtime.close()
         logger.info("cml-jobs worker stopped")

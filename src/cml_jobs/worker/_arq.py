@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any, TypedDict, TypeVar
 from uuid import uuid4
@@ -25,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._execution import Handoff
 from cml_jobs._runtime import Runtime
 from cml_jobs._timing import from_ms, to_ms
@@ -54,6 +56,7 @@ class WorkerContext(TypedDict, total=False):
     """The part of arq's ``ctx`` that cml-jobs uses."""
 
     cml_jobs: Runtime
+    cml_jobs_events: AsyncExitStack  # closes the event stream publisher
     redis: ArqRedis
     job_id: str
 
@@ -64,6 +67,7 @@ class _Payload(TypedDict):
     o: int  # occurrence, epoch ms
     a: int  # attempt
     j: str | None  # job name, when the dispatcher knew it
+    c: str | None  # W3C traceparent of the span that scheduled the task
 
 
 def dumps(value: Any) -> bytes:
@@ -82,16 +86,29 @@ def arq_job_id(run: Run) -> str:
 
 
 class ArqSink:
-    """Submits runs to the arq queue."""
+    """Submits runs to the arq queue, for any worker to take.
 
-    def __init__(self, pool: ArqRedis, queue_name: str) -> None:
+    Args:
+        pool: the arq Redis pool.
+        queue_name: the arq queue.
+        room: the most runs taken per dispatcher tick.
+    """
+
+    def __init__(self, pool: ArqRedis, queue_name: str, room: int = 500) -> None:
         self.pool = pool
         self.queue_name = queue_name
+        self._room = room
 
-    async def submit(self, runs: Sequence[Run], job_names: Mapping[str, str]) -> None:
+    def room(self) -> int:
+        """The queue takes a full batch every tick."""
+        return self._room
+
+    async def submit(self, runs: Sequence[Run], descriptors: Mapping[str, TaskDescriptor]) -> None:
         """Enqueue one arq job per run (a run already queued is not queued again)."""
         for run in runs:
-            await self._enqueue(_payload(run, job_names.get(run.task_id)), arq_job_id(run))
+            descriptor = descriptors.get(run.task_id)
+            name = descriptor.name if descriptor is not None else None
+            await self._enqueue(_payload(run, name), arq_job_id(run))
 
     async def _enqueue(
         self, payload: _Payload, job_id: str, defer: timedelta | None = None
@@ -112,6 +129,7 @@ def _payload(run: Run, job_name: str | None) -> _Payload:
         "o": to_ms(run.occurrence_at),
         "a": run.attempt,
         "j": job_name,
+        "c": run.trace_context,
     }
 
 
@@ -119,7 +137,7 @@ async def _run(ctx: WorkerContext, payload: _Payload) -> None:
     """The arq function: execute one run in this worker's runtime."""
     runtime = ctx["cml_jobs"]
     assert runtime.executor is not None
-    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"])
+    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"], payload.get("c"))
     if await runtime.executor.execute(run, payload.get("j")) is Handoff.ELSEWHERE:
         sink = ArqSink(ctx["redis"], runtime.settings.queue_name)
         await sink._enqueue(payload, f"{arq_job_id(run)}:{uuid4().hex[:8]}", _HANDOFF_DELAY)

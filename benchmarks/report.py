@@ -1,0 +1,149 @@
+"""Summaries (median, min-max of repeats), the JSON file and the markdown table."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+# workload -> rows of (metric, label, format); "s" seconds, "ms" seconds shown in ms.
+ROWS: dict[str, list[tuple[str, str, str]]] = {
+    "A": [
+        (
+            "drain_rate_per_s",
+            "A. occurrences/s draining due one-time tasks (first to last start)",
+            "n",
+        ),
+        ("drain_rate_from_spawn_per_s", "A. occurrences/s incl. worker start-up", "n"),
+        ("missing", "A. missing", "i"),
+        ("duplicates", "A. duplicates", "i"),
+    ],
+    "B": [
+        ("lateness_p50_s", "B. lateness p50", "ms"),
+        ("lateness_p99_s", "B. lateness p99", "ms"),
+        ("lateness_max_s", "B. lateness max", "ms"),
+        ("missing", "B. missing", "i"),
+        ("duplicates", "B. duplicates", "i"),
+    ],
+    "C": [
+        ("lateness_p50_s", "lateness p50", "ms"),
+        ("lateness_p99_s", "lateness p99", "ms"),
+        ("executed", "runs executed", "i"),
+        ("expected", "runs expected", "i"),
+        ("duplicates", "duplicates", "i"),
+        ("worker_cpu_pct", "worker CPU % (of one core)", "n"),
+    ],
+    "D": [
+        ("cmds_per_occ", "D. Redis commands per occurrence (enqueue + execute)", "n"),
+        ("cmds_enqueue_per_occ", "D. … of which enqueue/schedule", "n"),
+        ("cmds_worker_per_occ", "D. … of which worker", "n"),
+        ("bytes_per_task_keys", "D. Redis bytes per stored task (MEMORY USAGE, all keys)", "n"),
+        ("bytes_per_task_used_memory", "D. Redis bytes per stored task (used_memory delta)", "n"),
+        ("idle_cmds_per_s", "D. idle Redis commands/s, one worker, nothing due", "n"),
+    ],
+    "E": [
+        ("schedule_single_per_s", "E. schedule rate, single awaited calls, /s", "n"),
+        ("schedule_bulk_per_s", "E. schedule rate, asyncio.gather chunks of 200, /s", "n"),
+        ("recovery_s", "E. recovery: worker start → backlog handled", "s"),
+        ("recovered", "E. recovery: tasks caught up", "i"),
+        ("catch_up_runs_per_task", "E. recovery: catch-up runs per task", "n"),
+        ("backlog_scheduled_in_s", "E. recovery: time to schedule the backlog", "s"),
+    ],
+    "F": [
+        ("executed", "runs executed", "i"),
+        ("expected", "runs expected", "i"),
+        ("lateness_p99_s", "lateness p99", "ms"),
+        ("duplicates", "duplicates", "i"),
+        ("worker_cpu_pct", "worker CPU % (sum over workers)", "n"),
+    ],
+}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in runs[0] if runs else []:
+        values = [r.get(key) for r in runs]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not numbers:
+            continue
+        out[key] = {
+            "median": statistics.median(numbers),
+            "min": min(numbers),
+            "max": max(numbers),
+            "n": len(numbers),
+            "of": len(values),
+        }
+    return out
+
+
+def _fmt(value: float, kind: str) -> str:
+    if kind == "ms":
+        return f"{value * 1000:,.1f} ms" if abs(value) < 10 else f"{value:,.2f} s"
+    if kind == "s":
+        return f"{value:,.2f} s"
+    if kind == "i":
+        return f"{value:,.0f}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def _cell(summary: dict[str, Any] | None, kind: str) -> str:
+    if not summary:
+        return "—"
+    text = _fmt(summary["median"], kind)
+    if summary["min"] != summary["max"]:
+        text += f" [{_fmt(summary['min'], kind)}-{_fmt(summary['max'], kind)}]"
+    if summary["n"] < summary["of"]:
+        text += f" ({summary['of'] - summary['n']} run(s) without a value)"
+    return text
+
+
+def _ratio(cml: dict[str, Any] | None, arq: dict[str, Any] | None) -> str:
+    if not cml or not arq or not arq["median"]:
+        return "—"
+    return f"{cml['median'] / arq['median']:.2f}x"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    meta = doc["meta"]
+    lines = [
+        "# cml-jobs benchmarks",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- mode: {meta['mode']}, repeats: {meta['repeats']}, "
+        f"started {meta['started']}, took {meta.get('took_s', 0):.0f} s",
+        f"- machine: {meta['nproc']} CPUs ({meta['cpu']}), Redis {meta['redis_version']} at "
+        f"`{meta['redis_url']}`, Python {meta['python']}, arq {meta['arq']}",
+        f"- commit: {meta['commit']}",
+        "",
+        "Each cell: median of the repeats [min-max]. Ratio = cml-jobs / arq (same run); "
+        "for lateness, CPU, commands and bytes lower is better, for rates higher is better.",
+        "",
+    ]
+    if meta["mode"] == "quick":
+        lines += [
+            "**Quick mode: a smoke run with tiny sizes, both systems run concurrently. "
+            "These figures are not measurements.**",
+            "",
+        ]
+    lines += ["| figure | cml-jobs | arq 0.28 | ratio |", "|---|---|---|---|"]
+    results = doc["results"]
+    for workload, rows in ROWS.items():
+        keys = [k for k in results if k == workload or (k[0] == workload and workload in "CF")]
+        if workload == "D" and "A" in results:
+            keys = ["A", *keys]  # commands per occurrence are counted on A's drain
+        for key in keys:
+            by_system = results[key]
+            for metric, label, kind in rows:
+                cml = by_system.get("cml", {}).get("summary", {}).get(metric)
+                arq = by_system.get("arq", {}).get("summary", {}).get(metric)
+                if cml is None and arq is None:
+                    continue
+                if workload == "D" and key == "A" and not metric.startswith("cmds"):
+                    continue
+                if workload == "A" and metric.startswith("cmds"):
+                    continue
+                title = f"{by_system.get('title', key)}: {label}" if workload in "CF" else label
+                lines.append(
+                    f"| {title} | {_cell(cml, kind)} | {_cell(arq, kind)} | {_ratio(cml, arq)} |"
+                )
+    lines += ["", "Notes:", ""] + [f"- {note}" for note in doc.get("notes", [])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,300 @@
+"""The command line: ``python -m benchmarks [--quick] [--only A,B] [--repeats N] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks import workloads
+from benchmarks.harness import ROOT, Bench, CmlJobs, RawArq, System, now_ms
+from benchmarks.report import markdown, summarise
+
+WORKLOADS = "ABCDEF"
+DEFAULT_URL = "redis://127.0.0.1:6379/14"
+
+NOTES = [
+    "Workers are real processes (`arq cml_jobs.WorkerSettings`, "
+    "`arq benchmarks.arq_jobs.WorkerSettings`) at their defaults unless --worker-env / "
+    "--arq-max-jobs say otherwise: cml-jobs max_jobs=10, poll_interval=1 s, "
+    "queue_poll_delay=0.2 s; arq max_jobs=10, poll_delay=0.5 s, keep_result=3600 s.",
+    "Jobs are no-ops that record (task, occurrence, start) in memory, flushed every 100 ms "
+    "as one RPUSH + INCRBY (subtracted from command counts). Lateness = start - occurrence.",
+    "Raw arq recurring work: self-rescheduling jobs (`_defer_until` = occurrence + interval, "
+    "`_job_id` per occurrence), since arq cron jobs cannot be added at run time.",
+    "C: tasks' phases are spread evenly over one interval (start_at = T0 + i*interval/n); "
+    "a run counts as executed if its occurrence falls in the window and it started at "
+    "most 2 s (quick: 0.5 s) after the window ends. CPU % = (utime+stime)/wall over the window "
+    "from /proc/<pid>/stat, per cent of one core.",
+    "D: commands per occurrence come from A's drain (INFO commandstats deltas, server-wide, "
+    "minus the harness's own commands): enqueue = scheduling the tasks, worker = from worker "
+    "start until every run is recorded (start-up and idle polling included). Other clients "
+    "of the same Redis would be counted too: run on a quiet Redis. Memory: 10,000 recurrent "
+    "tasks (arq: deferred tick jobs) none due for 2 minutes; idle commands/s over 10 s.",
+    "E: scheduling calls are timed with descriptors built inside the timing (cml-jobs: "
+    "pydantic ScheduledTaskDescriptor, due in 1 h; arq: enqueue_job with _defer_until). "
+    "Recovery: recurrent tasks (interval 60 s, default coalesce=True, misfire_grace_time "
+    "60 s) scheduled through the bus by a scheduler whose ManualClock reads 10 minutes ago, "
+    "so the store holds exactly what it would after a 10-minute outage; handled = every task "
+    "ran one catch-up occurrence (≤ worker start). arq: one overdue tick job per task that "
+    "re-enqueues itself at the next grid point after now.",
+    "F: workload C2 with 1, 2 and 4 worker processes (the 1-worker figure is C2's).",
+]
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="~20 s smoke with tiny sizes (CI)")
+    p.add_argument("--only", default=WORKLOADS, help="workloads, e.g. A,B (default: all)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats (default 3; quick: 1)")
+    p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_URL))
+    p.add_argument(
+        "--private-redis",
+        action="store_true",
+        help="start a throwaway redis-server on a free port (same binary as on PATH) so that "
+        "no other client pollutes INFO commandstats; --redis-url is then ignored",
+    )
+    p.add_argument("--out", default="benchmarks/results/latest.json")
+    p.add_argument("--systems", default="cml,arq", help="cml,arq (default both)")
+    p.add_argument("--arq-max-jobs", type=int, default=None, help="raw arq max_jobs")
+    p.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="CML_JOBS_X=V",
+        help="extra environment for cml-jobs workers (repeatable)",
+    )
+    return p.parse_args(argv)
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+async def _meta(bench: Bench, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    import arq.version
+
+    server = await bench.admin.info("server")
+    dirty = " (with uncommitted changes)" if _run(["git", "status", "--porcelain"]) else ""
+    return {
+        "command": shlex.join([Path(sys.executable).name, "-m", "benchmarks", *argv]),
+        "mode": "quick" if args.quick else "full",
+        "repeats": args.repeats,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "redis_version": server.get("redis_version"),
+        "redis_url": args.redis_url,
+        "python": platform.python_version(),
+        "arq": arq.version.VERSION,
+        "commit": (_run(["git", "rev-parse", "--short", "HEAD"]) or "unknown") + dirty,
+    }
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, bench: Bench, doc: dict[str, Any]) -> None:
+        self.args = args
+        self.bench = bench
+        self.doc = doc
+        self.sizes = workloads.QUICK if args.quick else workloads.FULL
+        self.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        self.per_task_ms: dict[str, float] = {}
+        self.worker_env = dict(kv.split("=", 1) for kv in args.worker_env)
+        self.counter = 0
+
+    def make(self, name: str) -> System:
+        self.counter += 1
+        run_id = f"{self.counter}"
+        if name == "cml":
+            return CmlJobs(self.bench, run_id, self.worker_env)
+        return RawArq(self.bench, run_id, self.args.arq_max_jobs)
+
+    async def calibrate(self) -> None:
+        """Time to schedule one task in bulk, to place B's and C's first due times."""
+        for name in self.systems:
+            await self.bench.reset()
+            system = self.make(name)
+            await system.open()
+            try:
+                t = time.perf_counter()
+                await system.schedule_once(
+                    [f"k{i}" for i in range(200)], now_ms() + 3_600_000, bulk=True
+                )
+                self.per_task_ms[name] = (time.perf_counter() - t) * 1000 / 200
+            finally:
+                await system.close()
+        await self.bench.reset()
+
+    async def measure(
+        self, key: str, title: str, job: Callable[[System, float], Awaitable[dict[str, Any]]]
+    ) -> None:
+        entry = self.doc["results"].setdefault(key, {"title": title})
+        for repeat in range(self.args.repeats):
+            order = self.systems if repeat % 2 == 0 else self.systems[::-1]
+            await self.bench.reset()
+            started = time.monotonic()
+            if self.args.quick:  # smoke: both systems at once, to fit the time budget
+                outcomes = await asyncio.gather(
+                    *(job(self.make(n), self.per_task_ms[n]) for n in order)
+                )
+            else:
+                outcomes = []
+                for name in order:
+                    await self.bench.reset()
+                    outcomes.append(await job(self.make(name), self.per_task_ms[name]))
+            for name, figures in zip(order, outcomes, strict=True):
+                entry.setdefault(name, {"runs": []})["runs"].append(figures)
+            print(
+                f"  {key} repeat {repeat + 1}/{self.args.repeats}: "
+                f"{time.monotonic() - started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        for name in self.systems:
+            entry[name]["summary"] = summarise(entry[name]["runs"])
+        self.save()
+
+    def save(self) -> None:
+        out = Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.doc, indent=2, default=str) + "\n")
+        out.with_suffix(".md").write_text(markdown(self.doc))
+
+    async def run(self, only: str) -> None:
+        s = self.sizes
+        await self.calibrate()
+        self.doc["calibration_ms_per_task"] = self.per_task_ms
+        if "A" in only or "D" in only:
+            await self.measure("A", "A", lambda sy, k: workloads.drain(sy, s, k))
+        if "B" in only:
+            await self.measure("B", "B", lambda sy, k: workloads.burst(sy, s, k))
+        if "D" in only:
+            await self.measure("D", "D", lambda sy, k: workloads.idle(sy, s, k))
+        sizes = dict(zip(("C1", "C2"), s.c_sizes, strict=True))
+        if "C" in only:
+            for key, n in sizes.items():
+                title = f"{key}. {n:,} recurrent tasks every {s.c_interval_ms / 1000:g} s"
+                await self.measure(key, title, lambda sy, k, n=n: workloads.recurrent(sy, s, k, n))
+        if "F" in only:
+            n = sizes["C2"]
+            for count in s.f_workers:
+                key = f"F{count}"
+                if count == 1 and "C2" in self.doc["results"]:
+                    self.doc["results"][key] = {
+                        **self.doc["results"]["C2"],
+                        "title": "F. C2 with 1 worker",
+                    }
+                    continue
+                await self.measure(
+                    key,
+                    f"F. C2 with {count} workers",
+                    lambda sy, k, c=count: workloads.recurrent(sy, s, k, n, c),
+                )
+            self.save()
+        if "E" in only:  # last: its 100,000-task backlog is the longest part
+            await self.measure("E", "E", lambda sy, k: self._e(sy, k))
+
+    async def _e(self, system: System, per_task_ms: float) -> dict[str, Any]:
+        rate = await workloads.schedule_rate(system, self.sizes, per_task_ms)
+        if not self.args.quick:  # quick runs the systems at once: each keeps its prefix
+            await self.bench.reset()
+        again = self.make(system.name)
+        return {**rate, **await workloads.recovery(again, self.sizes, per_task_ms)}
+
+
+def start_private_redis() -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server, f"redis://127.0.0.1:{port}/14"
+        time.sleep(0.05)
+    server.kill()
+    raise SystemExit("redis-server did not start")
+
+
+async def amain(argv: list[str]) -> int:
+    args = parse(argv)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    only = "".join(part.strip().upper() for part in args.only.split(","))
+    unknown = set(only) - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"--only: unknown workload(s) {sorted(unknown)}; choose from A-F")
+    private = None
+    if args.private_redis:
+        private, args.redis_url = start_private_redis()
+    bench = Bench(args.redis_url)
+    try:
+        await bench.admin.ping()
+    except Exception as exc:
+        raise SystemExit(f"cannot reach Redis at {args.redis_url}: {exc}") from exc
+    t = time.monotonic()
+    doc: dict[str, Any] = {
+        "meta": await _meta(bench, args, argv),
+        "sizes": vars(workloads.QUICK if args.quick else workloads.FULL),
+        "notes": NOTES,
+        "results": {},
+    }
+    runner = Runner(args, bench, doc)
+    try:
+        await runner.run(only)
+    finally:
+        doc["meta"]["took_s"] = time.monotonic() - t
+        runner.save()
+        await bench.reset()
+        await bench.admin.aclose()
+        if private is not None:
+            private.terminate()
+            private.wait(10)
+    print(Path(args.out).with_suffix(".md").read_text())
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that workers and a private Redis are stopped on SIGTERM
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    return asyncio.run(amain(sys.argv[1:] if argv is None else argv))

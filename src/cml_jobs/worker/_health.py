@@ -1,0 +1,123 @@
+"""Health: is Redis reachable, is a worker polling, is any task overdue beyond its grace.
+
+``cml-jobs check`` prints the report and exits non-zero when it is unhealthy, so that it
+can serve as a container's liveness or readiness probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from cml_jobs._descriptors import parse_descriptor
+from cml_jobs.exceptions import InvalidDescriptorError, StoreError
+from cml_jobs.stores._base import TaskState
+
+__all__ = ["HealthReport", "Overdue", "check_health", "overdue_tasks"]
+
+#: How late a task without a ``misfire_grace_time`` may be before it counts as overdue.
+DEFAULT_GRACE = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """A task whose next occurrence is past due by more than its grace."""
+
+    task_id: str
+    due_at: datetime
+    late_by: timedelta
+    grace: timedelta
+
+
+@dataclass
+class HealthReport:
+    """What ``check_health`` found.
+
+    Attributes:
+        redis_error: why Redis could not be reached, or None.
+        worker: arq's health-check line of the latest worker that polled the queue
+            (workers refresh it every 15 s; it expires after 16 s), or None.
+        overdue: tasks past due by more than their grace.
+        require_worker: a missing worker makes the report unhealthy.
+    """
+
+    redis_error: str | None = None
+    worker: str | None = None
+    overdue: list[Overdue] = field(default_factory=list)
+    require_worker: bool = True
+
+    @property
+    def healthy(self) -> bool:
+        """Redis answers, a worker is alive (if required) and nothing is overdue."""
+        worker_ok = self.worker is not None or not self.require_worker
+        return self.redis_error is None and worker_ok and not self.overdue
+
+    def lines(self) -> list[str]:
+        """The report, one finding per line."""
+        if self.redis_error is not None:
+            return [f"redis: UNREACHABLE ({self.redis_error})"]
+        worker = f"alive ({self.worker})" if self.worker else "NONE polling the queue"
+        lines = ["redis: ok", f"workers: {worker}", f"overdue tasks: {len(self.overdue)}"]
+        for late in self.overdue:
+            seconds, grace = late.late_by.total_seconds(), late.grace.total_seconds()
+            lines.append(
+                f"  {late.task_id}: due {late.due_at.isoformat()}, "
+                f"{seconds:.0f} s late (grace {grace:.0f} s)"
+            )
+        lines.append("healthy" if self.healthy else "UNHEALTHY")
+        return lines
+
+
+def overdue_tasks(
+    states: Sequence[TaskState], now: datetime, default_grace: timedelta = DEFAULT_GRACE
+) -> list[Overdue]:
+    """Live tasks whose next occurrence is later than their ``misfire_grace_time`` (or
+    ``default_grace`` when they have none): no dispatcher is claiming them."""
+    found = []
+    for state in states:
+        if state.paused or state.parked_reason is not None or state.due_at is None:
+            continue
+        try:
+            grace = parse_descriptor(state.descriptor_json).misfire_grace_time
+        except InvalidDescriptorError:
+            grace = None
+        grace = default_grace if grace is None else grace
+        late_by = now - state.due_at
+        if late_by > grace:
+            found.append(Overdue(state.task_id, state.due_at, late_by, grace))
+    return found
+
+
+async def check_health(
+    redis_url: str,
+    *,
+    prefix: str,
+    queue: str,
+    now: datetime,
+    default_grace: timedelta = DEFAULT_GRACE,
+    require_worker: bool = True,
+    timeout: timedelta = timedelta(seconds=3),
+) -> HealthReport:
+    """Look at Redis, the workers and the schedule once."""
+    from cml_jobs.stores.redis import RedisScheduleStore
+
+    seconds = timeout.total_seconds()
+    client = redis.asyncio.Redis.from_url(
+        redis_url, socket_connect_timeout=seconds, socket_timeout=seconds, retry_on_error=[]
+    )
+    report = HealthReport(require_worker=require_worker)
+    try:
+        await client.ping()
+        seen = await client.get(f"{queue}:health-check")
+        report.worker = seen.decode() if isinstance(seen, bytes) else seen
+        states = await RedisScheduleStore(client, prefix=prefix).list()
+        report.overdue = overdue_tasks(states, now, default_grace)
+    except (RedisError, StoreError, OSError) as exc:
+        report.redis_error = str(exc) or type(exc).__name__
+    finally:
+        await client.aclose()
+    return report

@@ -1,0 +1,214 @@
+"""Lifecycle events across processes: a bounded Redis Stream, ``{prefix}events``.
+
+Each process with a Redis connection publishes its hub's events there; any process can
+follow the stream, from now or from a position it kept, and any number of readers read
+it independently (plain XREAD, no consumer group: a reader owns its position).
+
+Publishing never waits for Redis on a run's path: the hub's callback only appends the
+event to a bounded buffer, and a background task writes the buffer in pipelined batches
+(``XADD ... MAXLEN ~ n``). If Redis is slow or away, the buffer fills, and its oldest
+events are dropped and counted, rather than the worker slowing down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from typing import Any, NamedTuple
+
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from cml_jobs._events import EventHub, TaskEvent
+
+__all__ = ["EventPublisher", "EventStream", "StreamEntry", "publish_events", "stream_key"]
+
+logger = logging.getLogger("cml_jobs.events")
+
+#: Entries the stream keeps (approximately: Redis trims whole macro-nodes).
+DEFAULT_MAXLEN = 100_000
+_BATCH = 500
+
+
+def stream_key(prefix: str) -> str:
+    """The stream's key for a key prefix (``cml:events`` by default)."""
+    return f"{prefix}events"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class EventPublisher:
+    """Writes events to the stream from a background task; ``publish`` never blocks.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (an arq pool is one).
+        prefix: the cml-jobs key prefix.
+        maxlen: about how many entries the stream keeps.
+        buffer: events held while Redis is slow or away; past it the oldest are dropped.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "cml:",
+        maxlen: int = DEFAULT_MAXLEN,
+        buffer: int = 10_000,
+    ) -> None:
+        self._client = client
+        self.key = stream_key(prefix)
+        self.maxlen = maxlen
+        self._pending: deque[str] = deque(maxlen=buffer)
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set: everything published has been written
+        self._idle.set()
+        self.dropped = 0
+
+    def publish(self, event: TaskEvent) -> None:
+        """Queue ``event`` for the stream (an ``EventHub`` callback)."""
+        if len(self._pending) == self._pending.maxlen:
+            self.dropped += 1
+        self._pending.append(event.to_json())
+        self._idle.clear()
+        self._ready.set()
+
+    def start(self) -> None:
+        """Start writing in the background."""
+        self._task = asyncio.create_task(self._run(), name="cml-jobs-event-publisher")
+
+    async def stop(self, timeout: timedelta = timedelta(seconds=2)) -> None:
+        """Write what is buffered (for up to ``timeout``), then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout.total_seconds())
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            try:
+                await self._flush()
+                backoff = 0.1
+                if not self._pending:
+                    self._idle.set()
+            except (RedisError, OSError) as exc:
+                logger.warning("event stream: cannot write (%s); retrying in %.1f s", exc, backoff)
+                self._ready.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = [self._pending.popleft() for _ in range(min(len(self._pending), _BATCH))]
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for raw in batch:
+                        pipe.xadd(self.key, {"event": raw}, maxlen=self.maxlen, approximate=True)
+                    await pipe.execute()
+            except BaseException:
+                self._pending.extendleft(reversed(batch))  # keep the order for the retry
+                raise
+
+
+async def publish_events(
+    hub: EventHub, client: redis.asyncio.Redis, prefix: str, exit_stack: AsyncExitStack
+) -> EventPublisher:
+    """Publish every event of ``hub`` to the stream until ``exit_stack`` closes."""
+    publisher = EventPublisher(client, prefix=prefix)
+    unsubscribe: Callable[[], None] = hub.subscribe(publisher.publish)
+    publisher.start()
+
+    async def stop() -> None:
+        unsubscribe()
+        await publisher.stop()
+
+    exit_stack.push_async_callback(stop)
+    return publisher
+
+
+class StreamEntry(NamedTuple):
+    """One event read from the stream, with its position (keep ``id`` to resume)."""
+
+    id: str
+    event: TaskEvent
+
+
+class EventStream:
+    """Follows the lifecycle events that workers (and apps) publish to Redis.
+
+    Example:
+        ```python
+        stream = EventStream(redis.asyncio.Redis.from_url(url), prefix="cml:")
+        async for entry in stream.follow(after=last_seen_id):
+            print(entry.event.kind, entry.event.task_id)
+            last_seen_id = entry.id
+        ```
+
+    Args:
+        client: a ``redis.asyncio.Redis``; the stream does not close it.
+        prefix: the cml-jobs key prefix the workers use.
+        block: how long one read waits for new events.
+        batch: the most events one read returns.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "cml:",
+        block: timedelta = timedelta(seconds=1),
+        batch: int = 100,
+    ) -> None:
+        self._client = client
+        self.key = stream_key(prefix)
+        self.block = block
+        self.batch = batch
+
+    async def last_id(self) -> str:
+        """The position of the newest event, or ``"0-0"`` for an empty stream."""
+        newest = await self._client.xrevrange(self.key, count=1)
+        return _text(newest[0][0]) if newest else "0-0"
+
+    async def read(self, after: str = "0-0", *, wait: bool = False) -> list[StreamEntry]:
+        """Up to ``batch`` events after position ``after`` (``"0-0"``: from the oldest kept).
+
+        With ``wait``, waits up to ``block`` for an event when none is there yet.
+        """
+        block = int(self.block.total_seconds() * 1000) if wait else None
+        found = await self._client.xread({self.key: after}, count=self.batch, block=block)
+        return [
+            StreamEntry(_text(entry_id), TaskEvent.from_json(_field(fields)))
+            for _, entries in found
+            for entry_id, fields in entries
+        ]
+
+    async def follow(self, after: str | None = None) -> AsyncIterator[StreamEntry]:
+        """Every event after position ``after`` (by default: from now on), forever.
+
+        Keep the ``id`` of the last entry handled and pass it back as ``after`` after a
+        restart or a lost connection: nothing is missed while the stream still holds it.
+        """
+        position = after if after is not None else await self.last_id()
+        while True:
+            for entry in await self.read(position, wait=True):
+                position = entry.id
+                yield entry
+
+
+def _field(fields: dict[Any, Any]) -> str:
+    raw = fields.get(b"event", fields.get("event"))
+    return _text(raw)

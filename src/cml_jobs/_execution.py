@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from cml_jobs._descriptors import TaskDescriptor, parse_descriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent, redact
 from cml_jobs._jobs import BackgroundJob, RecurrentBackgroundJob, RunContext, StopRecurrence
 from cml_jobs._registry import JobRegistry, check_data
+from cml_jobs._reporting import log_outcome, summary
 from cml_jobs._timing import Clock
 from cml_jobs._triggers import jitter_offset
 from cml_jobs.exceptions import InvalidDescriptorError, InvalidTaskDataError
@@ -171,7 +171,9 @@ class Executor:
         now = self.clock.now()
         started = await self.store.start(run, now=now, lease_until=now + self.lease)
         if started is None:
-            logger.info("run of task %r (fence %d) is no longer valid; skipped", *_ids(run))
+            logger.info(
+                "run of task %r (fence %d) is no longer valid; skipped", run.task_id, run.fence
+            )
             return Handoff.DONE
         try:
             descriptor = parse_descriptor(started.descriptor_json)
@@ -275,7 +277,7 @@ class Executor:
         self._free_slot(run)
         now = self.clock.now()
         duration = None if late_by is not None else now - started_at
-        error = _summary(result.error) if result.outcome is not Outcome.STOPPED else None
+        error = summary(result.error) if result.outcome is not Outcome.STOPPED else None
         stopped = result.outcome is Outcome.STOPPED
         recorded = await self._batcher.finish(
             Finish(
@@ -293,12 +295,22 @@ class Executor:
             error_type=type(result.error).__qualname__ if error else None,
         )
         data = self._data(descriptor)
-        _log_outcome(run, descriptor.name, result, attempt or run.attempt, duration, late_by, data)
+        log_outcome(
+            run,
+            descriptor.name,
+            result.outcome,
+            result.error,
+            attempt=attempt or run.attempt,
+            duration=duration,
+            late_by=late_by,
+            data=data,
+        )
         if not recorded:
             logger.info(
                 "outcome of task %r (fence %d) not recorded: the task was cancelled or its "
                 "run re-issued meanwhile",
-                *_ids(run),
+                run.task_id,
+                run.fence,
             )
         kind = EventKind(result.outcome.value)
         self._emit(
@@ -360,72 +372,43 @@ class Executor:
             run.occurrence_at,
             attempt=attempt or run.attempt,
             duration=duration,
-            error=_summary(error),
+            error=summary(error),
             data=data,
         )
         self.hub.emit(event)
 
-    async def heartbeat(self) -> None:
-        """Renew the leases of every run executing here; cancel runs no longer valid."""
-        if not self._active:
+    def leased_runs(self) -> list[Run]:
+        """The runs whose leases the heartbeat renews. Safe to call from another thread."""
+        while True:
+            try:
+                return [run for run, _ in list(self._active.values())]
+            except RuntimeError:  # the dict changed size while it was copied: copy again
+                continue
+
+    def revoke(self, run: Run) -> None:
+        """Stop a run whose task was cancelled (its fence is no longer valid)."""
+        entry = self._active.get(run.fence)
+        if entry is not None and not entry[1].done():
+            logger.warning("task %r was cancelled during its run; stopping it", run.task_id)
+            self._revoked.add(run.fence)
+            entry[1].cancel()
+
+    async def heartbeat(
+        self,
+        store: ScheduleStore | None = None,
+        on_revoked: Callable[[Run], None] | None = None,
+    ) -> None:
+        """Renew the leases of every run executing here; revoke runs no longer valid.
+
+        Args:
+            store: the store to renew through (a heartbeat thread has its own connection).
+            on_revoked: how to revoke a run (a thread must hand it to the event loop).
+        """
+        runs = self.leased_runs()
+        if not runs:
             return
-        entries = list(self._active.values())
         until = self.clock.now() + self.lease
-        valid = await self.store.extend([run for run, _ in entries], lease_until=until)
-        for (run, task), ok in zip(entries, valid, strict=True):
-            if not ok and not task.done():
-                logger.warning("task %r was cancelled during its run; stopping it", run.task_id)
-                self._revoked.add(run.fence)
-                task.cancel()
-
-
-def _summary(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    if isinstance(error, asyncio.TimeoutError):
-        return "timed out"
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}"[:500] if text else type(error).__name__
-
-
-def _ids(run: Run) -> tuple[str, int]:
-    return run.task_id, run.fence
-
-
-def _log_outcome(
-    run: Run,
-    job_name: str,
-    result: _Attempt,
-    attempt: int,
-    duration: timedelta | None,
-    late_by: timedelta | None,
-    data: dict[str, Any],
-) -> None:
-    seconds = duration.total_seconds() if duration is not None else 0.0
-    message = "task=%s job=%s occurrence=%s attempt=%d duration=%.3fs outcome=%s data=%s"
-    args: tuple[Any, ...] = (
-        run.task_id,
-        job_name,
-        run.occurrence_at.isoformat(),
-        attempt,
-        seconds,
-        result.outcome.value,
-        json.dumps(data, default=str, sort_keys=True),
-    )
-    fields = {
-        "task_id": run.task_id,
-        "job": job_name,
-        "occurrence_at": run.occurrence_at.isoformat(),
-        "attempt": attempt,
-        "duration": seconds,
-        "outcome": result.outcome.value,
-        "data": data,
-    }
-    extra = {"cml_jobs": fields}
-    if result.outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
-        exc_info = result.error if result.outcome is Outcome.FAILED else None
-        logger.error(message, *args, exc_info=exc_info, extra=extra)
-    elif late_by is not None:
-        logger.warning(message + " late_by=%.3fs", *args, late_by.total_seconds(), extra=extra)
-    else:
-        logger.info(message, *args, extra=extra)
+        valid = await (store or self.store).extend(runs, lease_until=until)
+        for run, ok in zip(runs, valid, strict=True):
+            if not ok:
+                (on_revoked or self.revoke)(run)

@@ -107,18 +107,17 @@ class Runtime:
         self.executor.on_slot_free = self.dispatcher.slot_freed
         return self.dispatcher
 
-    def start_loops(self) -> None:
-        """Start the dispatcher and the lease heartbeat in the background."""
+    def start_loops(self, *, heartbeat: bool = True) -> None:
+        """Start the dispatcher and (unless a thread does it) the lease heartbeat."""
         assert self.dispatcher is not None and self.executor is not None
         self._dispatching.clear()
         self._beating.clear()
         self._loops = [
-            asyncio.create_task(self.dispatcher.run(self._dispatching), name="cml-jobs-dispatcher"),
-            asyncio.create_task(
-                _every(self.settings.lease / 3, self.executor.heartbeat, self._beating),
-                name="cml-jobs-heartbeat",
-            ),
+            asyncio.create_task(self.dispatcher.run(self._dispatching), name="cml-jobs-dispatcher")
         ]
+        if heartbeat:
+            beat = _every(self.settings.lease / 3, self.executor.heartbeat, self._beating)
+            self._loops.append(asyncio.create_task(beat, name="cml-jobs-heartbeat"))
 
     async def stop_dispatching(self) -> None:
         """Claim no more runs; runs going on keep their leases until ``stop_loops``."""

@@ -25,6 +25,7 @@ from cml_jobs.worker._arq import (
     run_function,
 )
 from cml_jobs.worker._embedded import EmbeddedWorker
+from cml_jobs.worker._heartbeat import HeartbeatThread
 from cml_jobs.worker._stream import EventStream, StreamEntry, publish_events
 
 __all__ = ["ArqSink", "EmbeddedWorker", "EventStream", "StreamEntry", "worker_settings"]
@@ -114,9 +115,18 @@ class _Lifecycle:
         runtime = Runtime(self.settings, store=store, clock=self.clock)
         await runtime.open()
         runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name, self.settings.batch_size))
-        ctx["cml_jobs_events"] = AsyncExitStack()
-        await publish_events(runtime.hub, pool, self.settings.key_prefix, ctx["cml_jobs_events"])
-        runtime.start_loops()
+        ctx["cml_jobs_exit"] = exit_stack = AsyncExitStack()
+        await publish_events(runtime.hub, pool, self.settings.key_prefix, exit_stack)
+        runtime.start_loops(heartbeat=False)
+        assert runtime.executor is not None
+        heartbeat = HeartbeatThread(
+            runtime.executor,
+            redis_url=self.settings.redis_url,
+            prefix=self.settings.key_prefix,
+            lease=self.settings.lease,
+        )
+        heartbeat.start()
+        exit_stack.callback(heartbeat.stop)
         ctx["cml_jobs"] = runtime
         logger.info("cml-jobs worker started on queue %r", self.settings.queue_name)
 
@@ -127,7 +137,8 @@ class _Lifecycle:
         await runtime.stop_dispatching()
         await runtime.drain()
         await runtime.stop_loops()
-        if "cml_jobs_events" in ctx:
-            await ctx["cml_jobs_events"].aclose()  # the last events reach the stream
+        if "cml_jobs_exit" in ctx:
+            # The heartbeat stops, and the last events reach the stream.
+            await ctx["cml_jobs_exit"].aclose()
         await runtime.close()
         logger.info("cml-jobs worker stopped")

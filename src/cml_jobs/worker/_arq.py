@@ -56,7 +56,7 @@ class WorkerContext(TypedDict, total=False):
     """The part of arq's ``ctx`` that cml-jobs uses."""
 
     cml_jobs: Runtime
-    cml_jobs_events: AsyncExitStack  # closes the event stream publisher
+    cml_jobs_exit: AsyncExitStack  # stops the heartbeat thread and the event publisher
     redis: ArqRedis
     job_id: str
 

@@ -81,9 +81,10 @@ class Bench:
         sent.pop("info", None)
         return sent
 
-    async def memory_of_db(self) -> tuple[int, int]:
-        """(sum of MEMORY USAGE over every key in the db, number of keys)."""
-        total = keys = 0
+    async def memory_of_db(self) -> tuple[int, int, int]:
+        """(sum of MEMORY USAGE over every key in the db, number of keys, and the part of
+        the sum taken by cml-jobs' bounded event stream, ``{prefix}events``)."""
+        total = keys = stream = 0
         cursor = 0
         while True:
             cursor, batch = await self.admin.scan(cursor, count=1000)
@@ -93,9 +94,11 @@ class Bench:
                         pipe.memory_usage(key, samples=0)
                     sizes = await pipe.execute()
                 total += sum(s or 0 for s in sizes)
+                pairs = zip(batch, sizes, strict=True)
+                stream += sum(size or 0 for key, size in pairs if key.endswith("events"))
                 keys += len(batch)
             if cursor == 0:
-                return total, keys
+                return total, keys, stream
 
     async def used_memory(self) -> int:
         return int((await self.admin.info("memory"))["used_memory"])

@@ -37,6 +37,11 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("cmds_enqueue_per_occ", "D. … of which enqueue/schedule", "n"),
         ("cmds_worker_per_occ", "D. … of which worker", "n"),
         ("bytes_per_task_keys", "D. Redis bytes per stored task (MEMORY USAGE, all keys)", "n"),
+        (
+            "bytes_per_task_without_stream",
+            "D. … without the bounded event stream (its size is set by MAXLEN, not by tasks)",
+            "n",
+        ),
         ("bytes_per_task_used_memory", "D. Redis bytes per stored task (used_memory delta)", "n"),
         ("idle_cmds_per_s", "D. idle Redis commands/s, one worker, nothing due", "n"),
     ],

@@ -28,8 +28,9 @@ DEFAULT_URL = "redis://127.0.0.1:6379/14"
 NOTES = [
     "Workers are real processes (`arq cml_jobs.WorkerSettings`, "
     "`arq benchmarks.arq_jobs.WorkerSettings`) at their defaults unless --worker-env / "
-    "--arq-max-jobs say otherwise: cml-jobs max_jobs=10, poll_interval=1 s, "
-    "queue_poll_delay=0.2 s; arq max_jobs=10, poll_delay=0.5 s, keep_result=3600 s.",
+    "--arq-max-jobs say otherwise: cml-jobs max_jobs=50, dispatch=local (a worker runs "
+    "what it claims), poll_interval=1 s, queue_poll_delay=0.5 s; arq max_jobs=10, "
+    "poll_delay=0.5 s, keep_result=3600 s.",
     "Jobs are no-ops that record (task, occurrence, start) in memory, flushed every 100 ms "
     "as one RPUSH + INCRBY (subtracted from command counts). Lateness = start - occurrence.",
     "Raw arq recurring work: self-rescheduling jobs (`_defer_until` = occurrence + interval, "

@@ -265,12 +265,12 @@ async def idle(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, An
     try:
         await asyncio.sleep(0.3)
         used0 = await bench.used_memory()
-        keys_bytes0, _ = await bench.memory_of_db()
+        keys_bytes0, _, stream0 = await bench.memory_of_db()
         first = now_ms() + 120_000
         await system.schedule_every(ids, 10_000, [first + i * 10_000 // n for i in range(n)])
         await asyncio.sleep(0.5)
         used1 = await bench.used_memory()
-        keys_bytes1, keys = await bench.memory_of_db()
+        keys_bytes1, keys, stream1 = await bench.memory_of_db()
         s0 = await bench.commandstats()
         sent0 = bench.harness_sent()
         await asyncio.sleep(sizes.d_idle_s)
@@ -286,6 +286,7 @@ async def idle(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, An
         idle_cmds = +idle_cmds
     return {
         "bytes_per_task_keys": (keys_bytes1 - keys_bytes0) / n,
+        "bytes_per_task_without_stream": (keys_bytes1 - stream1 - keys_bytes0 + stream0) / n,
         "bytes_per_task_used_memory": (used1 - used0) / n,
         "keys_per_task": keys / n,
         "idle_cmds_per_s": per(idle_cmds, sizes.d_idle_s),

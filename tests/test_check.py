@@ -114,7 +114,7 @@ async def test_check_fails_when_a_task_is_overdue_beyond_its_grace(
     """A task 10 minutes past due with a 30 s grace: exit 1, naming the task."""
     store = RedisScheduleStore(redis_client, prefix=key_prefix)
     due = datetime.now(timezone.utc) - timedelta(minutes=10)
-    await store.add(NewTask("stuck", _descriptor("stuck", grace=30), due, due, due), replace=False)
+    await store.add(NewTask("stuck", _descriptor("stuck", grace=30), due, due), replace=False)
     args = ("--redis-url", redis_url, "--key-prefix", key_prefix, "--queue", f"{key_prefix}q")
     result = await asyncio.to_thread(_check, *args, "--no-worker")
     assert result.returncode == 1, result.stdout

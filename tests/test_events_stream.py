@@ -122,6 +122,9 @@ class _StuckRedis:
     def pipeline(self, transaction: bool = True) -> _StuckPipeline:
         return _StuckPipeline()
 
+    async def xadd(self, *args: object, **kwargs: object) -> None:
+        await asyncio.Event().wait()  # Redis never answers
+
 
 def _event(n: int) -> TaskEvent:
     return TaskEvent(EventKind.SUCCEEDED, f"t{n}", "Job", T0, T0, attempt=1)
@@ -149,6 +152,7 @@ async def test_the_stream_is_bounded_and_keeps_the_publishing_order(
     publisher.start()
     for n in range(1000):
         publisher.publish(_event(n))
+        await asyncio.sleep(0.001)  # events published apart land in entries of their own
     await publisher.stop()
     length = await redis_client.xlen(stream_key(key_prefix))
     assert 100 <= length < 1000

@@ -318,7 +318,7 @@ async def test_a_tampered_descriptor_is_parked_and_other_tasks_keep_running(
     await scheduler.bus.schedule_task(recurrent("good"))
     due = clock.now() + timedelta(seconds=60)
     for task_id, raw in [("garbage", "\x80not json"), ("shape", json.dumps({"kind": "recurrent"}))]:
-        await store.add(NewTask(task_id, raw, due, due, clock.now()), replace=False)
+        await store.add(NewTask(task_id, raw, due, due), replace=False)
     clock.advance(seconds=60)
     events = await run_due(scheduler)
     assert sorted(e.task_id for e in events if e.kind is EventKind.PARKED) == ["garbage", "shape"]

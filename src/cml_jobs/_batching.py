@@ -1,39 +1,42 @@
-"""Batched outcome records: the runs that end in one turn of the event loop share one call."""
+"""Batched store calls: the runs that start, or end, close together share one call."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from typing import Generic, TypeVar
 
-from cml_jobs.stores._base import Finish, ScheduleStore
+__all__ = ["Batcher"]
 
-__all__ = ["FinishBatcher"]
+T = TypeVar("T")
 
 
-class FinishBatcher:
-    """Records finishes through ``ScheduleStore.finish_many``.
+class Batcher(Generic[T]):
+    """Gathers items and hands them to one call that answers True or False for each.
 
-    The first finish starts a flush after ``window`` (at least one turn of the event
-    loop), and every finish submitted meanwhile rides along: under load, one store call
-    records many runs.
+    The first item starts a flush after ``window`` (at least one turn of the event loop),
+    and every item submitted meanwhile rides along: under load, one store call serves
+    many runs; alone, an item waits one loop turn (plus the window).
 
     Args:
-        store: the store.
-        window: how long a flush waits for company; seconds of it delay only the record,
-            never the next run.
+        call: answers one bool per item, in order (``finish_many``, ``extend``...).
+        window: how long a flush waits for company.
     """
 
-    def __init__(self, store: ScheduleStore, window: timedelta = timedelta(0)) -> None:
-        self.store = store
+    def __init__(
+        self, call: Callable[[Sequence[T]], Awaitable[list[bool]]], window: timedelta
+    ) -> None:
+        self.call = call
         self.window = window.total_seconds()
-        self._pending: list[tuple[Finish, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[T, asyncio.Future[bool]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def finish(self, finish: Finish) -> bool:
-        """Record ``finish``; True if the store accepted it (its fence was still valid)."""
+    async def submit(self, item: T) -> bool:
+        """Hand ``item`` to the next call; its answer."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((finish, future))
+        self._pending.append((item, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
         # The shield keeps a cancelled run from cancelling the flush that serves others.
@@ -41,15 +44,15 @@ class FinishBatcher:
 
     async def _flush(self) -> None:
         while self._pending:
-            await asyncio.sleep(self.window)  # let the runs ending meanwhile join the batch
+            await asyncio.sleep(self.window)  # let the items arriving meanwhile join
             batch, self._pending = self._pending, []
             try:
-                results = await self.store.finish_many([finish for finish, _ in batch])
+                answers = await self.call([item for item, _ in batch])
             except Exception as exc:
                 for _, future in batch:
                     with contextlib.suppress(asyncio.InvalidStateError):
                         future.set_exception(exc)
                 continue
-            for (_, future), recorded in zip(batch, results, strict=True):
+            for (_, future), answer in zip(batch, answers, strict=True):
                 with contextlib.suppress(asyncio.InvalidStateError):
-                    future.set_result(recorded)
+                    future.set_result(answer)

@@ -142,7 +142,7 @@ class BackgroundTasksBus:
             )
         ready_at = due_at + jitter_offset(descriptor, due_at)
         with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
-            task = NewTask(descriptor.id, encoded, due_at, ready_at, now, trace_context)
+            task = NewTask(descriptor.id, encoded, due_at, ready_at, trace_context)
             added = await self._store.add(task, replace=replace)
         if not added:  # the same task was already there: show it as it is
             return await self.get_task(descriptor.id)

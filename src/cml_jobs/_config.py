@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from cml_jobs.exceptions import ConfigurationError
 __all__ = ["ENVIRONMENT", "Settings", "load_object"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Everything a cml-jobs process is configured with.
 
@@ -36,6 +37,8 @@ class Settings:
         dispatch: ``"local"`` (the default): a worker runs what it claims itself, up to
             ``max_jobs`` at once, and only hands on runs of jobs it lacks; ``"queue"``:
             every run goes through the arq queue to whichever worker polls first.
+        signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
+            run only descriptors whose signature matches (the key never goes to Redis).
     """
 
     redis_url: str = "memory://"
@@ -51,6 +54,13 @@ class Settings:
     unknown_job_grace: timedelta = timedelta(minutes=5)
     drain_timeout: timedelta = timedelta(seconds=30)
     dispatch: str = "local"
+    signing_key: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        # Never the password in the URL, nor the signing key (its field is repr=False).
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        values["redis_url"] = _redacted(self.redis_url)
+        return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in values.items()) + ")"
 
     @property
     def embedded(self) -> bool:
@@ -85,6 +95,11 @@ class Settings:
             except (ValueError, ImportError, AttributeError) as exc:
                 raise ConfigurationError(f"{variable}={raw!r} is not valid: {exc}") from exc
         return cls().with_changes(**changes)
+
+
+def _redacted(url: str) -> str:
+    """The URL as text that is safe to log: its password (if any) replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _seconds(raw: str) -> timedelta:
@@ -157,6 +172,11 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "dispatch",
         str,
         "local (run claimed occurrences in the claiming worker) or queue (default local)",
+    ),
+    "CML_JOBS_SIGNING_KEY": (
+        "signing_key",
+        str,
+        "HMAC key: descriptors are signed, and unsigned or tampered ones parked (default off)",
     ),
     "CML_JOBS_DRAIN_TIMEOUT": (
         "drain_timeout",

@@ -100,6 +100,7 @@ class Dispatcher:
         self._starved = False  # the last tick had no room for everything that was due
         self._reclaim_after: datetime | None = None
         self._next_ready: datetime | None = None  # as of the last tick
+        self._generation: str | None = None
 
     def wake(self) -> None:
         """Tick now: something earlier than the next known due time was scheduled."""
@@ -147,6 +148,7 @@ class Dispatcher:
         if last is not None and last - _RECLAIM_EVERY <= now < last:  # (a clock moved back
             return []  # looks again at once)
         self._reclaim_after = now + _RECLAIM_EVERY
+        await self._check_generation()
         expired = await self.store.reclaim_expired(now=now, lease_until=lease_until, limit=room)
         runs = []
         for run in expired:
@@ -163,6 +165,17 @@ class Dispatcher:
             )
             runs.append(run)
         return runs
+
+    async def _check_generation(self) -> None:
+        generation = await self.store.generation()
+        if self._generation is not None and generation != self._generation:
+            logger.error(
+                "the schedule store lost its data (was Redis restarted without persistence?): "
+                "every task scheduled before is gone; re-declare them (schedule_task is "
+                "idempotent), and give Redis AOF persistence to keep them"
+            )
+            _telemetry.record_store_reset()
+        self._generation = generation
 
     async def _decide(
         self, due: Sequence[DueTask], now: datetime
@@ -202,6 +215,13 @@ class Dispatcher:
             name = descriptors[decision.task_id].name
             if decision.missed:
                 missed += decision.missed
+                logger.warning(
+                    "task %r: %d occurrence(s) missed (later than misfire_grace_time), "
+                    "the first due at %s",
+                    decision.task_id,
+                    decision.missed,
+                    decision.expected_due_at.isoformat(),
+                )
                 self._emit_count(EventKind.MISSED, decision, name, now, decision.missed)
             if status is ClaimStatus.SKIPPED:
                 skipped += 1
@@ -234,6 +254,10 @@ class Dispatcher:
                 logger.warning(
                     "dispatcher: store unavailable (%s); retrying in %.1f s", exc, backoff
                 )
+                delay, backoff = backoff, min(backoff * 2, 5.0)
+            except Exception:
+                # Whatever the store holds (even data tampered with), dispatching goes on.
+                logger.exception("dispatcher: tick failed; retrying in %.1f s", backoff)
                 delay, backoff = backoff, min(backoff * 2, 5.0)
             await self._sleep(delay, stopping)
 

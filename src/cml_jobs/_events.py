@@ -93,7 +93,11 @@ class TaskEvent:
     @classmethod
     def from_json(cls, raw: str | bytes) -> TaskEvent:
         """The event that ``to_json`` wrote."""
-        fields = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> TaskEvent:
+        """The event whose ``to_json`` text parsed to ``fields``."""
         occurrence, duration = fields["occurrence_at"], fields["duration"]
         return cls(
             kind=EventKind(fields["kind"]),

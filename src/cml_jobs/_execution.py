@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cml_jobs import _telemetry
-from cml_jobs._batching import FinishBatcher
+from cml_jobs._batching import Batcher
 from cml_jobs._descriptors import TaskDescriptor, parse_descriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent, redact
 from cml_jobs._jobs import BackgroundJob, RecurrentBackgroundJob, RunContext, StopRecurrence
@@ -88,7 +88,10 @@ class Executor:
         self.on_slot_free: Callable[[], None] | None = None
         self._spawned: set[asyncio.Task[Any]] = set()
         self._busy: set[int] = set()  # fences of spawned runs whose job has not ended
-        self._batcher = FinishBatcher(store, window=finish_window)
+        self._finishes = Batcher(store.finish_many, finish_window)
+        # Confirming a claimed run's fence just before it starts closes the gap in which a
+        # cancel could land after the claim; the runs starting together share one call.
+        self._starts = Batcher(store.confirm, timedelta(0))
 
     @property
     def active(self) -> int:
@@ -148,6 +151,9 @@ class Executor:
         if descriptor.name not in self.registry:
             return await self._unknown_job(run, descriptor.name)
         if await self._parked_for_data(run, descriptor):
+            return Handoff.DONE
+        if not await self._starts.submit(run):
+            logger.info("run of %r was cancelled before it started; skipped", run.task_id)
             return Handoff.DONE
         await self._run_tracked(run, descriptor, self.clock.now())
         return Handoff.DONE
@@ -279,7 +285,7 @@ class Executor:
         duration = None if late_by is not None else now - started_at
         error = summary(result.error) if result.outcome is not Outcome.STOPPED else None
         stopped = result.outcome is Outcome.STOPPED
-        recorded = await self._batcher.finish(
+        recorded = await self._finishes.submit(
             Finish(
                 run,
                 result.outcome,

@@ -22,6 +22,7 @@ from cml_jobs._registry import JobRegistry
 from cml_jobs._sinks import LocalSink
 from cml_jobs._timing import Clock
 from cml_jobs.stores._base import ScheduleStore
+from cml_jobs.stores.signed import SignedScheduleStore
 
 __all__ = ["Runtime"]
 
@@ -41,6 +42,8 @@ class Runtime:
         self, settings: Settings, *, store: ScheduleStore, clock: Clock, hub: EventHub | None = None
     ) -> None:
         self.settings = settings
+        if settings.signing_key:
+            store = SignedScheduleStore(store, settings.signing_key)
         self.store = store
         self.clock = clock
         self.hub = hub or EventHub()

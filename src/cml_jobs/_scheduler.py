@@ -122,7 +122,7 @@ class BackgroundTaskScheduler:
             await self._exit.aclose()
             raise
         self._bus = BackgroundTasksBus(
-            store=store,
+            store=runtime.store,
             registry=runtime.registry,
             clock=self.clock,
             hub=self.hub,

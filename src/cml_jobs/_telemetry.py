@@ -111,6 +111,18 @@ def record_lag(job_name: str, lag: timedelta) -> None:
     _lag.record(max(lag.total_seconds(), 0.0), _job(job_name))
 
 
+_store_resets = _meter.create_counter(
+    "cml_jobs.store.resets",
+    unit="{reset}",
+    description="Times a worker found the store had lost its data (Redis without persistence).",
+)
+
+
+def record_store_reset() -> None:
+    """Count one loss of the store's data seen by this process."""
+    _store_resets.add(1)
+
+
 def record_retry(job_name: str, error_type: str | None = None) -> None:
     """Count one retry of a failed run."""
     attributes = _job(job_name)

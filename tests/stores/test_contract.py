@@ -44,7 +44,7 @@ def new_task(
     ready_at: datetime | None = None,
     version: int = 1,
 ) -> NewTask:
-    return NewTask(task_id, descriptor(task_id, version), due_at, ready_at or due_at, T0 - MINUTE)
+    return NewTask(task_id, descriptor(task_id, version), due_at, ready_at or due_at)
 
 
 def decision(
@@ -92,12 +92,11 @@ async def status_of(store: ScheduleStore, d: Decision) -> ClaimStatus:
 
 
 async def test_add_writes_a_new_task_due_at_its_first_occurrence(store: ScheduleStore) -> None:
-    """A new task is stored with its descriptor, first due time and creation time."""
+    """A new task is stored with its descriptor and first due time."""
     assert await store.add(new_task(), replace=False) is True
     state = await store.get("t1")
     assert state is not None
     assert (state.task_id, state.descriptor_json, state.due_at) == ("t1", descriptor("t1"), T0)
-    assert state.created_at == T0 - MINUTE
     assert (state.paused, state.parked_reason, state.running) == (False, None, 0)
     assert (state.last_run_at, state.last_outcome, state.last_error) == (None, None, None)
     assert state.counts == {}
@@ -716,9 +715,9 @@ async def test_datetimes_are_kept_to_the_millisecond(store: ScheduleStore) -> No
     """Microseconds are truncated to milliseconds everywhere a time is stored."""
     precise = T0 + timedelta(microseconds=123_456)
     kept = T0 + timedelta(milliseconds=123)
-    await store.add(NewTask("t1", descriptor("t1"), precise, precise, precise), replace=False)
+    await store.add(NewTask("t1", descriptor("t1"), precise, precise), replace=False)
     state = await store.get("t1")
-    assert state is not None and (state.due_at, state.created_at) == (kept, kept)
+    assert state is not None and state.due_at == kept
     [due] = await store.due(kept, 10)
     assert due.due_at == kept
     run = await claim_run(store, Decision("t1", due.due_at, due.due_at, precise, precise))
@@ -735,7 +734,7 @@ async def test_datetimes_in_any_timezone_come_back_as_the_same_instant_in_utc(
     """An aware datetime in another zone is stored as its instant and read back in UTC."""
     plus_two = timezone(timedelta(hours=2))
     local = T0.astimezone(plus_two)
-    await store.add(NewTask("t1", descriptor("t1"), local, local, local), replace=False)
+    await store.add(NewTask("t1", descriptor("t1"), local, local), replace=False)
     state = await store.get("t1")
     assert state is not None and state.due_at == T0
     assert state.due_at.utcoffset() == timedelta(0)
@@ -787,7 +786,7 @@ async def test_redis_store_keeps_every_key_under_its_prefix(
     assert await theirs.next_ready_at() is None
     keys = [key async for key in redis_client.scan_iter(match=f"{key_prefix}*")]
     assert {key.decode() for key in keys} == {
-        f"{key_prefix}{name}" for name in ["task:t1", "tasks", "due", "runs", "fence"]
+        f"{key_prefix}{name}" for name in ["task:t1", "due", "runs", "fence"]
     }
 
 
@@ -880,7 +879,7 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 async def test_a_task_keeps_the_trace_context_it_was_added_with(store: ScheduleStore) -> None:
     """due() and get() return the W3C trace context given to add(), for every occurrence."""
-    task = NewTask("t1", descriptor("t1"), T0, T0, T0 - MINUTE, trace_context=TRACEPARENT)
+    task = NewTask("t1", descriptor("t1"), T0, T0, trace_context=TRACEPARENT)
     await store.add(task, replace=False)
     [due] = await store.due(T0, 10)
     assert due.trace_context == TRACEPARENT
@@ -904,7 +903,7 @@ async def test_a_task_added_without_a_trace_context_has_none(store: ScheduleStor
 async def test_a_replaced_task_takes_the_new_trace_context(store: ScheduleStore) -> None:
     """replace=True drops the old task's trace context with it."""
     await store.add(new_task(), replace=False)
-    replacement = NewTask("t1", descriptor("t1", 2), T0, T0, T0, trace_context=TRACEPARENT)
+    replacement = NewTask("t1", descriptor("t1", 2), T0, T0, trace_context=TRACEPARENT)
     await store.add(replacement, replace=True)
     state = await store.get("t1")
     assert state is not None and state.trace_context == TRACEPARENT
@@ -923,3 +922,36 @@ async def test_poll_returns_the_due_tasks_and_when_the_next_one_is_ready(
     assert ([t.task_id for t in limited.tasks], limited.next_ready_at) == (["t0"], T0 + MINUTE)
     await store.set_paused("t2", paused=True, due_at=None, ready_at=None)
     assert (await store.poll(T0 + MINUTE, 10)).next_ready_at is None
+
+
+async def test_the_generation_stays_the_same_while_the_store_keeps_its_data(
+    store: ScheduleStore,
+) -> None:
+    """generation() answers the same id until the store's data is lost."""
+    first = await store.generation()
+    await store.add(new_task(), replace=False)
+    assert await store.generation() == first
+    assert first
+
+
+async def test_a_redis_that_lost_its_data_has_a_new_generation(
+    redis_client: redis.asyncio.Redis, key_prefix: str
+) -> None:
+    """After the keys are gone (a restart without persistence) the generation differs."""
+    from cml_jobs.stores.redis import RedisScheduleStore
+
+    store = RedisScheduleStore(redis_client, prefix=key_prefix)
+    first = await store.generation()
+    await redis_client.delete(*[k async for k in redis_client.scan_iter(f"{key_prefix}*")])
+    assert await store.generation() != first
+
+
+async def test_confirm_tells_which_runs_may_still_start(store: ScheduleStore) -> None:
+    """confirm() is True for a live run and False once its task is cancelled."""
+    await store.add(new_task("a"), replace=False)
+    await store.add(new_task("b"), replace=False)
+    run_a = await claim_run(store, decision("a"))
+    run_b = await claim_run(store, decision("b"))
+    await store.remove("b")
+    assert await store.confirm([run_a, run_b]) == [True, False]
+    assert (await store.get("a")) is not None

@@ -54,7 +54,6 @@ class NewTask:
         descriptor_json: the validated descriptor, as JSON.
         due_at: its first occurrence.
         ready_at: when that occurrence may be claimed (``due_at`` plus jitter).
-        created_at: now, for the record.
         trace_context: the W3C ``traceparent`` of the span that scheduled the task, or
             None; every run's span links to it.
     """
@@ -63,7 +62,6 @@ class NewTask:
     descriptor_json: str
     due_at: datetime
     ready_at: datetime
-    created_at: datetime
     trace_context: str | None = None
 
 
@@ -190,7 +188,6 @@ class TaskState:
         last_run_at: when the latest run started.
         last_outcome: how the latest occurrence ended.
         last_error: a one-line summary of the latest failure.
-        created_at: when the task was added.
         counts: occurrences per outcome since the task was added.
         trace_context: the ``trace_context`` the task was added with.
     """
@@ -204,7 +201,6 @@ class TaskState:
     last_run_at: datetime | None = None
     last_outcome: Outcome | None = None
     last_error: str | None = None
-    created_at: datetime | None = None
     counts: dict[str, int] = field(default_factory=dict)
     trace_context: str | None = None
 
@@ -273,6 +269,14 @@ class ScheduleStore(Protocol):
         dispatcher needs for one tick and the sleep after it."""
         ...
 
+    async def generation(self) -> str:
+        """An id the store keeps for as long as it keeps its data, created on first use.
+
+        A different answer later means everything stored before was lost (a Redis
+        restarted without persistence): workers report it, and apps re-declare tasks.
+        """
+        ...
+
     async def next_ready_at(self) -> datetime | None:
         """The earliest ready time of any task or lease expiry of any run, or None."""
         ...
@@ -316,6 +320,10 @@ class ScheduleStore(Protocol):
         time. Returns None when the fence is no longer valid (the run was cancelled,
         re-issued or finished), in which case the caller must not execute it.
         """
+        ...
+
+    async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
+        """For each run, whether its fence is still valid: it may start. Changes nothing."""
         ...
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:

@@ -6,6 +6,7 @@ It backs the embedded ``memory://`` mode and users' tests. Nothing survives the 
 from __future__ import annotations
 
 import builtins
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -38,7 +39,6 @@ class _Task:
     descriptor_json: str
     due_at: datetime | None
     ready_at: datetime | None
-    created_at: datetime
     paused: bool = False
     parked_reason: str | None = None
     last_run_at: datetime | None = None
@@ -63,6 +63,7 @@ class InMemoryScheduleStore:
         self._tasks: dict[str, _Task] = {}
         self._leases: dict[int, tuple[str, datetime]] = {}  # fence -> (task id, lease end)
         self._fence = 0
+        self._generation = uuid.uuid4().hex
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -80,7 +81,6 @@ class InMemoryScheduleStore:
             descriptor_json=task.descriptor_json,
             due_at=_ms(task.due_at),
             ready_at=_ms(task.ready_at),
-            created_at=_ms(task.created_at),
             trace_context=task.trace_context,
         )
         return True
@@ -134,6 +134,9 @@ class InMemoryScheduleStore:
         returned = {task.task_id for task in tasks}
         later = (ready for ready, task_id in self._live_due() if task_id not in returned)
         return DueBatch(tasks, next(later, None))
+
+    async def generation(self) -> str:
+        return self._generation
 
     async def next_ready_at(self) -> datetime | None:
         due = min((ready for ready, _ in self._live_due()), default=None)
@@ -192,6 +195,9 @@ class InMemoryScheduleStore:
         self._leases[run.fence] = (run.task_id, _ms(lease_until))
         task.last_run_at = _ms(now)
         return StartedRun(task.runs[run.fence], task.descriptor_json)
+
+    async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
+        return [self._leases.get(run.fence, ("", None))[0] == run.task_id for run in runs]
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
         valid = []
@@ -278,7 +284,6 @@ class InMemoryScheduleStore:
             last_run_at=task.last_run_at,
             last_outcome=task.last_outcome,
             last_error=task.last_error,
-            created_at=task.created_at,
             counts=dict(task.counts),
             trace_context=task.trace_context,
         )

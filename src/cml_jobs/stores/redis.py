@@ -9,25 +9,27 @@ Every mutating method is one Lua script (EVALSHA), so it is atomic across proces
 #                         due_at       next occurrence (ms); absent when there is none
 #                         paused       "1" when paused; absent otherwise
 #                         parked       the reason; absent when not parked
-#                         running      runs handed out and not finished
-#                         last_run_at, created_at (ms), last_outcome, last_error
+#                         running      runs handed out and not finished (absent: 0)
+#                         last_run_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
 #                         r:{fence}    "{occurrence ms}|{attempt}", one field per live run
 #                         trace        W3C traceparent of the scheduling span; absent if none
-#   {p}tasks      SET     every task id (for list)
 #   {p}due        ZSET    task id -> ready time (ms); only tasks that can be claimed
 #   {p}runs       ZSET    "{fence:016d}|{task id}" -> lease expiry (ms); the zero padding
 #                         orders runs whose leases end together oldest first
+#   {p}generation STRING  an id written once: when it is gone, Redis lost its data
 #   {p}fence      STRING  a global INCR counter: fences are unique across tasks and
 #                         replacements, so a replaced task's old fences never match again
 #
-# Times are integer epoch milliseconds (UTC). Task ids never contain "|". Task keys are
-# built inside the scripts, so with Redis Cluster give the prefix a hash tag ("{cml}:").
+# Times are integer epoch milliseconds (UTC). Task ids never contain "|". list() finds the
+# tasks by SCAN. Task keys are built inside the scripts, so with Redis Cluster give the
+# prefix a hash tag ("{cml}:").
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -54,11 +56,12 @@ from cml_jobs.stores._base import (
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
+    CONFIRM,
     EXTEND,
     FINISH,
+    GENERATION,
     GET,
     LIB,
-    LIST,
     PARK,
     POLL,
     RECLAIM,
@@ -71,6 +74,8 @@ __all__ = ["RedisScheduleStore"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
+_MIN_MS = (datetime(1, 1, 2, tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
+_MAX_MS = (datetime(9999, 12, 30, tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
 
 
 def _ms(at: datetime) -> str:
@@ -85,7 +90,9 @@ def _opt_ms(at: datetime | None) -> str:
 
 
 def _at(ms: object) -> datetime:
-    return _EPOCH + timedelta(milliseconds=int(_text(ms)))
+    # A time beyond what datetime holds (a tampered score) reads as its bound.
+    value = int(float(_text(ms)))
+    return _EPOCH + timedelta(milliseconds=min(max(value, _MIN_MS), _MAX_MS))
 
 
 def _text(value: object) -> str:
@@ -107,9 +114,24 @@ def _outcome(value: str | None) -> Outcome | None:
         return None
 
 
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _count(value: str | None) -> int:
+    # A counter that is not a number (tampered with) reads as 0 rather than breaking list().
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
 def _state(task_id: str, fields: Mapping[str, str]) -> TaskState:
     def at(name: str) -> datetime | None:
-        return _at(fields[name]) if name in fields else None
+        try:
+            return _at(fields[name]) if name in fields else None
+        except ValueError:  # not a number (tampered with): shown as unknown
+            return None
 
     return TaskState(
         task_id=task_id,
@@ -117,12 +139,11 @@ def _state(task_id: str, fields: Mapping[str, str]) -> TaskState:
         due_at=at("due_at"),
         paused=fields.get("paused") == "1",
         parked_reason=fields.get("parked"),
-        running=int(fields.get("running", "0")),
+        running=_count(fields.get("running")),
         last_run_at=at("last_run_at"),
         last_outcome=_outcome(fields.get("last_outcome")),
         last_error=fields.get("last_error") or None,
-        created_at=at("created_at"),
-        counts={k[2:]: int(v) for k, v in fields.items() if k.startswith("n:") and int(v)},
+        counts={k[2:]: _count(v) for k, v in fields.items() if k.startswith("n:") and _count(v)},
         trace_context=fields.get("trace"),
     )
 
@@ -184,7 +205,7 @@ class RedisScheduleStore:
     def __init__(self, redis: redis.asyncio.Redis, *, prefix: str = "cml:") -> None:
         self._redis = redis
         self._task_prefix = f"{prefix}task:"
-        self._keys = [f"{prefix}tasks", f"{prefix}due", f"{prefix}runs", f"{prefix}fence"]
+        self._keys = [f"{prefix}due", f"{prefix}runs", f"{prefix}fence", f"{prefix}generation"]
         script = self._redis.register_script
         self._add = script(LIB + ADD)
         self._remove = script(LIB + REMOVE)
@@ -192,17 +213,18 @@ class RedisScheduleStore:
         self._park = script(LIB + PARK)
         self._poll = script(POLL)
         self._get = script(GET)
-        self._list = script(LIST)
         self._claim = script(LIB + CLAIM)
         self._reclaim = script(LIB + RECLAIM)
         self._start = script(LIB + START)
         self._extend = script(LIB + EXTEND)
+        self._generation = script(GENERATION)
+        self._confirm = script(CONFIRM)
         self._finish = script(LIB + FINISH)
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
         if "|" in task.task_id:
             raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
-        times = (_ms(task.due_at), _ms(task.ready_at), _ms(task.created_at))
+        times = (_ms(task.due_at), _ms(task.ready_at))
         replacing = "1" if replace else "0"
         trace = task.trace_context or ""
         written = await self._call(
@@ -223,8 +245,21 @@ class RedisScheduleStore:
         return _state(task_id, _pairs(flat)) if flat else None
 
     async def list(self) -> builtins.list[TaskState]:
-        flat = await self._call(self._list)
-        states = [_state(_text(flat[i]), _pairs(flat[i + 1])) for i in range(0, len(flat), 2)]
+        # SCAN rather than an index of ids: an index would cost two commands on every
+        # one-time task's life, for an operation that is rare.
+        pattern = _glob_escape(self._task_prefix) + "*"
+        with self._translated():
+            keys = [_text(key) async for key in self._redis.scan_iter(pattern, count=1000)]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                found = await pipe.execute()
+        start = len(self._task_prefix)
+        states = [
+            _state(key[start:], {_text(k): _text(v) for k, v in fields.items()})
+            for key, fields in zip(keys, found, strict=True)
+            if fields
+        ]
         return sorted(states, key=lambda state: state.task_id)
 
     async def set_paused(
@@ -247,7 +282,7 @@ class RedisScheduleStore:
         return DueBatch(_due_tasks(flat), None if following is None else _at(following))
 
     async def next_ready_at(self) -> datetime | None:
-        _, due, runs, _ = self._keys
+        due, runs, *_ = self._keys
         with self._translated():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrange(due, 0, 0, withscores=True)
@@ -285,6 +320,12 @@ class RedisScheduleStore:
         descriptor, value = found
         return StartedRun(_run(run.task_id, run.fence, value), _text(descriptor))
 
+    async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
+        if not runs:
+            return []
+        pairs = [arg for run in runs for arg in (run.task_id, str(run.fence))]
+        return [bool(ok) for ok in await self._call(self._confirm, *pairs)]
+
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
         if not runs:
             return []
@@ -309,6 +350,9 @@ class RedisScheduleStore:
             return []
         args = [arg for finish in finishes for arg in _finish_args(finish)]
         return [bool(done) for done in await self._call(self._finish, *args)]
+
+    async def generation(self) -> str:
+        return _text(await self._call(self._generation, uuid.uuid4().hex))
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
         with self._translated():

@@ -13,8 +13,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any, TypedDict, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import uuid4
 
 import arq.worker
@@ -30,16 +32,19 @@ from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._execution import Handoff
 from cml_jobs._runtime import Runtime
 from cml_jobs._timing import from_ms, to_ms
+from cml_jobs.exceptions import ConfigurationError
 from cml_jobs.stores._base import Run
 
 __all__ = [
     "FUNCTION_NAME",
     "ArqSink",
+    "SafeRedisSettings",
     "WorkerContext",
     "dumps",
     "loads",
     "redis_settings",
     "run_function",
+    "tls_options",
 ]
 
 logger = logging.getLogger("cml_jobs.worker")
@@ -174,19 +179,90 @@ class PatientRetry(Retry):
         return await super().call_with_retry(do, noted)
 
 
+class SafeRedisSettings(RedisSettings):
+    """arq's ``RedisSettings`` whose repr never shows the password (arq's own repr does)."""
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={'***' if name == 'password' and value else repr(value)}"
+            for name, value in self.__dict__.items()
+        )
+        return f"RedisSettings({shown})"
+
+    __str__ = __repr__
+
+
+# The TLS options a ``rediss://`` URL may carry in its query, as redis-py's from_url reads
+# them too: ``rediss://host:6380/0?ssl_ca_certs=/etc/ssl/redis-ca.pem``.
+_TLS_QUERY = ("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_CERT_REQS = ("none", "optional", "required")
+_FALSE = ("0", "f", "false", "n", "no")  # redis-py's to_bool
+
+
 def redis_settings(url: str) -> RedisSettings:
-    """arq settings for ``url`` that never give up on Redis.
+    """arq settings for ``url`` that never give up on Redis and never show its password.
 
     A worker started before Redis is up keeps trying to connect, and a command that
     fails because Redis went away is retried with backoff until it is back: a worker does
     not exit because of Redis.
+
+    With ``rediss://`` the server's certificate is verified and so is its hostname (arq
+    leaves hostname checks off by default); the URL's query can relax that or name the
+    CA and a client certificate: ``ssl_cert_reqs`` (``required``, ``optional``, ``none``),
+    ``ssl_check_hostname`` (``true``/``false``), ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile``. A percent-encoded user name or password is decoded (arq does not).
+
+    Raises:
+        ConfigurationError: a TLS option on a ``redis://`` URL, or a TLS option's value
+            that is not valid (the message never includes the URL).
     """
-    settings = RedisSettings.from_dsn(url)
+    parsed = RedisSettings.from_dsn(url)
+    settings = SafeRedisSettings(**{f.name: getattr(parsed, f.name) for f in fields(parsed)})
+    parts = urlsplit(url)
+    settings.username = unquote(parts.username) if parts.username else None
+    settings.password = unquote(parts.password) if parts.password else None
+    for name, value in _tls(parts.scheme, parts.query).items():
+        setattr(settings, name, value)
     settings.conn_retries = 1_000_000_000
     settings.conn_retry_delay = 1
     settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
     settings.retry = PatientRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
     return settings
+
+
+def tls_options(url: str) -> dict[str, Any]:
+    """Keyword arguments for ``redis.asyncio.Redis.from_url(url, **tls_options(url))`` that
+    give a plain redis-py client the TLS defaults of ``redis_settings``: hostnames verified
+    unless the URL's query says otherwise (redis-py, like arq, leaves them unchecked)."""
+    options = _tls(urlsplit(url).scheme, urlsplit(url).query)
+    return {
+        name: options[name] for name in ("ssl_cert_reqs", "ssl_check_hostname") if name in options
+    }
+
+
+def _tls(scheme: str, query: str) -> dict[str, Any]:
+    """The TLS settings a URL's scheme and query ask for (none for ``redis://``)."""
+    given = {name: values[-1] for name, values in parse_qs(query).items() if name in _TLS_QUERY}
+    if scheme != "rediss":
+        if given:
+            raise ConfigurationError(
+                f"the Redis URL sets {sorted(given)!r} but its scheme is {scheme}://; "
+                "use rediss:// for TLS"
+            )
+        return {}
+    cert_reqs = given.pop("ssl_cert_reqs", "required").lower()
+    if cert_reqs not in _CERT_REQS:
+        raise ConfigurationError(
+            f"ssl_cert_reqs={cert_reqs!r} in the Redis URL is not valid; use one of {_CERT_REQS!r}"
+        )
+    check = given.pop("ssl_check_hostname", None)
+    check_hostname = cert_reqs != "none" if check is None else check.lower() not in _FALSE
+    if check_hostname and cert_reqs == "none":
+        raise ConfigurationError(
+            "ssl_check_hostname=true in the Redis URL needs a verified certificate; "
+            "drop ssl_cert_reqs=none"
+        )
+    return {"ssl_cert_reqs": cert_reqs, "ssl_check_hostname": check_hostname, **given}
 
 
 _original_log_redis_info = arq.worker.log_redis_info  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from cml_jobs._descriptors import parse_descriptor
 from cml_jobs.exceptions import InvalidDescriptorError, StoreError
 from cml_jobs.stores._base import TaskState
+from cml_jobs.worker._arq import tls_options
 
 __all__ = ["HealthReport", "Overdue", "check_health", "overdue_tasks"]
 
@@ -107,7 +108,11 @@ async def check_health(
 
     seconds = timeout.total_seconds()
     client = redis.asyncio.Redis.from_url(
-        redis_url, socket_connect_timeout=seconds, socket_timeout=seconds, retry_on_error=[]
+        redis_url,
+        **tls_options(redis_url),
+        socket_connect_timeout=seconds,
+        socket_timeout=seconds,
+        retry_on_error=[],
     )
     report = HealthReport(require_worker=require_worker)
     try:

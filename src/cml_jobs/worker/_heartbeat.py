@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from cml_jobs._execution import Executor
 from cml_jobs.stores._base import Run
 from cml_jobs.stores.redis import RedisScheduleStore
-from cml_jobs.worker._arq import PatientRetry
+from cml_jobs.worker._arq import PatientRetry, tls_options
 
 __all__ = ["HeartbeatThread"]
 
@@ -65,6 +65,7 @@ class HeartbeatThread:
     async def _beat(self) -> None:
         client = redis.asyncio.Redis.from_url(
             self.redis_url,
+            **tls_options(self.redis_url),
             retry=PatientRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1),
             retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
         )

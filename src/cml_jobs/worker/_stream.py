@@ -5,15 +5,20 @@ follow the stream, from now or from a position it kept, and any number of reader
 it independently (plain XREAD, no consumer group: a reader owns its position).
 
 Publishing never waits for Redis on a run's path: the hub's callback only appends the
-event to a bounded buffer, and a background task writes the buffer in pipelined batches
-(``XADD ... MAXLEN ~ n``). If Redis is slow or away, the buffer fills, and its oldest
-events are dropped and counted, rather than the worker slowing down.
+event to a bounded buffer, and a background task writes what the buffer holds as one
+stream entry (``XADD ... MAXLEN ~ n``, the entry's ``events`` field a JSON array), so a
+busy worker spends one command on many events. If Redis is slow or away, the buffer
+fills, and its oldest events are dropped and counted, rather than the worker slowing down.
+
+An event's position is ``<entry id>/<index in the entry>``; a reader resumes after any
+position, inside an entry too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -30,8 +35,9 @@ __all__ = ["EventPublisher", "EventStream", "StreamEntry", "publish_events", "st
 
 logger = logging.getLogger("cml_jobs.events")
 
-#: Entries the stream keeps (approximately: Redis trims whole macro-nodes).
-DEFAULT_MAXLEN = 100_000
+#: Entries the stream keeps (approximately: Redis trims whole macro-nodes); an entry holds
+#: the events one flush wrote, from one to a few hundred.
+DEFAULT_MAXLEN = 10_000
 _BATCH = 500
 
 
@@ -114,11 +120,9 @@ class EventPublisher:
     async def _flush(self) -> None:
         while self._pending:
             batch = [self._pending.popleft() for _ in range(min(len(self._pending), _BATCH))]
+            entry: dict[Any, Any] = {"events": "[" + ",".join(batch) + "]"}
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for raw in batch:
-                        pipe.xadd(self.key, {"event": raw}, maxlen=self.maxlen, approximate=True)
-                    await pipe.execute()
+                await self._client.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
             except BaseException:
                 self._pending.extendleft(reversed(batch))  # keep the order for the retry
                 raise
@@ -141,7 +145,8 @@ async def publish_events(
 
 
 class StreamEntry(NamedTuple):
-    """One event read from the stream, with its position (keep ``id`` to resume)."""
+    """One event read from the stream, with its position (keep ``id`` to resume):
+    ``<stream entry id>/<index in the entry>``."""
 
     id: str
     event: TaskEvent
@@ -181,20 +186,30 @@ class EventStream:
     async def last_id(self) -> str:
         """The position of the newest event, or ``"0-0"`` for an empty stream."""
         newest = await self._client.xrevrange(self.key, count=1)
-        return _text(newest[0][0]) if newest else "0-0"
+        if not newest:
+            return "0-0"
+        entry_id, fields = newest[0]
+        return f"{_text(entry_id)}/{len(_events(fields)) - 1}"
 
     async def read(self, after: str = "0-0", *, wait: bool = False) -> list[StreamEntry]:
-        """Up to ``batch`` events after position ``after`` (``"0-0"``: from the oldest kept).
+        """The events after position ``after`` (``"0-0"``: from the oldest kept), from up to
+        ``batch`` stream entries.
 
         With ``wait``, waits up to ``block`` for an event when none is there yet.
         """
+        entry_id, _, index = after.partition("/")
+        found: list[StreamEntry] = []
+        if index:  # the rest of a partly read entry first
+            for got_id, fields in await self._client.xrange(self.key, entry_id, entry_id):
+                found += _entries(got_id, fields, after=int(index))
+        if found:
+            wait = False
         block = int(self.block.total_seconds() * 1000) if wait else None
-        found = await self._client.xread({self.key: after}, count=self.batch, block=block)
-        return [
-            StreamEntry(_text(entry_id), TaskEvent.from_json(_field(fields)))
-            for _, entries in found
-            for entry_id, fields in entries
-        ]
+        streams = await self._client.xread({self.key: entry_id}, count=self.batch, block=block)
+        for _, entries in streams:
+            for got_id, fields in entries:
+                found += _entries(got_id, fields)
+        return found
 
     async def follow(self, after: str | None = None) -> AsyncIterator[StreamEntry]:
         """Every event after position ``after`` (by default: from now on), forever.
@@ -209,6 +224,16 @@ class EventStream:
                 yield entry
 
 
-def _field(fields: dict[Any, Any]) -> str:
-    raw = fields.get(b"event", fields.get("event"))
-    return _text(raw)
+def _entries(entry_id: Any, fields: dict[Any, Any], after: int = -1) -> list[StreamEntry]:
+    stream_id = _text(entry_id)
+    return [
+        StreamEntry(f"{stream_id}/{i}", TaskEvent.from_dict(raw))
+        for i, raw in enumerate(_events(fields))
+        if i > after
+    ]
+
+
+def _events(fields: dict[Any, Any]) -> list[dict[str, Any]]:
+    raw = fields.get(b"events", fields.get("events"))
+    events: list[dict[str, Any]] = json.loads(_text(raw))
+    return events

@@ -1,0 +1,182 @@
+"""Jobs that fail, hang, block the event loop, or are unknown to some workers (scenarios 9
+and 11), under real ``arq`` worker processes. Figures come from the recorded runs and the
+task counts ``list_tasks`` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from cml_jobs import Outcome, RecurrentTaskDescriptor, ScheduledTaskDescriptor
+from cml_jobs._timing import to_ms
+from tests.reliability.conftest import app_for, stay_alive
+from tests.workers import WorkerFleet
+
+pytestmark = [pytest.mark.reliability, pytest.mark.redis]
+
+
+async def test_a_failing_job_is_retried_to_3_attempts_then_failed_and_recurs(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
+) -> None:
+    """A job whose first occurrence raises, with max_retries=2 (3 attempts) and a 0.2 s
+    backoff: 3 attempts, recorded as failed; the next occurrences still run and succeed."""
+    workers: WorkerFleet = workers_factory(redis_url, key_prefix)
+    workers.start(2)
+    await workers.wait_ready(redis_client)
+    async with app_for(redis_url, key_prefix) as app:
+        await app.bus.schedule_task(
+            RecurrentTaskDescriptor(
+                id="flaky",
+                name="RecordingJob",
+                interval=2,
+                max_retries=2,
+                retry_backoff=0.2,
+                data={"fail_first": 1},
+            )
+        )
+        await stay_alive(workers, 6.5)
+        state = await app.bus.get_task("flaky")
+        await app.bus.cancel_task("flaky")
+    assert workers.stop() == [0, 0]
+
+    records = await workers.records(redis_client)
+    first = min(r["occurrence"] for r in records)
+    attempts = [r["attempt"] for r in records if r["occurrence"] == first]
+    later = Counter(r["occurrence"] for r in records if r["occurrence"] != first)
+    tried = [r for r in records if r["occurrence"] == first]
+    gaps = [(b["start"] - a["end"]) / 1000 for a, b in itertools.pairwise(tried)]
+    print(
+        f"attempts {attempts}, retry gaps {gaps} s; later occurrences {dict(later)}; {state.counts}"
+    )
+    assert attempts == [1, 2, 3]
+    assert all(r.get("failed") for r in records if r["occurrence"] == first)
+    assert state.counts.get(Outcome.FAILED.value) == 1, state.counts
+    assert len(later) >= 2 and set(later.values()) == {1}, "the next occurrences did not run"
+    assert state.counts.get(Outcome.SUCCEEDED.value, 0) >= 2, state.counts
+
+
+async def test_a_job_hanging_past_its_timeout_is_cancelled_and_recorded_timed_out(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
+) -> None:
+    """A job that sleeps 30 s with a 1 s timeout: the run is
+    cancelled (never finishes) and recorded as timed out, with no re-run."""
+    workers: WorkerFleet = workers_factory(redis_url, key_prefix)
+    workers.start(1)
+    await workers.wait_ready(redis_client)
+    async with app_for(redis_url, key_prefix) as app:
+        await app.bus.schedule_task(
+            RecurrentTaskDescriptor(
+                id="hangs",
+                name="RecordingJob",
+                interval=60,
+                timeout=1,
+                start_at=app.clock.now() + timedelta(seconds=0.5),
+                data={"sleep": 30},
+            )
+        )
+        await stay_alive(workers, 3.5)
+        state = await app.bus.get_task("hangs")
+        await app.bus.cancel_task("hangs")
+    assert workers.stop() == [0]
+
+    starts = await workers.starts(redis_client)
+    print(f"{len(starts)} start(s); outcome {state.last_outcome}; {state.counts}")
+    assert len(starts) == 1
+    assert await workers.records(redis_client) == [], "the hanging run finished"
+    assert state.counts == {Outcome.TIMED_OUT.value: 1}
+    assert state.running == 0
+
+
+async def test_a_loop_blocking_job_never_gets_a_concurrent_second_run(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
+) -> None:
+    """A CPU-bound job that ignores cancellation (5 s of time.sleep, lease 3 s, timeout
+    1 s) is never running twice at once: no second start before the first one ends."""
+    workers: WorkerFleet = workers_factory(redis_url, key_prefix)
+    workers.start(2)
+    await workers.wait_ready(redis_client)
+    async with app_for(redis_url, key_prefix) as app:
+        await app.bus.schedule_task(
+            RecurrentTaskDescriptor(
+                id="blocker",
+                name="RecordingJob",
+                interval=60,
+                timeout=1,
+                start_at=app.clock.now() + timedelta(seconds=0.5),
+                data={"block": 5},
+            )
+        )
+        await asyncio.sleep(6.5)
+        state = await app.bus.get_task("blocker")
+        await app.bus.cancel_task("blocker")
+    workers.stop()
+
+    starts = await workers.starts(redis_client)
+    records = await workers.records(redis_client)
+    first_end = min((r["end"] for r in records), default=None)
+    overlapping = [s for s in starts[1:] if first_end is None or s["start"] < first_end]
+    print(
+        f"starts {[(s['pid'], s['attempt'], s['start'] - starts[0]['start']) for s in starts]}; "
+        f"{len(records)} finished; {state.counts}"
+    )
+    assert overlapping == [], f"a second run started while the first was blocked: {overlapping}"
+
+
+async def test_a_rolling_deploy_runs_a_new_job_once_on_the_worker_that_knows_it(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
+) -> None:
+    """An old worker (without the job classes) is alone when a one-time and a 2 s recurrent
+    task of a new job fall due; a new worker joins 3 s later: 0 permanent failures, 0
+    parked, each occurrence runs once, all on the new worker."""
+    old: WorkerFleet = workers_factory(
+        redis_url, key_prefix, modules="tests.fixtures.recording_old"
+    )
+    old.start(1)
+    await old.wait_ready(redis_client)
+    async with app_for(redis_url, key_prefix) as app:
+        once = await app.bus.schedule_task(
+            ScheduledTaskDescriptor(
+                id="new-once",
+                name="RecordingOnceJob",
+                scheduled_at=app.clock.now() + timedelta(seconds=0.5),
+            )
+        )
+        await app.bus.schedule_task(
+            RecurrentTaskDescriptor(id="new-every", name="RecordingJob", interval=2)
+        )
+        await stay_alive(old, 3)
+        ran_before = await old.records(redis_client)
+        new: WorkerFleet = workers_factory(redis_url, key_prefix)
+        new.start(1)
+        await new.wait_ready(redis_client)
+        await stay_alive(new, 6)
+        old._check_alive()
+        tasks = {t.id: t for t in await app.list_tasks()}
+        await app.bus.cancel_task("new-every")
+    [old_pid], [new_pid] = [p.pid for p in old.processes], [p.pid for p in new.processes]
+    assert old.stop() + new.stop() == [0, 0]
+
+    records = await new.records(redis_client)
+    by_task = Counter((r["task"], r["occurrence"]) for r in records)
+    pids = Counter(r["pid"] for r in records)
+    every = tasks["new-every"]
+    print(
+        f"before the new worker: {len(ran_before)} runs; after: "
+        f"{dict(Counter(r['task'] for r in records))}; "
+        f"pids {dict(pids)} (old {old_pid}, new {new_pid}); new-every {every.counts}"
+    )
+    assert ran_before == []
+    assert set(pids) == {new_pid}, "a run happened on the worker without the job"
+    assert by_task[("new-once", to_ms(once.next_run_time))] == 1  # type: ignore[arg-type]
+    assert set(by_task.values()) == {1}
+    assert "new-once" not in tasks, "the one-time task did not end"
+    assert every.parked_reason is None
+    assert Outcome.FAILED.value not in every.counts and Outcome.PARKED.value not in every.counts
+    assert every.counts.get(Outcome.SUCCEEDED.value, 0) >= 1, every.counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -26,7 +27,7 @@ from cml_jobs._dispatch import Dispatcher
 from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores import ScheduleStore
 from cml_jobs.testing import ManualClock, run_due
-from tests.fixtures.behaviour_jobs import OneShotJob, ScriptedJob
+from tests.fixtures.behaviour_jobs import GatedJob, OneShotJob, ScriptedJob
 
 JOBS = ["tests.fixtures.behaviour_jobs"]
 
@@ -240,6 +241,37 @@ async def test_cancel_removes_the_task(
     assert await run_due(scheduler) == []
     with pytest.raises(TaskNotFoundError, match="'r'"):
         await scheduler.bus.cancel_task("r")
+
+
+@pytest.mark.parametrize(
+    ("where", "started", "ran"),
+    [("configure", 0, []), ("body", 1, ["g"])],
+    ids=["cancelled-before-the-body", "cancelled-during-the-body"],
+)
+async def test_cancel_reports_whether_a_run_had_started_and_no_run_starts_after_it(
+    scheduler: BackgroundTaskScheduler,
+    clock: ManualClock,
+    where: str,
+    started: int,
+    ran: list[str],
+) -> None:
+    """A run starts just before its job's body, after configure. A cancel landing while
+    the job is being configured wins (the body never runs) and returns 0; one landing
+    during the body returns 1, the run under way."""
+    GatedJob.reset()
+    descriptor = RecurrentTaskDescriptor(
+        id="g", name="GatedJob", data={"where": where}, interval=60
+    )
+    await scheduler.bus.schedule_task(descriptor)
+    clock.advance(seconds=60)
+    running = asyncio.create_task(run_due(scheduler))
+    await GatedJob.waiting.wait()
+    assert await scheduler.bus.cancel_task("g") == started
+    GatedJob.gate.set()
+    events = await running
+    assert GatedJob.ran == ran
+    assert ("started" in kinds(events)) is bool(started)
+    assert await scheduler.list_tasks() == []
 
 
 async def test_scheduling_the_same_task_twice_is_idempotent_and_a_different_one_conflicts(

@@ -168,15 +168,24 @@ class BackgroundTasksBus:
                 )
         return due_at
 
-    async def cancel_task(self, task_id: str) -> None:
-        """Remove a task. A run going on finishes, but its outcome is not recorded.
+    async def cancel_task(self, task_id: str) -> int:
+        """Remove a task: once this returns, no run of it starts.
+
+        A run starts when its worker confirms it with the store, just before the job's
+        body is called. Runs that had started are stopped by their worker's heartbeat
+        within a third of the lease, and their outcome is not recorded.
+
+        Returns:
+            How many of the task's runs had started (0 when none was under way).
 
         Raises:
             TaskNotFoundError: no task has this id.
         """
-        if not await self._store.remove(task_id):
+        started = await self._store.remove(task_id)
+        if started is None:
             raise _not_found(task_id)
         self._emit(EventKind.CANCELLED, task_id, "", None)
+        return started
 
     async def pause_task(self, task_id: str) -> None:
         """Stop a task from running until ``resume_task``; occurrences meanwhile are not run.

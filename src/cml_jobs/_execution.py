@@ -89,8 +89,9 @@ class Executor:
         self._spawned: set[asyncio.Task[Any]] = set()
         self._busy: set[int] = set()  # fences of spawned runs whose job has not ended
         self._finishes = Batcher(store.finish_many, finish_window)
-        # Confirming a claimed run's fence just before it starts closes the gap in which a
-        # cancel could land after the claim; the runs starting together share one call.
+        # A run is confirmed just before its job's body is called, after ``configure``: a
+        # cancel that lands before that wins, and one that lands after reports the run as
+        # started (see ``ScheduleStore.remove``). Runs starting together share one call.
         self._starts = Batcher(store.confirm, timedelta(0))
 
     @property
@@ -151,9 +152,6 @@ class Executor:
         if descriptor.name not in self.registry:
             return await self._unknown_job(run, descriptor.name)
         if await self._parked_for_data(run, descriptor):
-            return Handoff.DONE
-        if not await self._starts.submit(run):
-            logger.info("run of %r was cancelled before it started; skipped", run.task_id)
             return Handoff.DONE
         await self._run_tracked(run, descriptor, self.clock.now())
         return Handoff.DONE
@@ -219,10 +217,12 @@ class Executor:
         if grace is not None and lateness > grace:
             await self._finish(run, descriptor, _Attempt(Outcome.MISSED), now, late_by=lateness)
             return
-        self._emit(EventKind.STARTED, run, name, data=self._data(descriptor))
         attempt = run.attempt
         while True:
             result = await self._attempt(run, descriptor, attempt)
+            if result is None:
+                logger.info("run of task %r was cancelled before it started", run.task_id)
+                return
             if (
                 result.outcome is not Outcome.FAILED
                 or attempt - run.attempt >= descriptor.max_retries
@@ -235,10 +235,14 @@ class Executor:
             attempt += 1
         await self._finish(run, descriptor, result, now, attempt=attempt)
 
-    async def _attempt(self, run: Run, descriptor: TaskDescriptor, attempt: int) -> _Attempt:
+    async def _attempt(self, run: Run, descriptor: TaskDescriptor, attempt: int) -> _Attempt | None:
+        """One attempt of the job; None when the run was cancelled before its body."""
         with _telemetry.run_span(descriptor.name, run.task_id, attempt, run.trace_context) as span:
             try:
                 job = await self._build(run, descriptor, attempt)
+                if attempt == run.attempt and not await self._confirm_start(run, descriptor):
+                    span.set_attribute("cml_jobs.run.cancelled", True)
+                    return None
                 body = job.run_every if isinstance(job, RecurrentBackgroundJob) else job.run_at  # type: ignore[attr-defined]
                 timeout = descriptor.timeout.total_seconds() if descriptor.timeout else None
                 await asyncio.wait_for(body(), timeout)
@@ -253,6 +257,13 @@ class Executor:
                 return _Attempt(Outcome.FAILED, exc)
             finally:
                 await self._close_run_resources()
+
+    async def _confirm_start(self, run: Run, descriptor: TaskDescriptor) -> bool:
+        """Mark the run started in the store, unless its task was cancelled meanwhile."""
+        if not await self._starts.submit(run):
+            return False
+        self._emit(EventKind.STARTED, run, descriptor.name, data=self._data(descriptor))
+        return True
 
     async def _build(self, run: Run, descriptor: TaskDescriptor, attempt: int) -> BackgroundJob:
         job = self.registry.get(descriptor.name)(**descriptor.data)

@@ -167,7 +167,8 @@ async def test_remove_deletes_the_task_and_invalidates_its_runs(store: ScheduleS
     """A removed task is gone, never due, and its runs can neither start nor finish."""
     await store.add(new_task(), replace=False)
     run = await claim_run(store)
-    assert await store.remove("t1") is True
+    assert await store.remove("t1") == 0  # its run was claimed but had not started
+    assert await store.confirm([run]) == [False]
     assert await store.get("t1") is None
     assert await store.list() == []
     assert await store.due(T0 + MINUTE, 10) == []
@@ -176,9 +177,33 @@ async def test_remove_deletes_the_task_and_invalidates_its_runs(store: ScheduleS
     assert await store.finish(run, Outcome.SUCCEEDED, now=T0) is False
 
 
-async def test_removing_an_unknown_task_returns_false(store: ScheduleStore) -> None:
-    """remove() reports False when there is no such task."""
-    assert await store.remove("nope") is False
+async def test_removing_an_unknown_task_returns_none(store: ScheduleStore) -> None:
+    """remove() reports None when there is no such task."""
+    assert await store.remove("nope") is None
+
+
+async def test_remove_counts_the_runs_that_had_started(store: ScheduleStore) -> None:
+    """remove() counts exactly the runs confirmed before it: those already under way."""
+    await store.add(new_task(), replace=False)
+    first = await claim_run(store, decision(max_instances=3))
+    second = await claim_run(store, decision("t1", T0 + MINUTE, max_instances=3))
+    third = await claim_run(store, decision("t1", T0 + 2 * MINUTE, max_instances=3))
+    assert await store.confirm([first, second]) == [True, True]
+    await store.finish(second, Outcome.SUCCEEDED, now=T0)  # ended: no longer under way
+    assert await store.remove("t1") == 1
+    assert await store.confirm([third]) == [False]
+
+
+async def test_a_re_issued_run_is_not_started_until_confirmed(store: ScheduleStore) -> None:
+    """A run whose lease expired after it started is re-issued unstarted: removing the
+    task then reports no run under way, and the old fence cannot be confirmed."""
+    await store.add(new_task(), replace=False)
+    run = await claim_run(store)
+    assert await store.confirm([run]) == [True]
+    [again] = await store.reclaim_expired(now=T0 + LEASE, lease_until=T0 + 2 * LEASE, limit=10)
+    assert await store.confirm([run]) == [False]
+    assert await store.remove("t1") == 0
+    assert await store.confirm([again]) == [False]
 
 
 async def test_get_returns_none_for_an_unknown_task(store: ScheduleStore) -> None:

@@ -227,8 +227,13 @@ class ScheduleStore(Protocol):
         """
         ...
 
-    async def remove(self, task_id: str) -> bool:
-        """Delete a task and invalidate all its runs. Returns False if there was none."""
+    async def remove(self, task_id: str) -> int | None:
+        """Delete a task and invalidate all its runs, atomically with ``confirm``.
+
+        Returns how many of its runs had started (been confirmed): their workers stop them
+        at the next heartbeat. None if there was no task. A run not confirmed by then can
+        never start.
+        """
         ...
 
     async def get(self, task_id: str) -> TaskState | None:
@@ -323,7 +328,11 @@ class ScheduleStore(Protocol):
         ...
 
     async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
-        """For each run, whether its fence is still valid: it may start. Changes nothing."""
+        """For each run, whether its fence is still valid, marking each valid run started.
+
+        A worker calls this just before a job's body: a run is started from then on, and
+        ``remove`` counts it.
+        """
         ...
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:

@@ -11,16 +11,22 @@ local function run_member(fence, id)
   return string.format('%016d', tonumber(fence)) .. '|' .. id
 end
 local function drop_task(key, id, quick)
-  -- quick: the caller knows the task has no run left and is not in the due index
+  -- quick: the caller knows the task has no run left and is not in the due index.
+  -- Returns how many of its runs had started (the fields s:{fence} that confirm wrote).
+  local started = 0
   if not quick then
     for _, f in ipairs(redis.call('HKEYS', key)) do
-      if string.sub(f, 1, 2) == 'r:' then
+      local kind = string.sub(f, 1, 2)
+      if kind == 'r:' then
         redis.call('ZREM', KEYS[2], run_member(string.sub(f, 3), id))
+      elseif kind == 's:' then
+        started = started + 1
       end
     end
     redis.call('ZREM', KEYS[1], id)
   end
   redis.call('DEL', key)
+  return started
 end
 local function schedule(key, id, due, ready, held)
   -- held: the task is paused or parked (nil: look it up)
@@ -45,7 +51,7 @@ local function new_run(key, id, occurrence, attempt, lease)
   return fence
 end
 local function release(key, id, fence)
-  local had = redis.call('HDEL', key, 'r:' .. fence)
+  local had = redis.call('HDEL', key, 'r:' .. fence, 's:' .. fence)
   if had == 1 then redis.call('ZREM', KEYS[2], run_member(fence, id)) end
   return had
 end
@@ -70,12 +76,11 @@ redis.call('ZADD', KEYS[1], ARGV[5], id)
 return 1
 """
 
-# ARGV: prefix, id
+# ARGV: prefix, id -> how many of its runs had started, or -1 when there is no task
 REMOVE = """
 local key = ARGV[1] .. ARGV[2]
-if redis.call('EXISTS', key) == 0 then return 0 end
-drop_task(key, ARGV[2])
-return 1
+if redis.call('EXISTS', key) == 0 then return -1 end
+return drop_task(key, ARGV[2])
 """
 
 # ARGV: prefix, id, paused ("1"/"0"), due, ready ("" for none)
@@ -251,11 +256,15 @@ redis.call('SET', KEYS[4], ARGV[2])
 return ARGV[2]
 """
 
-# ARGV: prefix, then pairs of id, fence -> one 1/0 per pair
+# ARGV: prefix, then pairs of id, fence -> one 1/0 per pair; each valid run is marked
+# started (s:{fence}), which REMOVE counts
 CONFIRM = """
 local out = {}
 for i = 2, #ARGV, 2 do
-  out[#out + 1] = redis.call('HEXISTS', ARGV[1] .. ARGV[i], 'r:' .. ARGV[i + 1])
+  local key, fence = ARGV[1] .. ARGV[i], ARGV[i + 1]
+  local valid = redis.call('HEXISTS', key, 'r:' .. fence)
+  if valid == 1 then redis.call('HSET', key, 's:' .. fence, '1') end
+  out[#out + 1] = valid
 end
 return out
 """

@@ -62,6 +62,7 @@ class InMemoryScheduleStore:
     def __init__(self) -> None:
         self._tasks: dict[str, _Task] = {}
         self._leases: dict[int, tuple[str, datetime]] = {}  # fence -> (task id, lease end)
+        self._started: set[int] = set()  # fences of confirmed runs
         self._fence = 0
         self._generation = uuid.uuid4().hex
 
@@ -85,8 +86,13 @@ class InMemoryScheduleStore:
         )
         return True
 
-    async def remove(self, task_id: str) -> bool:
-        return self._drop(task_id)
+    async def remove(self, task_id: str) -> int | None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return None
+        started = sum(fence in self._started for fence in task.runs)
+        self._drop(task_id)
+        return started
 
     async def get(self, task_id: str) -> TaskState | None:
         task = self._tasks.get(task_id)
@@ -197,7 +203,9 @@ class InMemoryScheduleStore:
         return StartedRun(task.runs[run.fence], task.descriptor_json)
 
     async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
-        return [self._leases.get(run.fence, ("", None))[0] == run.task_id for run in runs]
+        valid = [self._leases.get(run.fence, ("", None))[0] == run.task_id for run in runs]
+        self._started.update(run.fence for run, ok in zip(runs, valid, strict=True) if ok)
+        return valid
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
         valid = []
@@ -254,6 +262,7 @@ class InMemoryScheduleStore:
 
     def _release(self, task_id: str, fence: int) -> Run | None:
         self._leases.pop(fence, None)
+        self._started.discard(fence)
         task = self._tasks.get(task_id)
         return None if task is None else task.runs.pop(fence, None)
 
@@ -263,6 +272,7 @@ class InMemoryScheduleStore:
             return False
         for fence in task.runs:
             self._leases.pop(fence, None)
+            self._started.discard(fence)
         return True
 
     def _live_due(self) -> builtins.list[tuple[datetime, str]]:

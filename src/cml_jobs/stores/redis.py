@@ -13,6 +13,7 @@ Every mutating method is one Lua script (EVALSHA), so it is atomic across proces
 #                         last_run_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
 #                         r:{fence}    "{occurrence ms}|{attempt}", one field per live run
+#                         s:{fence}    "1" once the run is confirmed (its job started)
 #                         trace        W3C traceparent of the scheduling span; absent if none
 #   {p}due        ZSET    task id -> ready time (ms); only tasks that can be claimed
 #   {p}runs       ZSET    "{fence:016d}|{task id}" -> lease expiry (ms); the zero padding
@@ -237,8 +238,9 @@ class RedisScheduleStore:
             )
         return bool(written)
 
-    async def remove(self, task_id: str) -> bool:
-        return bool(await self._call(self._remove, task_id))
+    async def remove(self, task_id: str) -> int | None:
+        started = int(await self._call(self._remove, task_id))
+        return None if started < 0 else started
 
     async def get(self, task_id: str) -> TaskState | None:
         flat = await self._call(self._get, task_id)

@@ -123,7 +123,7 @@ class SignedScheduleStore:
 
     # -- everything else passes through ------------------------------------------------
 
-    async def remove(self, task_id: str) -> bool:
+    async def remove(self, task_id: str) -> int | None:
         return await self.inner.remove(task_id)
 
     async def set_paused(

@@ -148,7 +148,7 @@ async def test_the_stream_is_bounded_and_keeps_the_publishing_order(
     redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
     """XADD MAXLEN ~ keeps the stream near its bound; entries keep the order of publish."""
-    publisher = EventPublisher(redis_client, prefix=key_prefix, maxlen=100)
+    publisher = EventPublisher(redis_client, prefix=key_prefix, maxlen=100, linger=timedelta(0))
     publisher.start()
     for n in range(1000):
         publisher.publish(_event(n))
@@ -159,6 +159,21 @@ async def test_the_stream_is_bounded_and_keeps_the_publishing_order(
     entries = await EventStream(redis_client, prefix=key_prefix, batch=1000).read()
     numbers = [int(entry.event.task_id[1:]) for entry in entries]
     assert numbers == list(range(1000 - len(numbers), 1000))
+
+
+async def test_events_published_within_the_linger_share_one_stream_entry(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    """A busy worker writes one entry for the events of a linger, not one per event."""
+    publisher = EventPublisher(redis_client, prefix=key_prefix, linger=timedelta(seconds=0.5))
+    publisher.start()
+    for n in range(20):
+        publisher.publish(_event(n))
+        await asyncio.sleep(0.001)
+    await publisher.stop()
+    assert await redis_client.xlen(stream_key(key_prefix)) == 1
+    entries = await EventStream(redis_client, prefix=key_prefix).read()
+    assert [entry.event.task_id for entry in entries] == [f"t{n}" for n in range(20)]
 
 
 async def test_an_event_survives_the_trip_through_json() -> None:

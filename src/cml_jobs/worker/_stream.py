@@ -5,10 +5,11 @@ follow the stream, from now or from a position it kept, and any number of reader
 it independently (plain XREAD, no consumer group: a reader owns its position).
 
 Publishing never waits for Redis on a run's path: the hub's callback only appends the
-event to a bounded buffer, and a background task writes what the buffer holds as one
-stream entry (``XADD ... MAXLEN ~ n``, the entry's ``events`` field a JSON array), so a
-busy worker spends one command on many events. If Redis is slow or away, the buffer
-fills, and its oldest events are dropped and counted, rather than the worker slowing down.
+event to a bounded buffer, and a background task writes what the buffer gathered over a
+short linger (20 ms) as one stream entry (``XADD ... MAXLEN ~ n``, the entry's ``events``
+field a JSON array), so a busy worker spends one command on many events. If Redis is
+slow or away, the buffer fills, and its oldest events are dropped and counted, rather
+than the worker slowing down.
 
 An event's position is ``<entry id>/<index in the entry>``; a reader resumes after any
 position, inside an entry too.
@@ -58,6 +59,8 @@ class EventPublisher:
         prefix: the cml-jobs key prefix.
         maxlen: about how many entries the stream keeps.
         buffer: events held while Redis is slow or away; past it the oldest are dropped.
+        linger: how long the first event of a batch waits for others to join it; at 1,000
+            runs/s, 20 ms turns some 2,000 stream writes a second into 50.
     """
 
     def __init__(
@@ -67,10 +70,12 @@ class EventPublisher:
         prefix: str = "cml:",
         maxlen: int = DEFAULT_MAXLEN,
         buffer: int = 10_000,
+        linger: timedelta = timedelta(milliseconds=20),
     ) -> None:
         self._client = client
         self.key = stream_key(prefix)
         self.maxlen = maxlen
+        self.linger = linger
         self._pending: deque[str] = deque(maxlen=buffer)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -105,6 +110,8 @@ class EventPublisher:
         backoff = 0.1
         while True:
             await self._ready.wait()
+            if self.linger:
+                await asyncio.sleep(self.linger.total_seconds())
             self._ready.clear()
             try:
                 await self._flush()

@@ -697,14 +697,43 @@ async def test_finishing_a_run_twice_counts_it_once(store: ScheduleStore) -> Non
     assert state is not None and state.counts == {"succeeded": 1}
 
 
-async def test_a_one_time_task_is_deleted_when_its_run_finishes(store: ScheduleStore) -> None:
-    """A task with no next occurrence ends with its last run."""
+@pytest.mark.parametrize("confirmed", [False, True], ids=["claimed", "started"])
+async def test_a_one_time_task_is_deleted_when_its_run_finishes(
+    store: ScheduleStore, confirmed: bool
+) -> None:
+    """A task with no next occurrence ends with its last run, leaving no lease behind."""
     await store.add(new_task(), replace=False)
     run = await claim_run(store, last_decision())
+    if confirmed:
+        assert await store.confirm([run]) == [True]
     assert await store.finish(run, Outcome.FAILED, now=T0, error="boom") is True
     assert await store.get("t1") is None
     assert await store.list() == []
     assert await store.next_ready_at() is None
+
+
+@pytest.mark.parametrize("how", ["finished", "parked", "re-issued"])
+async def test_a_started_run_that_ends_leaves_no_lease_to_wake_for(
+    store: ScheduleStore, how: str
+) -> None:
+    """Once a started run is finished, parked or re-issued, its old lease is gone: the next
+    thing due is the task's next occurrence (or the new run's lease), never the old one."""
+    await store.add(new_task(), replace=False)
+    run = await claim_run(store, decision(), lease_until=T0 + LEASE)
+    assert await store.confirm([run]) == [True]
+    if how == "finished":
+        await store.finish(run, Outcome.SUCCEEDED, now=T0)
+        assert await store.next_ready_at() == T0 + MINUTE
+    elif how == "parked":
+        await store.park("t1", "no longer wanted")
+        assert await store.next_ready_at() is None
+    else:
+        later = T0 + 3 * LEASE
+        [again] = await store.reclaim_expired(now=T0 + LEASE, lease_until=later, limit=10)
+        await store.set_paused("t1", paused=True, due_at=None, ready_at=None)
+        assert await store.next_ready_at() == later
+        await store.finish(again, Outcome.SUCCEEDED, now=T0)
+        assert await store.next_ready_at() is None
 
 
 async def test_a_task_without_next_occurrence_waits_for_its_last_run(

@@ -51,9 +51,10 @@ local function new_run(key, id, occurrence, attempt, lease)
   return fence
 end
 local function release(key, id, fence)
-  local had = redis.call('HDEL', key, 'r:' .. fence, 's:' .. fence)
-  if had == 1 then redis.call('ZREM', KEYS[2], run_member(fence, id)) end
-  return had
+  -- 1 if the run was live (its r: field, and s: once confirmed, are deleted), else 0
+  if redis.call('HDEL', key, 'r:' .. fence, 's:' .. fence) == 0 then return 0 end
+  redis.call('ZREM', KEYS[2], run_member(fence, id))
+  return 1
 end
 """
 

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -99,28 +98,8 @@ async def test_a_worker_processes_events_reach_observers_in_another_process_in_o
     assert len(resumed) == len(followed) >= 2 * RUNS + 1
 
 
-class _StuckPipeline:
-    """A Redis pipeline whose execute never returns: a stalled or unreachable server."""
-
-    def __init__(self) -> None:
-        self.commands = 0
-
-    async def __aenter__(self) -> _StuckPipeline:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def xadd(self, *args: Any, **kwargs: Any) -> None:
-        self.commands += 1
-
-    async def execute(self) -> None:
-        await asyncio.sleep(3600)
-
-
 class _StuckRedis:
-    def pipeline(self, transaction: bool = True) -> _StuckPipeline:
-        return _StuckPipeline()
+    """A Redis whose XADD never returns: a stalled or unreachable server."""
 
     async def xadd(self, *args: object, **kwargs: object) -> None:
         await asyncio.Event().wait()  # Redis never answers

@@ -154,6 +154,11 @@ def _run(task_id: str, fence: object, value: object) -> Run:
     return Run(task_id, int(_text(fence)), _at(occurrence), int(attempt))
 
 
+def _fence_pairs(runs: Sequence[Run]) -> list[str]:
+    """The script arguments naming runs: task id, fence, task id, fence..."""
+    return [arg for run in runs for arg in (run.task_id, str(run.fence))]
+
+
 def _decision_args(d: Decision) -> list[str]:
     return [
         d.task_id,
@@ -325,13 +330,12 @@ class RedisScheduleStore:
     async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
         if not runs:
             return []
-        pairs = [arg for run in runs for arg in (run.task_id, str(run.fence))]
-        return [bool(ok) for ok in await self._call(self._confirm, *pairs)]
+        return [bool(ok) for ok in await self._call(self._confirm, *_fence_pairs(runs))]
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
         if not runs:
             return []
-        pairs = [arg for run in runs for arg in (run.task_id, str(run.fence))]
+        pairs = _fence_pairs(runs)
         return [bool(ok) for ok in await self._call(self._extend, _ms(lease_until), *pairs)]
 
     async def finish(

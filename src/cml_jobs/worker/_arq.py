@@ -234,7 +234,8 @@ def tls_options(url: str) -> dict[str, Any]:
     """Keyword arguments for ``redis.asyncio.Redis.from_url(url, **tls_options(url))`` that
     give a plain redis-py client the TLS defaults of ``redis_settings``: hostnames verified
     unless the URL's query says otherwise (redis-py, like arq, leaves them unchecked)."""
-    options = _tls(urlsplit(url).scheme, urlsplit(url).query)
+    parts = urlsplit(url)
+    options = _tls(parts.scheme, parts.query)
     return {
         name: options[name] for name in ("ssl_cert_reqs", "ssl_check_hostname") if name in options
     }

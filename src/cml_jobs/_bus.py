@@ -7,18 +7,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cml_jobs import _telemetry
+from cml_jobs._codec import DescriptorCodec
 from cml_jobs._descriptors import (
     MAX_DESCRIPTOR_BYTES,
     RecurrentTaskDescriptor,
     ScheduledTaskDescriptor,
     TaskDescriptor,
-    encode_descriptor,
-    parse_descriptor,
 )
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs._triggers import first_occurrence, grid_point_at_or_after, jitter_offset
+from cml_jobs._triggers import first_occurrence, grid_point_at_or_after, ready_at
 from cml_jobs.exceptions import (
     InvalidDescriptorError,
     InvalidTriggerError,
@@ -61,10 +60,10 @@ class TaskInfo:
     counts: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_state(cls, state: TaskState) -> TaskInfo:
-        """Build from the store's record."""
+    def from_state(cls, state: TaskState, codec: DescriptorCodec | None = None) -> TaskInfo:
+        """Build from the store's record, read with ``codec`` (plain JSON by default)."""
         try:
-            descriptor: TaskDescriptor | None = parse_descriptor(state.descriptor_json)
+            descriptor: TaskDescriptor | None = (codec or _PLAIN).decode(state.descriptor_json)
         except InvalidDescriptorError:
             descriptor = None
         live = not state.paused and state.parked_reason is None
@@ -89,6 +88,7 @@ class BackgroundTasksBus:
     Args:
         store: where tasks live.
         registry: the known jobs; a descriptor must name one of them.
+        codec: how descriptors are written to the store and read back.
         clock: the time.
         hub: where lifecycle events go.
         on_scheduled: called after a task is written, to wake the local dispatcher.
@@ -101,10 +101,12 @@ class BackgroundTasksBus:
         registry: JobRegistry,
         clock: Clock,
         hub: EventHub,
+        codec: DescriptorCodec | None = None,
         on_scheduled: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
+        self._codec = codec or _PLAIN
         self._clock = clock
         self._hub = hub
         self._on_scheduled = on_scheduled
@@ -132,7 +134,7 @@ class BackgroundTasksBus:
         self._registry.validate(descriptor)
         now = self._clock.now()
         due_at = self._first_due(descriptor, now)
-        encoded = encode_descriptor(descriptor)
+        encoded = self._codec.encode(descriptor)
         size = len(encoded.encode())
         if size > MAX_DESCRIPTOR_BYTES:
             raise PayloadTooLargeError(
@@ -140,9 +142,9 @@ class BackgroundTasksBus:
                 f"{MAX_DESCRIPTOR_BYTES}; keep large data in your own storage and put its id "
                 "in data"
             )
-        ready_at = due_at + jitter_offset(descriptor, due_at)
         with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
-            task = NewTask(descriptor.id, encoded, due_at, ready_at, trace_context)
+            ready = ready_at(descriptor, due_at)
+            task = NewTask(descriptor.id, encoded, due_at, ready, trace_context)
             added = await self._store.add(task, replace=replace)
         if not added:  # the same task was already there: show it as it is
             return await self.get_task(descriptor.id)
@@ -171,12 +173,13 @@ class BackgroundTasksBus:
     async def cancel_task(self, task_id: str) -> int:
         """Remove a task: once this returns, no run of it starts.
 
-        A run starts when its worker confirms it with the store, just before the job's
-        body is called. Runs that had started are stopped by their worker's heartbeat
-        within a third of the lease, and their outcome is not recorded.
+        A run is under way from the moment a worker claims it (a few ms before its
+        occurrence) until its outcome is recorded. Runs under way are stopped by their
+        worker's heartbeat within a third of the lease, and their outcome is not
+        recorded.
 
         Returns:
-            How many of the task's runs had started (0 when none was under way).
+            How many of the task's runs were under way (0 when none was).
 
         Raises:
             TaskNotFoundError: no task has this id.
@@ -206,11 +209,11 @@ class BackgroundTasksBus:
         state = await self._store.get(task_id)
         if state is None:
             raise _not_found(task_id)
-        descriptor = parse_descriptor(state.descriptor_json)
+        descriptor = self._codec.decode(state.descriptor_json)
         now = self._clock.now()
         due_at = self._resume_at(descriptor, state, now)
-        ready_at = None if due_at is None else due_at + jitter_offset(descriptor, due_at)
-        await self._store.set_paused(task_id, paused=False, due_at=due_at, ready_at=ready_at)
+        ready = None if due_at is None else ready_at(descriptor, due_at)
+        await self._store.set_paused(task_id, paused=False, due_at=due_at, ready_at=ready)
         self._emit(EventKind.RESUMED, task_id, descriptor.name, due_at)
         if self._on_scheduled is not None:
             self._on_scheduled()
@@ -232,19 +235,38 @@ class BackgroundTasksBus:
         state = await self._store.get(task_id)
         if state is None:
             raise _not_found(task_id)
-        return TaskInfo.from_state(state)
+        return TaskInfo.from_state(state, self._codec)
 
     async def list_tasks(self) -> list[TaskInfo]:
         """Every task, ordered by id, paused and parked ones included.
 
         Also refreshes the counts that the ``cml_jobs.tasks`` gauge reports.
         """
-        states = await self._store.list()
-        _telemetry.set_task_counts(_telemetry.count_states(states))
-        return [TaskInfo.from_state(state) for state in states]
+        tasks = [TaskInfo.from_state(state, self._codec) for state in await self._store.list()]
+        _telemetry.set_task_counts(_count(tasks))
+        return tasks
 
     def _emit(self, kind: EventKind, task_id: str, name: str, at: datetime | None) -> None:
         self._hub.emit(TaskEvent(kind, task_id, name, self._clock.now(), at))
+
+
+_PLAIN = DescriptorCodec()
+
+
+def _count(tasks: list[TaskInfo]) -> dict[str, int]:
+    """Tasks per state, for the ``cml_jobs.tasks`` gauge: parked, else paused, else
+    running, else scheduled (if it has a next occurrence)."""
+    counts = dict.fromkeys(_telemetry.TASK_STATES, 0)
+    for task in tasks:
+        if task.parked_reason is not None:
+            counts["parked"] += 1
+        elif task.paused:
+            counts["paused"] += 1
+        elif task.running:
+            counts["running"] += 1
+        elif task.next_run_time is not None:
+            counts["scheduled"] += 1
+    return counts
 
 
 def _not_found(task_id: str) -> TaskNotFoundError:

@@ -29,14 +29,16 @@ class Settings:
         max_jobs: runs one worker executes at once.
         poll_interval: longest time the dispatcher sleeps between looks at the schedule.
         queue_poll_delay: how often an arq worker polls its queue.
-        lease: how long a run may go without a heartbeat before another worker re-runs it.
+        lease: how long a run may go without a heartbeat before another worker re-runs it;
+            the heartbeat renews it every third of it, from a thread of its own.
         batch_size: most tasks claimed per dispatcher tick.
         unknown_job_grace: how long a run whose job no worker knows waits before its task
             is parked (rolling deploys).
         drain_timeout: how long stopping waits for running jobs before cancelling them.
         dispatch: ``"local"`` (the default): a worker runs what it claims itself, up to
-            ``max_jobs`` at once, and only hands on runs of jobs it lacks; ``"queue"``:
-            every run goes through the arq queue to whichever worker polls first.
+            ``max_jobs`` at once, and leaves tasks of jobs it lacks to workers that have
+            them; ``"queue"``: a worker process's runs go through the arq queue to
+            whichever worker polls first (an app's ``run_worker`` always runs locally).
         signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
             run only descriptors whose signature matches (the key never goes to Redis).
     """
@@ -49,7 +51,7 @@ class Settings:
     max_jobs: int = 50
     poll_interval: timedelta = timedelta(seconds=1)
     queue_poll_delay: timedelta = timedelta(milliseconds=500)
-    lease: timedelta = timedelta(seconds=30)
+    lease: timedelta = timedelta(seconds=6)
     batch_size: int = 500
     unknown_job_grace: timedelta = timedelta(minutes=5)
     drain_timeout: timedelta = timedelta(seconds=30)
@@ -161,7 +163,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
         _seconds,
         "arq queue poll delay, seconds (default 0.5)",
     ),
-    "CML_JOBS_LEASE": ("lease", _seconds, "run lease, seconds (default 30)"),
+    "CML_JOBS_LEASE": ("lease", _seconds, "run lease, seconds (default 6)"),
     "CML_JOBS_BATCH_SIZE": ("batch_size", _positive_int, "tasks claimed per tick (default 500)"),
     "CML_JOBS_UNKNOWN_JOB_GRACE": (
         "unknown_job_grace",

@@ -1,9 +1,11 @@
-"""Dispatch: claim due occurrences from the store and hand them to a transport.
+"""Dispatch: claim due occurrences from the store and hand them to a sink as runs.
 
 Every worker runs a dispatcher; any number may run at once. Each tick reads the due
-tasks, decides in Python what each one does (``plan``: misfire grace, coalescing), and
-applies all decisions in one atomic store call that only succeeds for tasks still in the
-state the decision was made from. So each occurrence becomes a run once, whoever wins.
+tasks, decides in Python what each one does (``plan``: misfire grace, coalescing; or
+park a task that cannot run; or leave a task whose job this worker lacks to one that has
+it), and applies all decisions in one atomic store call that only succeeds for tasks
+still in the state the decision was made from. So each occurrence becomes a run once,
+whoever wins, and the claim decides that the run starts.
 """
 
 from __future__ import annotations
@@ -11,18 +13,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from cml_jobs import _telemetry
-from cml_jobs._descriptors import TaskDescriptor, parse_descriptor
+from cml_jobs._codec import DescriptorCodec
+from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._execution import Assignment
+from cml_jobs._registry import JobRegistry, check_data
 from cml_jobs._timing import Clock
-from cml_jobs._triggers import jitter_offset, plan
-from cml_jobs.exceptions import InvalidDescriptorError, StoreError
-from cml_jobs.stores._base import ClaimStatus, Decision, DueTask, Outcome, Run, ScheduleStore
+from cml_jobs._triggers import plan, ready_at
+from cml_jobs.exceptions import InvalidDescriptorError, InvalidTaskDataError, StoreError
+from cml_jobs.stores._base import (
+    ClaimResult,
+    ClaimStatus,
+    Decision,
+    DueTask,
+    Finish,
+    Outcome,
+    ScheduleStore,
+)
 
 __all__ = ["Dispatcher", "RunSink", "TickReport"]
 
@@ -32,6 +45,9 @@ logger = logging.getLogger("cml_jobs.dispatch")
 #: a job that kills its worker must not take down every worker in turn.
 MAX_LOST_ATTEMPTS = 3
 _RECLAIM_EVERY = timedelta(seconds=1)
+#: A task whose job this worker lacks (a rolling deploy) is left this long for a worker
+#: that has it, without counting as a failure.
+HANDOFF_DELAY = timedelta(seconds=1)
 
 
 class RunSink(Protocol):
@@ -41,9 +57,8 @@ class RunSink(Protocol):
         """How many runs the sink takes now; the dispatcher claims no more than that."""
         ...
 
-    async def submit(self, runs: Sequence[Run], descriptors: Mapping[str, TaskDescriptor]) -> None:
-        """Hand over ``runs``; ``descriptors`` maps task ids to the descriptors claimed
-        (a re-issued run has none)."""
+    async def submit(self, assignments: Sequence[Assignment]) -> None:
+        """Hand over claimed runs."""
         ...
 
 
@@ -59,20 +74,32 @@ class TickReport:
     full: bool = False  # the batch limit was reached: more may be due right now
 
 
+@dataclass(frozen=True)
+class _Choice:
+    """A decision, with the descriptor it was made from (None when it parks the task)."""
+
+    decision: Decision
+    descriptor: TaskDescriptor | None
+
+
 class Dispatcher:
     """Claims due occurrences and submits them as runs.
 
     Args:
         store: the schedule store.
-        clock: the time.
+        clock: the time; the dispatcher sleeps through it.
         sink: where runs go.
         hub: where lifecycle events go.
-        lease: how long a claimed run may go without a heartbeat before it is re-issued.
+        registry: the jobs this worker has; tasks of other jobs are left to other workers.
+        codec: how stored descriptors are read.
+        lease: how long a claimed run may go without a renewal before it is re-issued.
         batch: the most tasks claimed per tick.
         poll_interval: the longest sleep between ticks (new tasks scheduled elsewhere are
             seen within it).
-        lookahead: claim occurrences due up to this much ahead of now; the sink must start
+        lookahead: claim occurrences due up to this much ahead of now; the sink starts
             each run at its own time.
+        unknown_job_grace: how long a task whose job no worker has run waits before it is
+            parked.
     """
 
     def __init__(
@@ -82,21 +109,20 @@ class Dispatcher:
         clock: Clock,
         sink: RunSink,
         hub: EventHub,
-        lease: timedelta = timedelta(seconds=30),
+        registry: JobRegistry,
+        codec: DescriptorCodec,
+        lease: timedelta = timedelta(seconds=6),
         batch: int = 500,
         poll_interval: timedelta = timedelta(seconds=1),
         lookahead: timedelta = timedelta(0),
+        unknown_job_grace: timedelta = timedelta(minutes=5),
     ) -> None:
-        self.store = store
-        self.clock = clock
-        self.sink = sink
-        self.hub = hub
-        self.lease = lease
-        self.batch = batch
+        self.store, self.clock, self.sink, self.hub = store, clock, sink, hub
+        self.registry, self.codec = registry, codec
+        self.lease, self.batch, self.lookahead = lease, batch, lookahead
         self.poll_interval = poll_interval
-        self.lookahead = lookahead
+        self.unknown_job_grace = unknown_job_grace
         self._wake = asyncio.Event()
-        self._parsed = _DescriptorCache()
         self._starved = False  # the last tick had no room for everything that was due
         self._reclaim_after: datetime | None = None
         self._next_ready: datetime | None = None  # as of the last tick
@@ -121,41 +147,41 @@ class Dispatcher:
         now = self.clock.now()
         lease_until = now + self.lease
         reissued = await self._reissue(now, lease_until, room)
-        # Claiming a few ms ahead lets one tick serve every occurrence in that window;
-        # each run then waits for its own time (Executor.execute_claimed).
+        # Claiming a few ms ahead lets one tick serve every occurrence in that window.
         polled = await self.store.poll(now + self.lookahead, room - len(reissued))
-        due = polled.tasks
-        decisions, descriptors, parked = await self._decide(due, now)
-        results = await self.store.claim(decisions, now=now, lease_until=lease_until)
-        runs = _traced([r.run for r in results if r.run is not None], due)
-        missed, skipped = self._report(decisions, results, descriptors, now)
-        self._starved = len(reissued) + len(due) >= room
-        self._next_ready = _earliest(polled.next_ready_at, *(d.next_ready_at for d in decisions))
-        await self.sink.submit([*reissued, *runs], descriptors)
-        return TickReport(
-            claimed=len(runs),
-            reissued=len(reissued),
-            missed=missed,
-            skipped=skipped,
-            parked=parked,
-            full=len(reissued) + len(due) >= room,
+        self._check_generation(polled.generation)
+        choices = [self._choose(task, now) for task in polled.tasks]
+        decisions = [choice.decision for choice in choices]
+        results = await self.store.claim(decisions, lease_until=lease_until)
+        report = self._report(choices, results)
+        self._starved = len(reissued) + len(polled.tasks) >= room
+        self._next_ready = min(
+            (t for t in (polled.next_ready_at, *(d.next_ready_at for d in decisions)) if t),
+            default=None,
         )
+        await self.sink.submit([*reissued, *_assignments(choices, results, polled.tasks)])
+        return replace(report, reissued=len(reissued), full=self._starved)
 
-    async def _reissue(self, now: datetime, lease_until: datetime, room: int) -> list[Run]:
+    async def _reissue(self, now: datetime, lease_until: datetime, room: int) -> list[Assignment]:
         # Leases are seconds long: looking for expired ones once a second is enough, and
         # spares a round trip on every tick of a busy dispatcher.
         last = self._reclaim_after
         if last is not None and last - _RECLAIM_EVERY <= now < last:  # (a clock moved back
             return []  # looks again at once)
         self._reclaim_after = now + _RECLAIM_EVERY
-        await self._check_generation()
         expired = await self.store.reclaim_expired(now=now, lease_until=lease_until, limit=room)
-        runs = []
-        for run in expired:
+        assignments, lost = [], []
+        for claimed in expired:
+            run = claimed.run
             if run.attempt > MAX_LOST_ATTEMPTS:
                 error = f"worker lost during {MAX_LOST_ATTEMPTS} attempts; not re-run"
-                await self.store.finish(run, Outcome.FAILED, now=now, error=error)
+                lost.append(Finish(run, Outcome.FAILED, error))
                 logger.error("task %r: %s", run.task_id, error)
+                continue
+            try:
+                descriptor = self.codec.decode(claimed.descriptor_json)
+            except InvalidDescriptorError as exc:
+                lost.append(Finish(run, Outcome.PARKED, f"stored descriptor is invalid: {exc}"))
                 continue
             logger.warning(
                 "task %r: the run of %s lost its worker; re-running it (attempt %d)",
@@ -163,11 +189,11 @@ class Dispatcher:
                 run.occurrence_at.isoformat(),
                 run.attempt,
             )
-            runs.append(run)
-        return runs
+            assignments.append(Assignment(run, descriptor, claimed.trace_context))
+        await self.store.finish(lost)
+        return assignments
 
-    async def _check_generation(self) -> None:
-        generation = await self.store.generation()
+    def _check_generation(self, generation: str) -> None:
         if self._generation is not None and generation != self._generation:
             logger.error(
                 "the schedule store lost its data (was Redis restarted without persistence?): "
@@ -177,42 +203,55 @@ class Dispatcher:
             _telemetry.record_store_reset()
         self._generation = generation
 
-    async def _decide(
-        self, due: Sequence[DueTask], now: datetime
-    ) -> tuple[list[Decision], dict[str, TaskDescriptor], int]:
-        decisions: list[Decision] = []
-        descriptors: dict[str, TaskDescriptor] = {}
-        parked = 0
-        for task in due:
-            try:
-                descriptor = self._parsed.parse(task.descriptor_json)
-            except InvalidDescriptorError as exc:
-                await self._park(task.task_id, f"stored descriptor is invalid: {exc}", now)
+    def _choose(self, task: DueTask, now: datetime) -> _Choice:
+        """What to do with one due task; never raises, whatever the store holds."""
+        try:
+            descriptor = self.codec.decode(task.descriptor_json)
+        except InvalidDescriptorError as exc:
+            return _park(task, f"stored descriptor is invalid: {exc}")
+        if descriptor.id != task.task_id:
+            return _park(
+                task,
+                f"stored descriptor has id {descriptor.id!r} under task {task.task_id!r}: it "
+                "was written around cml-jobs; reschedule the task from the app",
+            )
+        if descriptor.name not in self.registry:
+            return self._unknown_job(task, descriptor.name, now)
+        try:
+            check_data(self.registry.get(descriptor.name), descriptor.data)
+        except InvalidTaskDataError as exc:
+            return _park(task, f"data no longer fits the job: {exc}")
+        return _Choice(_decision(descriptor, task, now), descriptor)
+
+    def _unknown_job(self, task: DueTask, job_name: str, now: datetime) -> _Choice:
+        waited = now - task.due_at
+        if waited > self.unknown_job_grace:
+            return _park(
+                task,
+                f"no worker has run job {job_name!r} for {waited.total_seconds():.0f} s; "
+                "deploy a worker whose modules include it, then reschedule the task",
+            )
+        # Leave the occurrence as it is, ready a little later: a worker that has the job
+        # claims it meanwhile (its lateness still counts from the occurrence).
+        logger.info(
+            "job %r of task %r is not registered in this worker; leaving it to another",
+            job_name,
+            task.task_id,
+        )
+        later = Decision(task.task_id, task.due_at, None, task.due_at, now + HANDOFF_DELAY)
+        return _Choice(later, None)
+
+    def _report(self, choices: Sequence[_Choice], results: Sequence[ClaimResult]) -> TickReport:
+        """Log, count and announce what the claim did besides handing out runs."""
+        claimed = missed = skipped = parked = 0
+        for choice, result in zip(choices, results, strict=True):
+            decision, descriptor = choice.decision, choice.descriptor
+            if result.status is ClaimStatus.PARKED:
                 parked += 1
+                self._parked(decision)
+            if descriptor is None or result.status in (ClaimStatus.RACED, ClaimStatus.GONE):
                 continue
-            descriptors[task.task_id] = descriptor
-            decisions.append(_decision(descriptor, task, now))
-        return decisions, descriptors, parked
-
-    async def _park(self, task_id: str, reason: str, now: datetime) -> None:
-        await self.store.park(task_id, reason)
-        logger.error("task %r parked: %s", task_id, reason)
-        _telemetry.record_outcome("unknown", Outcome.PARKED)
-        self.hub.emit(TaskEvent(EventKind.PARKED, task_id, "", now, error=reason))
-
-    def _report(
-        self,
-        decisions: Sequence[Decision],
-        results: Sequence[object],
-        descriptors: Mapping[str, TaskDescriptor],
-        now: datetime,
-    ) -> tuple[int, int]:
-        missed = skipped = 0
-        for decision, result in zip(decisions, results, strict=True):
-            status = getattr(result, "status", None)
-            if status in (ClaimStatus.RACED, ClaimStatus.GONE):
-                continue
-            name = descriptors[decision.task_id].name
+            claimed += result.status is ClaimStatus.CLAIMED
             if decision.missed:
                 missed += decision.missed
                 logger.warning(
@@ -222,19 +261,36 @@ class Dispatcher:
                     decision.missed,
                     decision.expected_due_at.isoformat(),
                 )
-                self._emit_count(EventKind.MISSED, decision, name, now, decision.missed)
-            if status is ClaimStatus.SKIPPED:
+                self._count(EventKind.MISSED, Outcome.MISSED, decision, descriptor, decision.missed)
+            if result.status is ClaimStatus.SKIPPED:
                 skipped += 1
-                self._emit_count(EventKind.SKIPPED, decision, name, now, 1)
-        return missed, skipped
+                self._count(EventKind.SKIPPED, Outcome.SKIPPED, decision, descriptor, 1)
+        return TickReport(claimed=claimed, missed=missed, skipped=skipped, parked=parked)
 
-    def _emit_count(
-        self, kind: EventKind, decision: Decision, name: str, now: datetime, count: int
-    ) -> None:
-        _telemetry.record_outcome(name, Outcome(kind.value), count=count)
-        self.hub.emit(
-            TaskEvent(kind, decision.task_id, name, now, decision.expected_due_at, count=count)
+    def _parked(self, decision: Decision) -> None:
+        logger.error("task %r parked: %s", decision.task_id, decision.park_reason)
+        _telemetry.record_outcome("unknown", Outcome.PARKED)
+        event = TaskEvent(
+            EventKind.PARKED,
+            decision.task_id,
+            "",
+            self.clock.now(),
+            decision.expected_due_at,
+            error=decision.park_reason,
         )
+        self.hub.emit(event)
+
+    def _count(
+        self,
+        kind: EventKind,
+        outcome: Outcome,
+        decision: Decision,
+        descriptor: TaskDescriptor,
+        count: int,
+    ) -> None:
+        _telemetry.record_outcome(descriptor.name, outcome, count=count)
+        at, due = self.clock.now(), decision.expected_due_at
+        self.hub.emit(TaskEvent(kind, decision.task_id, descriptor.name, at, due, count=count))
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Tick until ``stopping`` is set, sleeping until the next due time in between.
@@ -249,7 +305,7 @@ class Dispatcher:
                 if report.full and self.sink.room() > 0:
                     continue
                 # Full sink: a run ending wakes us. Otherwise: sleep until the next due time.
-                delay = self.poll_interval.total_seconds() if report.full else await self._delay()
+                delay = self.poll_interval.total_seconds() if report.full else self._delay()
             except (StoreError, OSError, ConnectionError) as exc:
                 logger.warning(
                     "dispatcher: store unavailable (%s); retrying in %.1f s", exc, backoff
@@ -261,24 +317,25 @@ class Dispatcher:
                 delay, backoff = backoff, min(backoff * 2, 5.0)
             await self._sleep(delay, stopping)
 
-    async def _delay(self) -> float:
+    def _delay(self) -> float:
         # The last tick learnt when the next task is ready; a task scheduled since then
         # in this process wakes us, one scheduled elsewhere is seen within poll_interval.
-        ready_at = self._next_ready
         longest = self.poll_interval.total_seconds()
-        if ready_at is None:
+        if self._next_ready is None:
             return longest
-        # Wake for the next task itself (not lookahead early): the tick then claims it
-        # with everything ready within the lookahead after it.
-        wait = (ready_at - self.clock.now()).total_seconds()
+        wait = (self._next_ready - self.clock.now()).total_seconds()
         return min(max(wait, 0.0), longest)
 
     async def _sleep(self, seconds: float, stopping: asyncio.Event) -> None:
         if self._wake.is_set():
             return
-        waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stopping.wait())]
+        waits = [
+            asyncio.ensure_future(self.clock.sleep(seconds)),
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(stopping.wait()),
+        ]
         try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waits:
                 waiter.cancel()
@@ -286,47 +343,30 @@ class Dispatcher:
                     await waiter
 
 
-def _earliest(*times: datetime | None) -> datetime | None:
-    return min((t for t in times if t is not None), default=None)
-
-
-class _DescriptorCache:
-    """Parsed descriptors by their JSON text: a recurrent task is parsed once, not on
-    every occurrence (the text is the key, so a replaced task is parsed anew)."""
-
-    def __init__(self, size: int = 100_000) -> None:
-        self._size = size
-        self._parsed: dict[str, TaskDescriptor] = {}
-
-    def parse(self, raw: str) -> TaskDescriptor:
-        descriptor = self._parsed.get(raw)
-        if descriptor is None:
-            descriptor = parse_descriptor(raw)
-            if len(self._parsed) >= self._size:
-                self._parsed.clear()
-            self._parsed[raw] = descriptor
-        return descriptor
-
-
-def _traced(runs: list[Run], due: Sequence[DueTask]) -> list[Run]:
-    """The runs with their task's trace context, so that each run's span links to it."""
-    traces = {task.task_id: task.trace_context for task in due if task.trace_context}
-    if not traces:
-        return runs
-    return [replace(run, trace_context=traces.get(run.task_id)) for run in runs]
+def _park(task: DueTask, reason: str) -> _Choice:
+    return _Choice(Decision(task.task_id, task.due_at, None, None, park_reason=reason), None)
 
 
 def _decision(descriptor: TaskDescriptor, task: DueTask, now: datetime) -> Decision:
     decided = plan(descriptor, task.due_at, now)
-    next_ready = None
-    if decided.next_due_at is not None:
-        next_ready = decided.next_due_at + jitter_offset(descriptor, decided.next_due_at)
+    following = decided.next_due_at
     return Decision(
         task_id=task.task_id,
         expected_due_at=task.due_at,
         run_at=decided.run_at,
-        next_due_at=decided.next_due_at,
-        next_ready_at=next_ready,
+        next_due_at=following,
+        next_ready_at=None if following is None else ready_at(descriptor, following),
         max_instances=descriptor.max_instances,
         missed=decided.missed,
     )
+
+
+def _assignments(
+    choices: Sequence[_Choice], results: Sequence[ClaimResult], due: Sequence[DueTask]
+) -> list[Assignment]:
+    """The claimed runs, each with its descriptor and its task's trace context."""
+    return [
+        Assignment(result.run, choice.descriptor, task.trace_context)
+        for choice, result, task in zip(choices, results, due, strict=True)
+        if result.run is not None and choice.descriptor is not None
+    ]

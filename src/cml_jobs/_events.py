@@ -36,6 +36,7 @@ class EventKind(str, enum.Enum):
     PAUSED = "paused"
     RESUMED = "resumed"
     PARKED = "parked"
+    INTERRUPTED = "interrupted"  # its worker stopped mid-run and gave it back for a re-run
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
-"""The parts of a running cml-jobs process, wired together once.
+"""The parts of a running cml-jobs process, and the one lifecycle that starts and stops them.
 
-The app's scheduler and every worker process build one ``Runtime``: the registry from
-the scanned modules, the container's resources, the executor and the dispatcher.
+``BackgroundTaskScheduler``, the arq worker's start-up and shut-down hooks and
+``cml_jobs.testing`` enter the same contexts: ``open_runtime`` (the registry from the
+scanned modules, the container's resources, the descriptor codec) and, in a process that
+runs jobs, an ``Engine`` (dispatcher, executor and lease heartbeat). Leaving them stops
+everything in the reverse order: no more claims, the runs going on drained, the
+heartbeat stopped, the container's resources closed.
 """
 
 from __future__ import annotations
@@ -10,21 +14,23 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
+from cml_jobs._codec import DescriptorCodec
 from cml_jobs._config import Settings
 from cml_jobs._dispatch import Dispatcher, RunSink
 from cml_jobs._events import EventHub
 from cml_jobs._execution import Executor
+from cml_jobs._heartbeat import Heartbeat, StoreOpener
 from cml_jobs._registry import JobRegistry
-from cml_jobs._sinks import LocalSink
 from cml_jobs._timing import Clock
 from cml_jobs.stores._base import ScheduleStore
-from cml_jobs.stores.signed import SignedScheduleStore
 
-__all__ = ["Runtime"]
+__all__ = ["Engine", "Runtime", "new_dispatcher", "new_executor", "open_runtime"]
 
 logger = logging.getLogger("cml_jobs")
 
@@ -35,141 +41,137 @@ LOOKAHEAD = timedelta(milliseconds=5)
 FINISH_WINDOW = timedelta(milliseconds=5)
 
 
+@dataclass(frozen=True)
 class Runtime:
-    """Registry, container, executor and dispatcher of one process."""
+    """What every cml-jobs process has, scheduling or running: its settings, store,
+    clock, event hub, job registry, descriptor codec and container."""
 
-    def __init__(
-        self, settings: Settings, *, store: ScheduleStore, clock: Clock, hub: EventHub | None = None
-    ) -> None:
-        self.settings = settings
-        if settings.signing_key:
-            store = SignedScheduleStore(store, settings.signing_key)
-        self.store = store
-        self.clock = clock
-        self.hub = hub or EventHub()
-        self.registry = JobRegistry()
-        self.provider: Any = None
-        self.executor: Executor | None = None
-        self.dispatcher: Dispatcher | None = None
-        self._dispatching = asyncio.Event()  # set = stop dispatching
-        self._beating = asyncio.Event()  # set = stop the heartbeat
-        self._loops: list[asyncio.Task[None]] = []
-        self._resources_open = False
+    settings: Settings
+    store: ScheduleStore
+    clock: Clock
+    hub: EventHub
+    registry: JobRegistry
+    codec: DescriptorCodec
+    provider: Any = None  # the container, wrapped for ``configure`` (``_di.ServiceProvider``)
 
-    async def open(self) -> None:
-        """Scan the job modules, wire the container and open its shared resources."""
-        self.registry.scan(self.settings.modules)
-        container = self.settings.container
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, store: ScheduleStore, clock: Clock, hub: EventHub
+) -> AsyncIterator[Runtime]:
+    """Scan the job modules and open the container's shared resources until exit."""
+    registry = JobRegistry()
+    registry.scan(settings.modules)
+    container, provider = settings.container, None
+    if container is not None:
+        from cml_jobs import _di
+
+        _di.wire(container, [importlib.import_module(name) for name in settings.modules])
+        await _di.init_resources(container)
+        provider = _di.ServiceProvider(container)
+    logger.info(
+        "cml-jobs ready: %d job(s) registered (%s)",
+        len(registry),
+        ", ".join(registry.names) or "none",
+    )
+    codec = DescriptorCodec(settings.signing_key)
+    try:
+        yield Runtime(settings, store, clock, hub, registry, codec, provider)
+    finally:
         if container is not None:
             from cml_jobs import _di
 
-            modules = [importlib.import_module(name) for name in self.settings.modules]
-            _di.wire(container, modules)
-            await _di.init_resources(container)
-            self._resources_open = True
-            self.provider = _di.ServiceProvider(container)
-        self.executor = Executor(
-            store=self.store,
-            registry=self.registry,
-            clock=self.clock,
-            hub=self.hub,
-            provider=self.provider,
-            lease=self.settings.lease,
-            unknown_job_grace=self.settings.unknown_job_grace,
-            max_concurrency=self.settings.max_jobs,
-            finish_window=FINISH_WINDOW,
-        )
-        logger.info(
-            "cml-jobs ready: %d job(s) registered (%s)",
-            len(self.registry),
-            ", ".join(self.registry.names) or "none",
-        )
+            await _di.shutdown_resources(container)
 
-    def make_dispatcher(self, queue: RunSink | None) -> Dispatcher:
-        """The dispatcher for this process.
 
-        With ``dispatch="local"`` it runs claimed occurrences in this process and sends
-        only runs of unknown jobs to ``queue``; with ``"queue"`` everything goes there.
-        """
-        assert self.executor is not None
-        sink: RunSink
-        if self.settings.dispatch == "local" or queue is None:
-            sink = LocalSink(self.executor, overflow=queue)
-        else:
-            sink = queue
-        self.dispatcher = Dispatcher(
-            store=self.store,
-            clock=self.clock,
-            sink=sink,
-            hub=self.hub,
-            lease=self.settings.lease,
-            batch=self.settings.batch_size,
-            poll_interval=self.settings.poll_interval,
-            lookahead=LOOKAHEAD,
-        )
+class Engine:
+    """The part of a process that runs jobs: dispatcher, executor and lease heartbeat,
+    started together by ``async with`` and stopped in order by ``stop``.
+
+    Args:
+        runtime: the process's runtime.
+        queue: where claimed runs go instead of this process's executor (the arq queue,
+            with ``dispatch="queue"``); None runs them here.
+        open_store: how the heartbeat thread opens a store connection of its own (see
+            ``Heartbeat``).
+    """
+
+    def __init__(
+        self, runtime: Runtime, *, queue: RunSink | None = None, open_store: StoreOpener | None = None
+    ) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.executor = new_executor(runtime)
+        self.dispatcher = new_dispatcher(runtime, queue or self.executor, lookahead=LOOKAHEAD)
         self.executor.on_slot_free = self.dispatcher.slot_freed
-        return self.dispatcher
+        self.heartbeat = Heartbeat(self.executor, period=settings.lease / 3, open_store=open_store)
+        #: How long ``stop`` lets running jobs finish; ``BackgroundTaskScheduler.stop`` sets it.
+        self.drain_timeout = settings.drain_timeout
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
 
-    def start_loops(self, *, heartbeat: bool = True) -> None:
-        """Start the dispatcher and (unless a thread does it) the lease heartbeat."""
-        assert self.dispatcher is not None and self.executor is not None
-        self._dispatching.clear()
-        self._beating.clear()
-        self._loops = [
-            asyncio.create_task(self.dispatcher.run(self._dispatching), name="cml-jobs-dispatcher")
-        ]
-        if heartbeat:
-            beat = _every(self.settings.lease / 3, self.executor.heartbeat, self._beating)
-            self._loops.append(asyncio.create_task(beat, name="cml-jobs-heartbeat"))
+    async def __aenter__(self) -> Engine:
+        self._loop = asyncio.create_task(
+            self.dispatcher.run(self._stopping), name="cml-jobs-dispatcher"
+        )
+        self.heartbeat.start()
+        return self
 
-    async def stop_dispatching(self) -> None:
-        """Claim no more runs; runs going on keep their leases until ``stop_loops``."""
-        self._dispatching.set()
-        if self._loops:
-            await _finish(self._loops[0])
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
 
-    async def drain(self) -> None:
-        """Let runs executing in this process finish, up to ``drain_timeout``; runs still
-        going then are cancelled and released for another worker to re-run."""
-        if self.executor is not None:
-            await self.executor.drain(self.settings.drain_timeout)
-
-    async def stop_loops(self) -> None:
-        """Stop the dispatcher and the heartbeat."""
-        self._dispatching.set()
-        self._beating.set()
-        for loop in self._loops:
-            await _finish(loop)
-        self._loops = []
-
-    async def close(self) -> None:
-        """Close the container's resources."""
-        if self._resources_open:
-            from cml_jobs import _di
-
-            await _di.shutdown_resources(self.settings.container)
-            self._resources_open = False
+    async def stop(self) -> None:
+        """Claim no more runs, let the runs going on finish (up to ``drain_timeout``; the
+        rest are given back for a re-run elsewhere), then stop the heartbeat."""
+        self._stopping.set()
+        if self._loop is not None:
+            await _ended(self._loop)
+        await self.executor.drain(self.drain_timeout)
+        self.heartbeat.stop()
 
 
-async def _finish(task: asyncio.Task[None]) -> None:
-    """Let a loop that was told to stop end its current step, then make sure it is gone."""
+def new_executor(runtime: Runtime) -> Executor:
+    """An executor for ``runtime``'s jobs."""
+    return Executor(
+        store=runtime.store,
+        registry=runtime.registry,
+        clock=runtime.clock,
+        hub=runtime.hub,
+        provider=runtime.provider,
+        lease=runtime.settings.lease,
+        max_concurrency=runtime.settings.max_jobs,
+        finish_window=FINISH_WINDOW,
+    )
+
+
+def new_dispatcher(runtime: Runtime, sink: RunSink, *, lookahead: timedelta) -> Dispatcher:
+    """A dispatcher for ``runtime`` that hands its runs to ``sink``."""
+    settings = runtime.settings
+    return Dispatcher(
+        store=runtime.store,
+        clock=runtime.clock,
+        sink=sink,
+        hub=runtime.hub,
+        registry=runtime.registry,
+        codec=runtime.codec,
+        lease=settings.lease,
+        batch=settings.batch_size,
+        poll_interval=settings.poll_interval,
+        lookahead=lookahead,
+        unknown_job_grace=settings.unknown_job_grace,
+    )
+
+
+async def _ended(task: asyncio.Task[None]) -> None:
+    """Let a loop that was told to stop end its current step (a store call), then make
+    sure it is gone."""
     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(task), 5)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-async def _every(
-    period: timedelta, action: Callable[[], Awaitable[None]], stopping: asyncio.Event
-) -> None:
-    """Call ``action`` every ``period`` until ``stopping``; failures are logged, not fatal."""
-    while not stopping.is_set():
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stopping.wait(), period.total_seconds())
-        if stopping.is_set():
-            return
-        try:
-            await action()
-        except Exception as exc:
-            logger.warning("heartbeat failed (%s); retrying in %.1f s", exc, period.total_seconds())

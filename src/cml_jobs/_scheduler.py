@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -12,7 +13,9 @@ from typing import Any
 from cml_jobs._bus import BackgroundTasksBus, TaskInfo
 from cml_jobs._config import Settings
 from cml_jobs._events import EventCallback, EventHub, TaskEvent
-from cml_jobs._runtime import Runtime
+from cml_jobs._connect import open_store
+from cml_jobs._heartbeat import StoreOpener
+from cml_jobs._runtime import Engine, Runtime, open_runtime
 from cml_jobs._timing import Clock, SystemClock
 from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
 from cml_jobs.stores._base import ScheduleStore
@@ -43,6 +46,7 @@ class BackgroundTaskScheduler:
         self.hub = EventHub()
         self._given_store = store
         self._runtime: Runtime | None = None
+        self._engine: Engine | None = None
         self._bus: BackgroundTasksBus | None = None
         self._exit = AsyncExitStack()
 
@@ -95,6 +99,11 @@ class BackgroundTaskScheduler:
             raise ConfigurationError("the scheduler is not started; use 'async with scheduler:'")
         return self._runtime
 
+    @property
+    def engine(self) -> Engine | None:
+        """The dispatcher, executor and heartbeat of ``run_worker``, or None."""
+        return self._engine
+
     async def start(self) -> None:
         """Connect to the store, scan the job modules, open the container's resources and,
         with ``run_worker``, start dispatching and executing.
@@ -102,51 +111,44 @@ class BackgroundTaskScheduler:
         Raises:
             StoreUnavailableError: Redis cannot be reached.
         """
-        from cml_jobs.worker._connect import connect
-
         try:
-            store, pool = await connect(
-                self.settings, self._exit, self._given_store, queue=self.run_worker
+            store, client = await self._exit.enter_async_context(
+                open_store(self.settings, self._given_store)
             )
-            if pool is not None and not self.settings.embedded:
-                from cml_jobs.worker._stream import publish_events
+            if client is not None:
+                from cml_jobs.stores.redis import publish_events
 
-                await publish_events(self.hub, pool, self.settings.key_prefix, self._exit)
-            runtime = Runtime(self.settings, store=store, clock=self.clock, hub=self.hub)
-            await runtime.open()
-            self._exit.push_async_callback(runtime.close)
+                await publish_events(self.hub, client, self.settings.key_prefix, self._exit)
+            runtime = await self._exit.enter_async_context(
+                open_runtime(self.settings, store=store, clock=self.clock, hub=self.hub)
+            )
             self._runtime = runtime
             if self.run_worker:
-                await self._start_worker(runtime, pool)
+                self._engine = await self._exit.enter_async_context(
+                    Engine(runtime, open_store=self._heartbeat_store())
+                )
         except BaseException:
             await self._exit.aclose()
             raise
         self._bus = BackgroundTasksBus(
             store=runtime.store,
             registry=runtime.registry,
+            codec=runtime.codec,
             clock=self.clock,
             hub=self.hub,
-            on_scheduled=runtime.dispatcher.wake if runtime.dispatcher else None,
+            on_scheduled=self._engine.dispatcher.wake if self._engine else None,
         )
         await self._log_recovered()
 
-    async def _start_worker(self, runtime: Runtime, pool: Any) -> None:
-        from cml_jobs.worker import ArqSink, EmbeddedWorker
+    def _heartbeat_store(self) -> StoreOpener | None:
+        """The heartbeat thread's own connection to the Redis store; None for a store in
+        memory or one given to ``configure``, renewed on this loop."""
+        if self.settings.embedded or self._given_store is not None:
+            return None
+        from cml_jobs.stores.redis import open_redis_store
 
-        if pool is None:
-            raise ConfigurationError("run_worker=True needs redis_url (memory:// or redis://)")
-        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name, self.settings.batch_size))
-        worker = EmbeddedWorker(runtime, pool)
-        worker.start()
-        runtime.start_loops()
-
-        async def stop_worker() -> None:
-            await runtime.stop_dispatching()
-            await worker.stop(self.settings.drain_timeout)
-            await runtime.drain()
-            await runtime.stop_loops()
-
-        self._exit.push_async_callback(stop_worker)
+        url, prefix = self.settings.redis_url, self.settings.key_prefix
+        return functools.partial(open_redis_store, url, prefix=prefix, patient=True)
 
     async def _log_recovered(self) -> None:
         try:
@@ -158,12 +160,12 @@ class BackgroundTaskScheduler:
 
     async def stop(self, drain_timeout: timedelta | None = None) -> None:
         """Stop claiming runs, let running ones finish (up to ``drain_timeout``, by default
-        the configured one), then close everything."""
-        if drain_timeout is not None:
-            self.settings = self.settings.with_changes(drain_timeout=drain_timeout)
+        the configured one; the rest are given back for a re-run), then close everything."""
+        if drain_timeout is not None and self._engine is not None:
+            self._engine.drain_timeout = drain_timeout
         self._bus = None
         await self._exit.aclose()
-        self._runtime = None
+        self._runtime = self._engine = None
 
     async def __aenter__(self) -> BackgroundTaskScheduler:
         await self.start()

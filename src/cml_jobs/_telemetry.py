@@ -16,10 +16,9 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from cml_jobs.stores._base import Outcome, TaskState
+from cml_jobs.stores._base import Outcome
 
 __all__ = [
-    "count_states",
     "mark_failed",
     "record_lag",
     "record_outcome",
@@ -129,21 +128,6 @@ def record_retry(job_name: str, error_type: str | None = None) -> None:
     if error_type:
         attributes[ERROR_TYPE] = error_type
     _retries.add(1, attributes)
-
-
-def count_states(states: Iterable[TaskState]) -> dict[str, int]:
-    """Tasks per state: parked, else paused, else running, else scheduled (if due)."""
-    counts = dict.fromkeys(TASK_STATES, 0)
-    for state in states:
-        if state.parked_reason is not None:
-            counts["parked"] += 1
-        elif state.paused:
-            counts["paused"] += 1
-        elif state.running:
-            counts["running"] += 1
-        elif state.due_at is not None:
-            counts["scheduled"] += 1
-    return counts
 
 
 def set_task_counts(counts: Mapping[str, int]) -> None:

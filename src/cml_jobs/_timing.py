@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +17,10 @@ class Clock(Protocol):
         """The current time, timezone-aware, in UTC."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait until ``seconds`` have passed on this clock (at once for 0 or less)."""
+        ...
+
 
 class SystemClock:
     """The real time."""
@@ -23,6 +28,10 @@ class SystemClock:
     def now(self) -> datetime:
         """The current time, timezone-aware, in UTC."""
         return datetime.now(timezone.utc)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of real time."""
+        await asyncio.sleep(max(seconds, 0))
 
     def __repr__(self) -> str:
         return "SystemClock()"

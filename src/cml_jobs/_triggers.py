@@ -26,8 +26,11 @@ __all__ = [
     "first_occurrence",
     "grid_point_at_or_after",
     "jitter_offset",
+    "lateness",
+    "misfired",
     "next_occurrence",
     "plan",
+    "ready_at",
 ]
 
 # A cron backlog longer than this is not walked occurrence by occurrence: the count of
@@ -149,6 +152,22 @@ def jitter_offset(descriptor: TaskDescriptor, occurrence_at: datetime) -> timede
     return descriptor.jitter * fraction
 
 
+def ready_at(descriptor: TaskDescriptor, occurrence_at: datetime) -> datetime:
+    """When an occurrence may start: its time plus its jitter."""
+    return occurrence_at + jitter_offset(descriptor, occurrence_at)
+
+
+def lateness(descriptor: TaskDescriptor, occurrence_at: datetime, now: datetime) -> timedelta:
+    """How late a run starting at ``now`` is, jitter excluded (negative when early)."""
+    return now - ready_at(descriptor, occurrence_at)
+
+
+def misfired(descriptor: TaskDescriptor, occurrence_at: datetime, now: datetime) -> bool:
+    """True when an occurrence starting at ``now`` is later than ``misfire_grace_time``."""
+    grace = descriptor.misfire_grace_time
+    return grace is not None and lateness(descriptor, occurrence_at, now) > grace
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to do with a task whose occurrence ``due_at`` has come.
@@ -174,11 +193,9 @@ def plan(descriptor: TaskDescriptor, due_at: datetime, now: datetime) -> Plan:
     occurrence still within grace runs, and the ones before it are missed; the later ones
     run on the following ticks.
     """
-    grace = descriptor.misfire_grace_time
 
     def in_grace(occurrence: datetime) -> bool:
-        late = now - (occurrence + jitter_offset(descriptor, occurrence))
-        return grace is None or late <= grace
+        return not misfired(descriptor, occurrence, now)
 
     occurrences, unlisted = _due_occurrences(descriptor, due_at, now)
     if descriptor.coalesce:

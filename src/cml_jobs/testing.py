@@ -18,15 +18,13 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from cml_jobs._descriptors import TaskDescriptor
-from cml_jobs._dispatch import Dispatcher
 from cml_jobs._events import TaskEvent
-from cml_jobs._execution import Executor, Handoff
+from cml_jobs._execution import Assignment, Executor
+from cml_jobs._runtime import new_dispatcher, new_executor
 from cml_jobs._scheduler import BackgroundTaskScheduler
-from cml_jobs.stores._base import Run
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
 __all__ = ["InMemoryScheduleStore", "ManualClock", "run_due"]
@@ -45,19 +43,37 @@ class ManualClock:
         if start is not None and start.tzinfo is None:
             raise ValueError(f"ManualClock needs an aware datetime, got {start!r}")
         self._now = (start or _EPOCH).astimezone(timezone.utc)
+        self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
 
     def now(self) -> datetime:
         """The clock's current time."""
         return self._now
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the clock has been moved ``seconds`` on (``advance``, ``set``)."""
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sleeper = (self._now + timedelta(seconds=seconds), woken)
+        self._sleepers.append(sleeper)
+        try:
+            await woken
+        finally:
+            self._sleepers.remove(sleeper)
+
     def advance(self, delta: timedelta | None = None, *, seconds: float = 0) -> datetime:
-        """Move the clock forward (or back, with a negative delta). Returns the new time."""
-        self._now += (delta or timedelta(0)) + timedelta(seconds=seconds)
+        """Move the clock forward (or back, with a negative delta), waking the sleeps that
+        are over. Returns the new time."""
+        self.set(self._now + (delta or timedelta(0)) + timedelta(seconds=seconds))
         return self._now
 
     def set(self, at: datetime) -> None:
-        """Jump to ``at`` (aware)."""
+        """Jump to ``at`` (aware), waking the sleeps that are over."""
         self._now = at.astimezone(timezone.utc)
+        for deadline, woken in self._sleepers:
+            if deadline <= self._now and not woken.done():
+                woken.set_result(None)
 
     def __repr__(self) -> str:
         return f"ManualClock({self._now.isoformat()!r})"
@@ -73,17 +89,10 @@ class _InlineSink:
     def room(self) -> int:
         return self._room
 
-    async def submit(self, runs: Sequence[Run], descriptors: Mapping[str, TaskDescriptor]) -> None:
-        for run in runs:
-            descriptor = descriptors.get(run.task_id)
-            work = (
-                self.executor.execute(run)
-                if descriptor is None
-                else self.executor.execute_claimed(run, descriptor)
-            )
+    async def submit(self, assignments: Sequence[Assignment]) -> None:
+        for assignment in assignments:
             # Each run gets its own task, as in a worker (per-run resources).
-            outcome = await asyncio.create_task(work)
-            assert outcome is Handoff.DONE
+            await asyncio.create_task(self.executor.execute(assignment))
 
 
 async def run_due(scheduler: BackgroundTaskScheduler, *, max_ticks: int = 1000) -> list[TaskEvent]:
@@ -96,15 +105,10 @@ async def run_due(scheduler: BackgroundTaskScheduler, *, max_ticks: int = 1000) 
         The lifecycle events emitted meanwhile, in order.
     """
     runtime = scheduler.runtime
-    assert runtime.executor is not None
-    dispatcher = Dispatcher(
-        store=runtime.store,
-        clock=runtime.clock,
-        sink=_InlineSink(runtime.executor, runtime.settings.batch_size),
-        hub=runtime.hub,
-        lease=runtime.settings.lease,
-        batch=runtime.settings.batch_size,
-    )
+    engine = scheduler.engine
+    executor = engine.executor if engine is not None else new_executor(runtime)
+    sink = _InlineSink(executor, runtime.settings.batch_size)
+    dispatcher = new_dispatcher(runtime, sink, lookahead=timedelta(0))
     events: list[TaskEvent] = []
     unsubscribe = runtime.hub.subscribe(events.append)
     try:

@@ -10,16 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cml_jobs.stores._base import (
+    ClaimedRun,
     ClaimResult,
     ClaimStatus,
     Decision,
+    DueBatch,
     DueTask,
     Finish,
     NewTask,
     Outcome,
     Run,
     ScheduleStore,
-    StartedRun,
     TaskState,
 )
 from cml_jobs.stores.memory import InMemoryScheduleStore
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ClaimResult",
     "ClaimStatus",
+    "ClaimedRun",
     "Decision",
+    "DueBatch",
     "DueTask",
     "Finish",
     "InMemoryScheduleStore",
@@ -39,7 +42,6 @@ __all__ = [
     "RedisScheduleStore",
     "Run",
     "ScheduleStore",
-    "StartedRun",
     "TaskState",
 ]
 

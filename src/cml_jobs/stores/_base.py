@@ -1,6 +1,6 @@
 """The persistence layer's contract: the ``ScheduleStore`` Protocol and the records it passes.
 
-A store keeps three things per task: its descriptor (JSON text, opaque to the store), its
+A store keeps three things per task: its descriptor (text, opaque to the store), its
 schedule state (the next occurrence, paused, parked, the last outcome) and its *runs*:
 the occurrences handed out for execution and not yet finished, each under a lease and a
 fencing token. Everything that decides *when* lives outside the store; the store only
@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "ClaimResult",
     "ClaimStatus",
+    "ClaimedRun",
     "Decision",
     "DueBatch",
     "DueTask",
@@ -27,7 +28,6 @@ __all__ = [
     "Outcome",
     "Run",
     "ScheduleStore",
-    "StartedRun",
     "TaskState",
 ]
 
@@ -51,7 +51,7 @@ class NewTask:
 
     Attributes:
         task_id: the descriptor's id.
-        descriptor_json: the validated descriptor, as JSON.
+        descriptor_json: the encoded descriptor.
         due_at: its first occurrence.
         ready_at: when that occurrence may be claimed (``due_at`` plus jitter).
         trace_context: the W3C ``traceparent`` of the span that scheduled the task, or
@@ -67,7 +67,7 @@ class NewTask:
 
 @dataclass(frozen=True)
 class DueTask:
-    """A task whose next occurrence is ready, as read by ``ScheduleStore.due``."""
+    """A task whose next occurrence is ready, as ``ScheduleStore.poll`` reads it."""
 
     task_id: str
     due_at: datetime
@@ -77,10 +77,18 @@ class DueTask:
 
 @dataclass(frozen=True)
 class DueBatch:
-    """What ``ScheduleStore.poll`` found: the due tasks, and when the next one is ready."""
+    """What ``ScheduleStore.poll`` found.
+
+    Attributes:
+        tasks: the due tasks, earliest first.
+        next_ready_at: the earliest ready time among the tasks not returned, or None.
+        generation: an id the store keeps for as long as it keeps its data; a different
+            one later means everything stored before was lost.
+    """
 
     tasks: list[DueTask]
     next_ready_at: datetime | None
+    generation: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,22 +97,27 @@ class Decision:
 
     Attributes:
         task_id: the task.
-        expected_due_at: the ``due_at`` the decision was made from; the claim applies only
-            if the task still has it (compare-and-set).
+        expected_due_at: the ``due_at`` the decision was made from; it applies only if the
+            task still has it (compare-and-set).
         run_at: the occurrence to hand out as a run, or None to run nothing.
         next_due_at: the task's next occurrence, or None when it has no more.
-        next_ready_at: when ``next_due_at`` may be claimed (with jitter).
+        next_ready_at: when ``next_due_at`` may be claimed (with jitter); None means at
+            ``next_due_at``.
         max_instances: runs of this task allowed at once.
         missed: occurrences recorded as missed by this decision.
+        park_reason: take the task out of the schedule with this reason instead (its
+            stored descriptor cannot run); every other field but ``task_id`` and
+            ``expected_due_at`` is then ignored.
     """
 
     task_id: str
     expected_due_at: datetime
     run_at: datetime | None
     next_due_at: datetime | None
-    next_ready_at: datetime | None
+    next_ready_at: datetime | None = None
     max_instances: int = 1
     missed: int = 0
+    park_reason: str | None = None
 
 
 class ClaimStatus(str, enum.Enum):
@@ -113,6 +126,7 @@ class ClaimStatus(str, enum.Enum):
     CLAIMED = "claimed"  # a run was handed out
     ADVANCED = "advanced"  # nothing to run; the schedule moved on
     SKIPPED = "skipped"  # the occurrence came due while max_instances runs were going
+    PARKED = "parked"  # the task was parked, as the decision asked
     RACED = "raced"  # another dispatcher applied a decision first; nothing changed
     GONE = "gone"  # the task was cancelled, paused or parked meanwhile
 
@@ -126,15 +140,28 @@ class Run:
         fence: a token unique to this run; every write about the run must present it.
         occurrence_at: the intended time of the occurrence.
         attempt: 1 for the first attempt, +1 for each re-run after a lost lease.
-        trace_context: the task's ``trace_context``, when the dispatcher knew it; not part
-            of the run's identity.
     """
 
     task_id: str
     fence: int
     occurrence_at: datetime
     attempt: int = 1
-    trace_context: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run with what its worker needs to execute it, as ``claim`` and
+    ``reclaim_expired`` hand it out.
+
+    Attributes:
+        run: the run.
+        descriptor_json: the task's descriptor, as stored.
+        trace_context: the task's ``trace_context``.
+    """
+
+    run: Run
+    descriptor_json: str
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,24 +174,16 @@ class ClaimResult:
 
 
 @dataclass(frozen=True)
-class StartedRun:
-    """A run that ``ScheduleStore.start`` confirmed, with the descriptor to execute."""
-
-    run: Run
-    descriptor_json: str
-
-
-@dataclass(frozen=True)
 class Finish:
-    """How one run ended, for ``ScheduleStore.finish_many``.
+    """How one run ended, for ``ScheduleStore.finish``.
 
     Attributes:
         run: the run, with its fence.
-        outcome: how it ended.
+        outcome: how it ended; ``PARKED`` parks the task with ``error`` as the reason.
         error: a one-line summary of the failure, if any.
         end_task: the job ended its recurrence: delete the task.
-        started_at: when the run started, recorded as the task's last run time (a run
-            executed by the worker that claimed it is never ``start``-ed).
+        started_at: when the run started (its body was called), recorded as the task's
+            last run time; None for a run that never started (missed, parked).
     """
 
     run: Run
@@ -209,9 +228,15 @@ class TaskState:
 class ScheduleStore(Protocol):
     """Where tasks and their runs live. Memory and Redis implement it; so can others.
 
+    Ten methods in pairs: ``add``/``remove`` a task, ``set_paused`` on and off, ``poll``
+    then ``claim`` due occurrences (or ``reclaim_expired`` lost ones), ``extend`` a run's
+    lease and ``finish`` it; ``get`` and ``list`` read.
+
     Every method is atomic with respect to every other call, from any process. Times are
     aware datetimes; a store keeps them to the millisecond. The store never reads the
-    clock: ``now`` is always given.
+    clock: ``now`` is always given. A run is *under way* from its claim until its finish:
+    the worker that claimed it decides when its body starts, so no call is needed between
+    the two.
     """
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
@@ -228,11 +253,12 @@ class ScheduleStore(Protocol):
         ...
 
     async def remove(self, task_id: str) -> int | None:
-        """Delete a task and invalidate all its runs, atomically with ``confirm``.
+        """Delete a task and invalidate all its runs.
 
-        Returns how many of its runs had started (been confirmed): their workers stop them
-        at the next heartbeat. None if there was no task. A run not confirmed by then can
-        never start.
+        Returns:
+            How many of its runs were under way (claimed and not finished): their workers
+            stop them at their next ``extend``. None if there was no task. Once this
+            returns, no run of the task can be claimed or re-issued.
         """
         ...
 
@@ -253,54 +279,33 @@ class ScheduleStore(Protocol):
         """
         ...
 
-    async def park(self, task_id: str, reason: str) -> bool:
-        """Take a task out of the schedule, keeping it with ``reason``. False if none.
-
-        Its runs stop being valid: a parked task is never run, and never deleted
-        except by ``remove`` or a replacing ``add``.
-        """
-        ...
-
-    async def due(self, now: datetime, limit: int) -> builtins.list[DueTask]:
-        """Up to ``limit`` tasks whose ready time is at or before ``now``, earliest first.
-
-        Paused and parked tasks, and tasks with no next occurrence, are never due.
-        """
-        ...
-
     async def poll(self, now: datetime, limit: int) -> DueBatch:
-        """``due(now, limit)``, and in the same call the earliest ready time among the
-        schedulable tasks it did not return (None if there are none): everything a
-        dispatcher needs for one tick and the sleep after it."""
-        ...
+        """Up to ``limit`` tasks whose ready time is at or before ``now``, earliest first,
+        the earliest ready time among the schedulable tasks not returned, and the store's
+        generation (created on first use): everything a dispatcher needs for one tick and
+        the sleep after it.
 
-    async def generation(self) -> str:
-        """An id the store keeps for as long as it keeps its data, created on first use.
-
-        A different answer later means everything stored before was lost (a Redis
-        restarted without persistence): workers report it, and apps re-declare tasks.
+        Paused and parked tasks, and tasks with no next occurrence, are never due. A task
+        whose stored due time cannot be read is parked with that reason, not returned.
         """
-        ...
-
-    async def next_ready_at(self) -> datetime | None:
-        """The earliest ready time of any task or lease expiry of any run, or None."""
         ...
 
     async def claim(
-        self, decisions: Sequence[Decision], *, now: datetime, lease_until: datetime
+        self, decisions: Sequence[Decision], *, lease_until: datetime
     ) -> builtins.list[ClaimResult]:
         """Apply each decision atomically, if the task still has ``expected_due_at``.
 
         For each decision whose task exists, is not paused or parked, and still has
-        ``expected_due_at``: when ``run_at`` is set and fewer than ``max_instances`` runs
-        are going, a run for ``run_at`` is created under a new fence with its lease ending
-        at ``lease_until`` (``CLAIMED``); when ``run_at`` is set but the limit is reached,
-        the occurrence is recorded as skipped (``SKIPPED``); when ``run_at`` is None,
-        nothing runs (``ADVANCED``). In all three cases the task's next occurrence becomes
+        ``expected_due_at``: with ``park_reason`` the task is parked (``PARKED``).
+        Otherwise, when ``run_at`` is set and fewer than ``max_instances`` runs are under
+        way, a run for ``run_at`` is created under a new fence with its lease ending at
+        ``lease_until`` (``CLAIMED``); when ``run_at`` is set but the limit is reached, the
+        occurrence is recorded as skipped (``SKIPPED``); when ``run_at`` is None, nothing
+        runs (``ADVANCED``). In these three cases the task's next occurrence becomes
         ``next_due_at`` (or none) and ``missed`` is added to its missed count; a task left
         with no next occurrence and no run has ended and is deleted. A task whose due time
         changed meanwhile is left untouched (``RACED``); one that is gone, paused or
-        parked gives ``GONE``. A None ``next_ready_at`` means ready at ``next_due_at``.
+        parked gives ``GONE``. Every value is checked before anything is written.
 
         Returns:
             One result per decision, in order.
@@ -309,56 +314,35 @@ class ScheduleStore(Protocol):
 
     async def reclaim_expired(
         self, *, now: datetime, lease_until: datetime, limit: int
-    ) -> builtins.list[Run]:
+    ) -> builtins.list[ClaimedRun]:
         """Re-issue up to ``limit`` runs whose lease expired at or before ``now``.
 
         Each expired run is replaced by a run of the same occurrence with a new fence,
         ``attempt + 1`` and its lease ending at ``lease_until``; the old fence stops being
-        valid. Runs of tasks that no longer exist are dropped.
-        """
-        ...
-
-    async def start(self, run: Run, *, now: datetime, lease_until: datetime) -> StartedRun | None:
-        """Confirm that ``run`` may execute: its fence is still valid.
-
-        Extends its lease to ``lease_until`` and records ``now`` as the task's last run
-        time. Returns None when the fence is no longer valid (the run was cancelled,
-        re-issued or finished), in which case the caller must not execute it.
-        """
-        ...
-
-    async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
-        """For each run, whether its fence is still valid, marking each valid run started.
-
-        A worker calls this just before a job's body: a run is started from then on, and
-        ``remove`` counts it.
+        valid. Runs of tasks that no longer exist, or are parked, are dropped.
         """
         ...
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
-        """Extend the leases of runs still valid; False for each run whose fence is not."""
-        ...
+        """Move the lease of each run still valid to ``lease_until`` (the heartbeat; a
+        ``lease_until`` in the past gives the run back for an immediate re-issue).
 
-    async def finish(
-        self,
-        run: Run,
-        outcome: Outcome,
-        *,
-        now: datetime,
-        error: str | None = None,
-        end_task: bool = False,
-        started_at: datetime | None = None,
-    ) -> bool:
-        """Record how a run ended and release it, if its fence is still valid.
-
-        With ``end_task`` the task is deleted (a job that stopped its recurrence). A task
-        with no next occurrence is deleted once its last run is finished (a one-time task
-        ends after its run), unless it is parked. Returns False, writing nothing, for a
-        stale fence: a late write from a run that was re-issued or cancelled. With
-        ``started_at``, that time becomes the task's last run time.
+        Returns:
+            Per run, whether its fence is still valid; a worker stops a run that is not.
         """
         ...
 
-    async def finish_many(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
-        """``finish`` for several runs in one atomic call; one result per finish, in order."""
+    async def finish(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
+        """Record how runs ended and release them, each only if its fence is still valid.
+
+        With ``end_task`` the task is deleted (a job that stopped its recurrence); with
+        ``Outcome.PARKED`` it is parked with ``error`` as the reason. A task with no next
+        occurrence is deleted once its last run is finished (a one-time task ends after
+        its run), unless it is parked. A stale fence (a late write from a run that was
+        re-issued or cancelled) writes nothing. With ``started_at``, that time becomes the
+        task's last run time.
+
+        Returns:
+            Per finish, whether it was recorded.
+        """
         ...

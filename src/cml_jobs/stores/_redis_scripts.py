@@ -1,6 +1,9 @@
 """The Lua scripts of the Redis store: each is one atomic step of the ScheduleStore contract.
 
-The key layout they work on is described at the top of ``cml_jobs.stores.redis``.
+The key layout they work on is described at the top of ``cml_jobs.stores.redis``. A script
+that fails half-way keeps what it wrote before the error, so each one reads and checks
+everything it needs before its first write, and never applies an arithmetic command to a
+stored value (a tampered counter is read with ``tonumber`` and written back whole).
 """
 
 from __future__ import annotations
@@ -10,23 +13,26 @@ LIB = """
 local function run_member(fence, id)
   return string.format('%016d', tonumber(fence)) .. '|' .. id
 end
+local function count(key, field, n)
+  local now = tonumber(redis.call('HGET', key, field)) or 0
+  redis.call('HSET', key, field, now + n)
+  return now + n
+end
 local function drop_task(key, id, quick)
   -- quick: the caller knows the task has no run left and is not in the due index.
-  -- Returns how many of its runs had started (the fields s:{fence} that confirm wrote).
-  local started = 0
+  -- Returns how many of its runs were under way (its r:{fence} fields).
+  local under_way = 0
   if not quick then
     for _, f in ipairs(redis.call('HKEYS', key)) do
-      local kind = string.sub(f, 1, 2)
-      if kind == 'r:' then
+      if string.sub(f, 1, 2) == 'r:' then
         redis.call('ZREM', KEYS[2], run_member(string.sub(f, 3), id))
-      elseif kind == 's:' then
-        started = started + 1
+        under_way = under_way + 1
       end
     end
     redis.call('ZREM', KEYS[1], id)
   end
   redis.call('DEL', key)
-  return started
+  return under_way
 end
 local function schedule(key, id, due, ready, held)
   -- held: the task is paused or parked (nil: look it up)
@@ -51,10 +57,21 @@ local function new_run(key, id, occurrence, attempt, lease)
   return fence
 end
 local function release(key, id, fence)
-  -- 1 if the run was live (its r: field, and s: once confirmed, are deleted), else 0
-  if redis.call('HDEL', key, 'r:' .. fence, 's:' .. fence) == 0 then return 0 end
+  -- 1 if the run was live (its r: field is deleted), else 0
+  if redis.call('HDEL', key, 'r:' .. fence) == 0 then return 0 end
   redis.call('ZREM', KEYS[2], run_member(fence, id))
   return 1
+end
+local function park(key, id, reason)
+  redis.call('HSET', key, 'parked', reason, 'last_outcome', 'parked', 'running', 0)
+  count(key, 'n:parked', 1)
+  redis.call('ZREM', KEYS[1], id)
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    if string.sub(f, 1, 2) == 'r:' then release(key, id, string.sub(f, 3)) end
+  end
+end
+local function is_task(key)
+  return redis.call('TYPE', key).ok == 'hash'
 end
 """
 
@@ -64,9 +81,9 @@ ADD = """
 local id = ARGV[2]
 local key = ARGV[1] .. id
 if redis.call('EXISTS', key) == 1 then
-  if redis.call('HGET', key, 'descriptor') == ARGV[3] then return 0 end
+  if is_task(key) and redis.call('HGET', key, 'descriptor') == ARGV[3] then return 0 end
   if ARGV[6] ~= '1' then return -1 end
-  drop_task(key, id)
+  if is_task(key) then drop_task(key, id) else redis.call('DEL', key) end
 end
 if ARGV[7] ~= '' then
   redis.call('HSET', key, 'descriptor', ARGV[3], 'due_at', ARGV[4], 'trace', ARGV[7])
@@ -77,17 +94,22 @@ redis.call('ZADD', KEYS[1], ARGV[5], id)
 return 1
 """
 
-# ARGV: prefix, id -> how many of its runs had started, or -1 when there is no task
+# ARGV: prefix, id -> how many of its runs were under way, or -1 when there is no task
 REMOVE = """
 local key = ARGV[1] .. ARGV[2]
 if redis.call('EXISTS', key) == 0 then return -1 end
+if not is_task(key) then
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return 0
+end
 return drop_task(key, ARGV[2])
 """
 
 # ARGV: prefix, id, paused ("1"/"0"), due, ready ("" for none)
 SET_PAUSED = """
 local key = ARGV[1] .. ARGV[2]
-if redis.call('EXISTS', key) == 0 then return 0 end
+if redis.call('EXISTS', key) == 0 or not is_task(key) then return 0 end
 if ARGV[3] == '1' then
   redis.call('HSET', key, 'paused', '1')
   redis.call('ZREM', KEYS[1], ARGV[2])
@@ -98,112 +120,110 @@ end
 return 1
 """
 
-# ARGV: prefix, id, reason
-PARK = """
-local key = ARGV[1] .. ARGV[2]
-if redis.call('EXISTS', key) == 0 then return 0 end
-redis.call('HSET', key, 'parked', ARGV[3], 'last_outcome', 'parked', 'running', 0)
-redis.call('HINCRBY', key, 'n:parked', 1)
-redis.call('ZREM', KEYS[1], ARGV[2])
-for _, f in ipairs(redis.call('HKEYS', key)) do
-  if string.sub(f, 1, 2) == 'r:' then release(key, ARGV[2], string.sub(f, 3)) end
-end
-return 1
-"""
-
-
-# ARGV: prefix, now, limit -> {flat (id, due_at, descriptor, trace) quadruples,
-#   the ready score of the first task not returned, or false}
+# ARGV: prefix, now, limit, a new generation -> {flat (id, due_at, descriptor, trace)
+#   quadruples, the ready score of the first task not returned or false, the generation}
 POLL = """
+local generation = redis.call('GET', KEYS[4])
+if not generation then
+  generation = ARGV[4]
+  redis.call('SET', KEYS[4], generation)
+end
 local out = {}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local key = ARGV[1] .. id
-  local v = redis.call('HMGET', key, 'due_at', 'descriptor', 'trace')
-  if v[2] and not tonumber(v[1]) then
-    -- a due time that is not a number (tampered with) can never be planned: park it
-    redis.call('HSET', key, 'parked', 'stored due_at is not a time: ' .. tostring(v[1]),
-      'last_outcome', 'parked')
-    redis.call('HINCRBY', key, 'n:parked', 1)
+  if not is_task(key) then
+    -- not a task's hash (gone, or overwritten by something else): never due again
     redis.call('ZREM', KEYS[1], id)
-  elseif v[1] and v[2] then
-    out[#out + 1] = id; out[#out + 1] = v[1]; out[#out + 1] = v[2]; out[#out + 1] = v[3] or ''
+  else
+    local v = redis.call('HMGET', key, 'due_at', 'descriptor', 'trace')
+    if v[2] and not tonumber(v[1]) then
+      -- a due time that is not a number (tampered with) can never be planned
+      park(key, id, 'stored due_at is not a time: ' .. tostring(v[1]))
+    elseif v[1] and v[2] then
+      out[#out + 1] = id; out[#out + 1] = v[1]; out[#out + 1] = v[2]; out[#out + 1] = v[3] or ''
+    end
   end
 end
 local following = redis.call('ZRANGE', KEYS[1], #ids, #ids, 'WITHSCORES')
-return {out, following[2] or false}
+return {out, following[2] or false, generation}
 """
 
-# ARGV: prefix, id -> HGETALL
-GET = "return redis.call('HGETALL', ARGV[1] .. ARGV[2])"
+# ARGV: prefix, id -> HGETALL (empty when the key is not a task)
+GET = """
+local key = ARGV[1] .. ARGV[2]
+if redis.call('TYPE', key).ok ~= 'hash' then return {} end
+return redis.call('HGETALL', key)
+"""
 
 # ARGV: prefix, lease, then per decision: id, expected, run_at, next_due, next_ready,
-# max_instances, missed ("" for none) -> flat (status, fence) pairs
+# max_instances, missed, park reason ("" for none) -> flat (status, fence) pairs
 CLAIM = """
-local function claim(id, expected, run_at, next_due, next_ready, max_instances, missed)
+local function claim(id, expected, run_at, next_due, next_ready, max_instances, missed, reason)
   local key = ARGV[1] .. id
+  if not is_task(key) then return 'gone', 0 end
   local st = redis.call('HMGET', key, 'descriptor', 'paused', 'parked', 'due_at', 'running')
   if not st[1] or st[2] or st[3] then return 'gone', 0 end
   if st[4] ~= expected then return 'raced', 0 end
+  if reason ~= '' then
+    park(key, id, reason)
+    return 'parked', 0
+  end
+  local running = tonumber(st[5]) or 0
   local status, fence = 'advanced', 0
-  if run_at ~= '' and (tonumber(st[5]) or 0) < tonumber(max_instances) then
+  if run_at ~= '' and running < tonumber(max_instances) then
     status = 'claimed'
     fence = new_run(key, id, run_at, 1, ARGV[2])
-    redis.call('HINCRBY', key, 'running', 1)
+    redis.call('HSET', key, 'running', running + 1)
   elseif run_at ~= '' then
     status = 'skipped'
     redis.call('HSET', key, 'last_outcome', 'skipped')
-    redis.call('HINCRBY', key, 'n:skipped', 1)
+    count(key, 'n:skipped', 1)
   end
   if tonumber(missed) > 0 then
-    redis.call('HINCRBY', key, 'n:missed', missed)
+    count(key, 'n:missed', tonumber(missed))
     if status == 'advanced' then redis.call('HSET', key, 'last_outcome', 'missed') end
   end
   schedule(key, id, next_due, next_ready, false)
-  if next_due == '' and status ~= 'claimed' and (tonumber(st[5]) or 0) == 0 then
+  if next_due == '' and status ~= 'claimed' and running == 0 then
     drop_task(key, id, true)  -- a one-time task whose occurrence was missed has ended
   end
   return status, fence
 end
 local out = {}
-for i = 3, #ARGV, 7 do
-  local status, fence = claim(unpack(ARGV, i, i + 6))
+for i = 3, #ARGV, 8 do
+  local status, fence = claim(unpack(ARGV, i, i + 7))
   out[#out + 1] = status; out[#out + 1] = fence
 end
 return out
 """
 
-# ARGV: prefix, now, lease, limit -> flat (id, fence, occurrence, attempt) quadruples
+# ARGV: prefix, now, lease, limit
+# -> flat (id, fence, occurrence, attempt, descriptor, trace) sextuples
 RECLAIM = """
 local out = {}
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[4])) do
   local bar = string.find(m, '|', 1, true)
   local old = bar and tonumber(string.sub(m, 1, bar - 1))
   local id = bar and string.sub(m, bar + 1)
-  local run = old and redis.call('HGET', ARGV[1] .. id, 'r:' .. old)
+  local key = id and ARGV[1] .. id
+  local run = old and is_task(key) and redis.call('HGET', key, 'r:' .. old)
   redis.call('ZREM', KEYS[2], m)  -- also when the run's task is gone, or m is malformed
-  if run then
-    local key = ARGV[1] .. id
+  local rbar = run and string.find(run, '|', 1, true)
+  if rbar then
     release(key, id, old)
-    bar = string.find(run, '|', 1, true)
-    local occurrence = string.sub(run, 1, bar - 1)
-    local attempt = tonumber(string.sub(run, bar + 1)) + 1
-    local fence = new_run(key, id, occurrence, attempt, ARGV[3])
-    out[#out + 1] = id; out[#out + 1] = fence
-    out[#out + 1] = occurrence; out[#out + 1] = attempt
+    local v = redis.call('HMGET', key, 'descriptor', 'trace', 'parked')
+    local occurrence = string.sub(run, 1, rbar - 1)
+    local attempt = (tonumber(string.sub(run, rbar + 1)) or 1) + 1
+    if v[1] and not v[3] then
+      local fence = new_run(key, id, occurrence, attempt, ARGV[3])
+      out[#out + 1] = id; out[#out + 1] = fence
+      out[#out + 1] = occurrence; out[#out + 1] = attempt
+      out[#out + 1] = v[1]; out[#out + 1] = v[2] or ''
+    end
   end
 end
 return out
-"""
-
-# ARGV: prefix, id, fence, now, lease -> {descriptor, "occurrence|attempt"} or nil
-START = """
-local key = ARGV[1] .. ARGV[2]
-local run = redis.call('HGET', key, 'r:' .. ARGV[3])
-if not run then return false end
-redis.call('ZADD', KEYS[2], ARGV[5], run_member(ARGV[3], ARGV[2]))
-redis.call('HSET', key, 'last_run_at', ARGV[4])
-return {redis.call('HGET', key, 'descriptor'), run}
 """
 
 # ARGV: prefix, lease, then pairs of id, fence -> one 1/0 per pair
@@ -211,7 +231,8 @@ EXTEND = """
 local out = {}
 for i = 3, #ARGV, 2 do
   local id, fence = ARGV[i], ARGV[i + 1]
-  if redis.call('HEXISTS', ARGV[1] .. id, 'r:' .. fence) == 1 then
+  local key = ARGV[1] .. id
+  if is_task(key) and redis.call('HEXISTS', key, 'r:' .. fence) == 1 then
     redis.call('ZADD', KEYS[2], ARGV[2], run_member(fence, id))
     out[#out + 1] = 1
   else
@@ -226,46 +247,26 @@ return out
 FINISH = """
 local function finish(id, fence, outcome, err, has_error, end_task, started_at)
   local key = ARGV[1] .. id
-  if release(key, id, fence) == 0 then return 0 end
-  local running = redis.call('HINCRBY', key, 'running', -1)
+  if not is_task(key) or release(key, id, fence) == 0 then return 0 end
+  if started_at ~= '' then redis.call('HSET', key, 'last_run_at', started_at) end
+  if outcome == 'parked' then
+    park(key, id, err)
+    return 1
+  end
+  local running = count(key, 'running', -1)
   local st = redis.call('HMGET', key, 'due_at', 'parked')
   if end_task == '1' or (running <= 0 and not st[1] and not st[2]) then
     drop_task(key, id, end_task ~= '1')  -- ended: nothing left to record on it
     return 1
   end
   if has_error ~= '1' then err = '' end  -- '' reads as no error
-  if started_at ~= '' then
-    redis.call('HSET', key, 'last_outcome', outcome, 'last_error', err, 'last_run_at', started_at)
-  else
-    redis.call('HSET', key, 'last_outcome', outcome, 'last_error', err)
-  end
-  redis.call('HINCRBY', key, 'n:' .. outcome, 1)
+  redis.call('HSET', key, 'last_outcome', outcome, 'last_error', err)
+  count(key, 'n:' .. outcome, 1)
   return 1
 end
 local out = {}
 for i = 2, #ARGV, 7 do
   out[#out + 1] = finish(unpack(ARGV, i, i + 6))
-end
-return out
-"""
-
-# KEYS[4] = the generation key; ARGV: prefix, a new generation -> the stored generation
-GENERATION = """
-local current = redis.call('GET', KEYS[4])
-if current then return current end
-redis.call('SET', KEYS[4], ARGV[2])
-return ARGV[2]
-"""
-
-# ARGV: prefix, then pairs of id, fence -> one 1/0 per pair; each valid run is marked
-# started (s:{fence}), which REMOVE counts
-CONFIRM = """
-local out = {}
-for i = 2, #ARGV, 2 do
-  local key, fence = ARGV[1] .. ARGV[i], ARGV[i + 1]
-  local valid = redis.call('HEXISTS', key, 'r:' .. fence)
-  if valid == 1 then redis.call('HSET', key, 's:' .. fence, '1') end
-  out[#out + 1] = valid
 end
 return out
 """

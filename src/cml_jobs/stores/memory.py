@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from cml_jobs.exceptions import TaskExistsError
 from cml_jobs.stores._base import (
+    ClaimedRun,
     ClaimResult,
     ClaimStatus,
     Decision,
@@ -22,7 +23,6 @@ from cml_jobs.stores._base import (
     NewTask,
     Outcome,
     Run,
-    StartedRun,
     TaskState,
 )
 
@@ -62,7 +62,6 @@ class InMemoryScheduleStore:
     def __init__(self) -> None:
         self._tasks: dict[str, _Task] = {}
         self._leases: dict[int, tuple[str, datetime]] = {}  # fence -> (task id, lease end)
-        self._started: set[int] = set()  # fences of confirmed runs
         self._fence = 0
         self._generation = uuid.uuid4().hex
 
@@ -90,9 +89,9 @@ class InMemoryScheduleStore:
         task = self._tasks.get(task_id)
         if task is None:
             return None
-        started = sum(fence in self._started for fence in task.runs)
+        under_way = len(task.runs)
         self._drop(task_id)
-        return started
+        return under_way
 
     async def get(self, task_id: str) -> TaskState | None:
         task = self._tasks.get(task_id)
@@ -112,45 +111,22 @@ class InMemoryScheduleStore:
             self._schedule(task, due_at, ready_at)
         return True
 
-    async def park(self, task_id: str, reason: str) -> bool:
-        task = self._tasks.get(task_id)
-        if task is None:
-            return False
-        task.parked_reason = reason
-        task.last_outcome = Outcome.PARKED
-        task.count(Outcome.PARKED)
-        for fence in list(task.runs):
-            self._release(task_id, fence)
-        return True
-
     # -- dispatch ----------------------------------------------------------------------
 
-    async def due(self, now: datetime, limit: int) -> builtins.list[DueTask]:
+    async def poll(self, now: datetime, limit: int) -> DueBatch:
         found: builtins.list[DueTask] = []
+        following = None
         for ready_at, task_id in self._live_due():
             if ready_at > now or len(found) >= limit:
+                following = ready_at
                 break
             task = self._tasks[task_id]
             assert task.due_at is not None
             found.append(DueTask(task_id, task.due_at, task.descriptor_json, task.trace_context))
-        return found
-
-    async def poll(self, now: datetime, limit: int) -> DueBatch:
-        tasks = await self.due(now, limit)
-        returned = {task.task_id for task in tasks}
-        later = (ready for ready, task_id in self._live_due() if task_id not in returned)
-        return DueBatch(tasks, next(later, None))
-
-    async def generation(self) -> str:
-        return self._generation
-
-    async def next_ready_at(self) -> datetime | None:
-        due = min((ready for ready, _ in self._live_due()), default=None)
-        lease = min((until for _, until in self._leases.values()), default=None)
-        return min((t for t in (due, lease) if t is not None), default=None)
+        return DueBatch(found, following, self._generation)
 
     async def claim(
-        self, decisions: Sequence[Decision], *, now: datetime, lease_until: datetime
+        self, decisions: Sequence[Decision], *, lease_until: datetime
     ) -> builtins.list[ClaimResult]:
         return [self._claim_one(d, _ms(lease_until)) for d in decisions]
 
@@ -160,6 +136,9 @@ class InMemoryScheduleStore:
             return ClaimResult(decision.task_id, ClaimStatus.GONE)
         if task.due_at != _ms(decision.expected_due_at):
             return ClaimResult(decision.task_id, ClaimStatus.RACED)
+        if decision.park_reason is not None:
+            self._park(decision.task_id, task, decision.park_reason)
+            return ClaimResult(decision.task_id, ClaimStatus.PARKED)
         run: Run | None = None
         status = ClaimStatus.ADVANCED
         if decision.run_at is not None and len(task.runs) >= decision.max_instances:
@@ -180,32 +159,19 @@ class InMemoryScheduleStore:
 
     async def reclaim_expired(
         self, *, now: datetime, lease_until: datetime, limit: int
-    ) -> builtins.list[Run]:
-        reissued: builtins.list[Run] = []
+    ) -> builtins.list[ClaimedRun]:
+        reissued: builtins.list[ClaimedRun] = []
         for fence, (task_id, until) in sorted(self._leases.items(), key=lambda kv: kv[1][1]):
             if until > now or len(reissued) >= limit:
                 break
             old = self._release(task_id, fence)
-            if old is not None:
-                reissued.append(
-                    self._new_run(task_id, old.occurrence_at, old.attempt + 1, _ms(lease_until))
-                )
+            task = self._tasks.get(task_id)
+            if old is not None and task is not None:
+                run = self._new_run(task_id, old.occurrence_at, old.attempt + 1, _ms(lease_until))
+                reissued.append(ClaimedRun(run, task.descriptor_json, task.trace_context))
         return reissued
 
     # -- runs --------------------------------------------------------------------------
-
-    async def start(self, run: Run, *, now: datetime, lease_until: datetime) -> StartedRun | None:
-        task = self._tasks.get(run.task_id)
-        if task is None or run.fence not in task.runs:
-            return None
-        self._leases[run.fence] = (run.task_id, _ms(lease_until))
-        task.last_run_at = _ms(now)
-        return StartedRun(task.runs[run.fence], task.descriptor_json)
-
-    async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
-        valid = [self._leases.get(run.fence, ("", None))[0] == run.task_id for run in runs]
-        self._started.update(run.fence for run, ok in zip(runs, valid, strict=True) if ok)
-        return valid
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
         valid = []
@@ -216,19 +182,7 @@ class InMemoryScheduleStore:
             valid.append(ok)
         return valid
 
-    async def finish(
-        self,
-        run: Run,
-        outcome: Outcome,
-        *,
-        now: datetime,
-        error: str | None = None,
-        end_task: bool = False,
-        started_at: datetime | None = None,
-    ) -> bool:
-        return self._finish(Finish(run, outcome, error, end_task, started_at))
-
-    async def finish_many(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
+    async def finish(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
         return [self._finish(finish) for finish in finishes]
 
     def _finish(self, finish: Finish) -> bool:
@@ -238,6 +192,9 @@ class InMemoryScheduleStore:
             return False
         if finish.started_at is not None:
             task.last_run_at = _ms(finish.started_at)
+        if finish.outcome is Outcome.PARKED:
+            self._park(run.task_id, task, finish.error or "parked")
+            return True
         task.last_outcome = finish.outcome
         task.last_error = finish.error
         task.count(finish.outcome)
@@ -247,6 +204,13 @@ class InMemoryScheduleStore:
         return True
 
     # -- internals ---------------------------------------------------------------------
+
+    def _park(self, task_id: str, task: _Task, reason: str) -> None:
+        task.parked_reason = reason
+        task.last_outcome = Outcome.PARKED
+        task.count(Outcome.PARKED)
+        for fence in list(task.runs):
+            self._release(task_id, fence)
 
     def _new_run(self, task_id: str, occurrence_at: datetime, attempt: int, until: datetime) -> Run:
         self._fence += 1
@@ -262,7 +226,6 @@ class InMemoryScheduleStore:
 
     def _release(self, task_id: str, fence: int) -> Run | None:
         self._leases.pop(fence, None)
-        self._started.discard(fence)
         task = self._tasks.get(task_id)
         return None if task is None else task.runs.pop(fence, None)
 
@@ -272,7 +235,6 @@ class InMemoryScheduleStore:
             return False
         for fence in task.runs:
             self._leases.pop(fence, None)
-            self._started.discard(fence)
         return True
 
     def _live_due(self) -> builtins.list[tuple[datetime, str]]:

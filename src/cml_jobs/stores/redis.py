@@ -12,8 +12,7 @@ Every mutating method is one Lua script (EVALSHA), so it is atomic across proces
 #                         running      runs handed out and not finished (absent: 0)
 #                         last_run_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
-#                         r:{fence}    "{occurrence ms}|{attempt}", one field per live run
-#                         s:{fence}    "1" once the run is confirmed (its job started)
+#                         r:{fence}    "{occurrence ms}|{attempt}", one field per run under way
 #                         trace        W3C traceparent of the scheduling span; absent if none
 #   {p}due        ZSET    task id -> ready time (ms); only tasks that can be claimed
 #   {p}runs       ZSET    "{fence:016d}|{task id}" -> lease expiry (ms); the zero padding
@@ -31,17 +30,20 @@ from __future__ import annotations
 import builtins
 import contextlib
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cml_jobs.exceptions import StoreUnavailableError, TaskExistsError
 from cml_jobs.stores._base import (
+    ClaimedRun,
     ClaimResult,
     ClaimStatus,
     Decision,
@@ -51,27 +53,27 @@ from cml_jobs.stores._base import (
     NewTask,
     Outcome,
     Run,
-    StartedRun,
     TaskState,
 )
+from cml_jobs.stores._redis_connection import redis_client
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
-    CONFIRM,
     EXTEND,
     FINISH,
-    GENERATION,
     GET,
     LIB,
-    PARK,
     POLL,
     RECLAIM,
     REMOVE,
     SET_PAUSED,
-    START,
 )
 
-__all__ = ["RedisScheduleStore"]
+__all__ = ["RedisScheduleStore", "open_redis_store"]
+
+# An app's calls fail after this many retries with StoreUnavailableError, unlike a
+# worker's, which wait for Redis for as long as it takes.
+_APP_RETRIES = 3
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
@@ -149,11 +151,6 @@ def _state(task_id: str, fields: Mapping[str, str]) -> TaskState:
     )
 
 
-def _run(task_id: str, fence: object, value: object) -> Run:
-    occurrence, attempt = _text(value).split("|")
-    return Run(task_id, int(_text(fence)), _at(occurrence), int(attempt))
-
-
 def _fence_pairs(runs: Sequence[Run]) -> list[str]:
     """The script arguments naming runs: task id, fence, task id, fence..."""
     return [arg for run in runs for arg in (run.task_id, str(run.fence))]
@@ -168,6 +165,7 @@ def _decision_args(d: Decision) -> list[str]:
         _opt_ms(d.next_ready_at),
         str(d.max_instances),
         str(d.missed),
+        d.park_reason or "",
     ]
 
 
@@ -180,6 +178,17 @@ def _finish_args(finish: Finish) -> list[str]:
         *error_args,
         "1" if finish.end_task else "0",
         _opt_ms(finish.started_at),
+    ]
+
+
+def _reissued(flat: Sequence[Any]) -> list[ClaimedRun]:
+    return [
+        ClaimedRun(
+            Run(_text(flat[i]), int(flat[i + 1]), _at(flat[i + 2]), int(flat[i + 3])),
+            _text(flat[i + 4]),
+            _text(flat[i + 5]) or None,
+        )
+        for i in range(0, len(flat), 6)
     ]
 
 
@@ -216,16 +225,17 @@ class RedisScheduleStore:
         self._add = script(LIB + ADD)
         self._remove = script(LIB + REMOVE)
         self._set_paused = script(LIB + SET_PAUSED)
-        self._park = script(LIB + PARK)
-        self._poll = script(POLL)
+        self._poll = script(LIB + POLL)
         self._get = script(GET)
         self._claim = script(LIB + CLAIM)
         self._reclaim = script(LIB + RECLAIM)
-        self._start = script(LIB + START)
         self._extend = script(LIB + EXTEND)
-        self._generation = script(GENERATION)
-        self._confirm = script(CONFIRM)
         self._finish = script(LIB + FINISH)
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The Redis client the store talks through."""
+        return self._redis
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
         if "|" in task.task_id:
@@ -260,12 +270,13 @@ class RedisScheduleStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hgetall(key)
-                found = await pipe.execute()
+                # A key that is not a hash (written by something else) is not a task.
+                found = await pipe.execute(raise_on_error=False)
         start = len(self._task_prefix)
         states = [
             _state(key[start:], {_text(k): _text(v) for k, v in fields.items()})
             for key, fields in zip(keys, found, strict=True)
-            if fields
+            if isinstance(fields, dict) and fields
         ]
         return sorted(states, key=lambda state: state.task_id)
 
@@ -276,30 +287,15 @@ class RedisScheduleStore:
         done = await self._call(self._set_paused, task_id, flag, _opt_ms(due_at), _opt_ms(ready_at))
         return bool(done)
 
-    async def park(self, task_id: str, reason: str) -> bool:
-        return bool(await self._call(self._park, task_id, reason))
-
-    async def due(self, now: datetime, limit: int) -> builtins.list[DueTask]:
-        return [] if limit <= 0 else (await self.poll(now, limit)).tasks
-
     async def poll(self, now: datetime, limit: int) -> DueBatch:
-        if limit <= 0:
-            return DueBatch([], await self.next_ready_at())
-        flat, following = await self._call(self._poll, _ms(now), str(limit))
-        return DueBatch(_due_tasks(flat), None if following is None else _at(following))
-
-    async def next_ready_at(self) -> datetime | None:
-        due, runs, *_ = self._keys
-        with self._translated():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrange(due, 0, 0, withscores=True)
-                pipe.zrange(runs, 0, 0, withscores=True)
-                firsts = await pipe.execute()
-        scores = [int(first[0][1]) for first in firsts if first]
-        return _at(min(scores)) if scores else None
+        flat, following, generation = await self._call(
+            self._poll, _ms(now), str(max(limit, 0)), uuid.uuid4().hex
+        )
+        following_at = None if following is None else _at(following)
+        return DueBatch(_due_tasks(flat), following_at, _text(generation))
 
     async def claim(
-        self, decisions: Sequence[Decision], *, now: datetime, lease_until: datetime
+        self, decisions: Sequence[Decision], *, lease_until: datetime
     ) -> builtins.list[ClaimResult]:
         if not decisions:
             return []
@@ -309,28 +305,11 @@ class RedisScheduleStore:
 
     async def reclaim_expired(
         self, *, now: datetime, lease_until: datetime, limit: int
-    ) -> builtins.list[Run]:
+    ) -> builtins.list[ClaimedRun]:
         if limit <= 0:
             return []
         flat = await self._call(self._reclaim, _ms(now), _ms(lease_until), str(limit))
-        return [
-            Run(_text(flat[i]), int(flat[i + 1]), _at(flat[i + 2]), int(flat[i + 3]))
-            for i in range(0, len(flat), 4)
-        ]
-
-    async def start(self, run: Run, *, now: datetime, lease_until: datetime) -> StartedRun | None:
-        found = await self._call(
-            self._start, run.task_id, str(run.fence), _ms(now), _ms(lease_until)
-        )
-        if found is None:
-            return None
-        descriptor, value = found
-        return StartedRun(_run(run.task_id, run.fence, value), _text(descriptor))
-
-    async def confirm(self, runs: Sequence[Run]) -> builtins.list[bool]:
-        if not runs:
-            return []
-        return [bool(ok) for ok in await self._call(self._confirm, *_fence_pairs(runs))]
+        return _reissued(flat)
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
         if not runs:
@@ -338,27 +317,11 @@ class RedisScheduleStore:
         pairs = _fence_pairs(runs)
         return [bool(ok) for ok in await self._call(self._extend, _ms(lease_until), *pairs)]
 
-    async def finish(
-        self,
-        run: Run,
-        outcome: Outcome,
-        *,
-        now: datetime,
-        error: str | None = None,
-        end_task: bool = False,
-        started_at: datetime | None = None,
-    ) -> bool:
-        [done] = await self.finish_many([Finish(run, outcome, error, end_task, started_at)])
-        return done
-
-    async def finish_many(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
+    async def finish(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
         if not finishes:
             return []
         args = [arg for finish in finishes for arg in _finish_args(finish)]
         return [bool(done) for done in await self._call(self._finish, *args)]
-
-    async def generation(self) -> str:
-        return _text(await self._call(self._generation, uuid.uuid4().hex))
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
         with self._translated():
@@ -380,3 +343,29 @@ class RedisScheduleStore:
         if "path" in kwargs:
             return repr(kwargs["path"])
         return repr(f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
+
+
+@contextlib.asynccontextmanager
+async def open_redis_store(
+    url: str, *, prefix: str = "cml:", patient: bool = False
+) -> AsyncIterator[RedisScheduleStore]:
+    """A ``RedisScheduleStore`` on a client of its own for ``url``, closed at exit.
+
+    Args:
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+        prefix: the store's key prefix.
+        patient: wait for Redis for as long as it takes (a worker's heartbeat); otherwise
+            calls fail with ``StoreUnavailableError`` after a few retries (an app).
+
+    Raises:
+        StoreUnavailableError: Redis cannot be reached (not patient).
+    """
+    options = {} if patient else {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), _APP_RETRIES)}
+    client = redis_client(url, patient=True, **options)
+    store = RedisScheduleStore(client, prefix=prefix)
+    try:
+        with store._translated():
+            await client.ping()
+        yield store
+    finally:
+        await client.aclose()

@@ -6,13 +6,15 @@ variables; ``worker_settings(...)`` builds the same settings class in code.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from contextlib import AsyncExitStack
 from typing import Any
 
 from cml_jobs._config import Settings
-from cml_jobs._runtime import Runtime
+from cml_jobs._events import EventHub
+from cml_jobs._runtime import Engine, open_runtime
 from cml_jobs._timing import Clock, SystemClock
 from cml_jobs.exceptions import ConfigurationError
 from cml_jobs.worker._arq import (
@@ -24,11 +26,8 @@ from cml_jobs.worker._arq import (
     redis_settings,
     run_function,
 )
-from cml_jobs.worker._embedded import EmbeddedWorker
-from cml_jobs.worker._heartbeat import HeartbeatThread
-from cml_jobs.worker._stream import EventStream, StreamEntry, publish_events
 
-__all__ = ["ArqSink", "EmbeddedWorker", "EventStream", "StreamEntry", "worker_settings"]
+__all__ = ["EventStream", "StreamEntry", "worker_settings"]
 
 logger = logging.getLogger("cml_jobs.worker")
 
@@ -101,44 +100,46 @@ def _normalised(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Lifecycle:
-    """arq's on_startup / on_shutdown for a worker process."""
+    """arq's on_startup / on_shutdown for a worker process: the same runtime and engine
+    as an app's ``run_worker``, entered at start-up and left at shut-down."""
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
 
     async def startup(self, ctx: WorkerContext) -> None:
-        from cml_jobs.stores.redis import RedisScheduleStore
+        from cml_jobs.stores.redis import RedisScheduleStore, open_redis_store, publish_events
 
-        pool = ctx["redis"]
-        store = RedisScheduleStore(pool, prefix=self.settings.key_prefix)
-        runtime = Runtime(self.settings, store=store, clock=self.clock)
-        await runtime.open()
-        runtime.make_dispatcher(ArqSink(pool, self.settings.queue_name, self.settings.batch_size))
-        ctx["cml_jobs_exit"] = exit_stack = AsyncExitStack()
-        await publish_events(runtime.hub, pool, self.settings.key_prefix, exit_stack)
-        runtime.start_loops(heartbeat=False)
-        assert runtime.executor is not None
-        heartbeat = HeartbeatThread(
-            runtime.executor,
-            redis_url=self.settings.redis_url,
-            prefix=self.settings.key_prefix,
-            lease=self.settings.lease,
+        settings, pool = self.settings, ctx["redis"]
+        ctx["cml_jobs_exit"] = stack = AsyncExitStack()
+        hub = EventHub()
+        await publish_events(hub, pool, settings.key_prefix, stack)
+        store = RedisScheduleStore(pool, prefix=settings.key_prefix)
+        runtime = await stack.enter_async_context(
+            open_runtime(settings, store=store, clock=self.clock, hub=hub)
         )
-        heartbeat.start()
-        exit_stack.callback(heartbeat.stop)
-        ctx["cml_jobs"] = runtime
-        logger.info("cml-jobs worker started on queue %r", self.settings.queue_name)
+        opener = functools.partial(
+            open_redis_store, settings.redis_url, prefix=settings.key_prefix, patient=True
+        )
+        queue = ArqSink(runtime, pool) if settings.dispatch == "queue" else None
+        engine = Engine(runtime, queue=queue, open_store=opener)
+        ctx["cml_jobs"] = await stack.enter_async_context(engine)
+        logger.info("cml-jobs worker started on queue %r", settings.queue_name)
 
     async def shutdown(self, ctx: WorkerContext) -> None:
-        runtime = ctx.get("cml_jobs")
-        if runtime is None:
-            return
-        await runtime.stop_dispatching()
-        await runtime.drain()
-        await runtime.stop_loops()
-        if "cml_jobs_exit" in ctx:
-            # The heartbeat stops, and the last events reach the stream.
-            await ctx["cml_jobs_exit"].aclose()
-        await runtime.close()
-        logger.info("cml-jobs worker stopped")
+        stack = ctx.get("cml_jobs_exit")
+        if stack is not None:
+            # Claims stop, running jobs drain, the heartbeat stops, resources close and
+            # the last events reach the stream, in that order.
+            await stack.aclose()
+            logger.info("cml-jobs worker stopped")
+
+
+def __getattr__(name: str) -> object:
+    # The event stream lives beside the Redis store now (cml_jobs.events); these names
+    # stay importable from here for code written against cml-jobs 0.1.
+    if name in ("EventStream", "StreamEntry"):
+        from cml_jobs import events
+
+        return getattr(events, name)
+    raise AttributeError(f"module 'cml_jobs.worker' has no attribute {name!r}")

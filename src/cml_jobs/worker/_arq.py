@@ -1,41 +1,35 @@
-"""Everything cml-jobs asks of arq: the run function, the queue sink, the worker settings.
+"""The arq host adapter: what cml-jobs asks of arq, in one place.
 
-Runs travel as arq jobs of one function, ``cml_jobs.run``, whose only argument is a small
-JSON payload (task id, fence, occurrence, attempt, job name); the arq job id is derived
-from the task, the occurrence and the fence, so submitting a run twice queues it once.
-Payloads and results are JSON: nothing is unpickled.
+arq hosts the worker process (``arq cml_jobs.WorkerSettings``: its CLI, signals, health
+key, start-up and shut-down hooks); the dispatcher, not arq's queue, decides when a run
+starts. With ``dispatch="queue"`` the dispatcher hands its runs to the arq queue instead
+of running them itself: each travels as an arq job of one function, ``cml_jobs.run``,
+whose argument is a small JSON payload (the run, its trace context and its descriptor as
+stored). Payloads and results are JSON: nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
 from datetime import timedelta
-from typing import Any, TypedDict, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
-from uuid import uuid4
+from typing import Any, TypedDict
 
-import arq.worker
 from arq import func
 from arq.connections import ArqRedis, RedisSettings
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cml_jobs._descriptors import TaskDescriptor
-from cml_jobs._execution import Handoff
-from cml_jobs._runtime import Runtime
+from cml_jobs._execution import Assignment
+from cml_jobs._runtime import Engine, Runtime
 from cml_jobs._timing import from_ms, to_ms
-from cml_jobs.exceptions import ConfigurationError
-from cml_jobs.stores._base import Run
+from cml_jobs.exceptions import InvalidDescriptorError
+from cml_jobs.stores import Finish, Outcome, Run
+from cml_jobs.stores.redis import connection_options, retry_options
 
 __all__ = [
+    "ARQ_JOB_TIMEOUT",
     "FUNCTION_NAME",
     "ArqSink",
     "SafeRedisSettings",
@@ -44,24 +38,23 @@ __all__ = [
     "loads",
     "redis_settings",
     "run_function",
-    "tls_options",
 ]
 
 logger = logging.getLogger("cml_jobs.worker")
 
 FUNCTION_NAME = "cml_jobs.run"
-# A run handed on by a worker that lacks its job class waits this long before another
-# worker picks it up, so that a cluster of old workers does not spin on it.
-_HANDOFF_DELAY = timedelta(seconds=1)
 # arq's own timeout must never cut a run short: runs have their own per-task timeout.
 ARQ_JOB_TIMEOUT = timedelta(days=1)
+# A queued run taken by a worker that lacks its job class goes back on the queue for
+# this long, so that a cluster of old workers does not spin on it.
+_HANDOFF_DELAY = timedelta(seconds=1)
 
 
 class WorkerContext(TypedDict, total=False):
     """The part of arq's ``ctx`` that cml-jobs uses."""
 
-    cml_jobs: Runtime
-    cml_jobs_exit: AsyncExitStack  # stops the heartbeat thread and the event publisher
+    cml_jobs: Engine
+    cml_jobs_exit: AsyncExitStack  # stops the engine, the runtime and the event publisher
     redis: ArqRedis
     job_id: str
 
@@ -71,8 +64,8 @@ class _Payload(TypedDict):
     f: int  # fence
     o: int  # occurrence, epoch ms
     a: int  # attempt
-    j: str | None  # job name, when the dispatcher knew it
     c: str | None  # W3C traceparent of the span that scheduled the task
+    d: str  # the descriptor, as stored
 
 
 def dumps(value: Any) -> bytes:
@@ -85,67 +78,81 @@ def loads(raw: bytes) -> Any:
     return json.loads(raw)
 
 
-def arq_job_id(run: Run) -> str:
-    """The arq job id of a run: the same run always maps to the same id."""
-    return f"cml:{run.task_id}:{to_ms(run.occurrence_at)}:{run.fence}"
-
-
 class ArqSink:
-    """Submits runs to the arq queue, for any worker to take.
+    """Hands claimed runs to the arq queue, for any worker to take (``dispatch="queue"``).
 
     Args:
+        runtime: this worker's runtime (its codec writes the descriptors).
         pool: the arq Redis pool.
-        queue_name: the arq queue.
-        room: the most runs taken per dispatcher tick.
     """
 
-    def __init__(self, pool: ArqRedis, queue_name: str, room: int = 500) -> None:
+    def __init__(self, runtime: Runtime, pool: ArqRedis) -> None:
+        self.runtime = runtime
         self.pool = pool
-        self.queue_name = queue_name
-        self._room = room
 
     def room(self) -> int:
         """The queue takes a full batch every tick."""
-        return self._room
+        return self.runtime.settings.batch_size
 
-    async def submit(self, runs: Sequence[Run], descriptors: Mapping[str, TaskDescriptor]) -> None:
-        """Enqueue one arq job per run (a run already queued is not queued again)."""
-        for run in runs:
-            descriptor = descriptors.get(run.task_id)
-            name = descriptor.name if descriptor is not None else None
-            await self._enqueue(_payload(run, name), arq_job_id(run))
+    async def submit(self, assignments: Sequence[Assignment]) -> None:
+        """Enqueue one arq job per run; the same run always has the same arq job id."""
+        codec = self.runtime.codec
+        for assignment in assignments:
+            run = assignment.run
+            payload: _Payload = {
+                "t": run.task_id,
+                "f": run.fence,
+                "o": to_ms(run.occurrence_at),
+                "a": run.attempt,
+                "c": assignment.trace_context,
+                "d": codec.encode(assignment.descriptor),
+            }
+            await self._enqueue(payload, f"cml:{run.task_id}:{payload['o']}:{run.fence}")
 
-    async def _enqueue(
-        self, payload: _Payload, job_id: str, defer: timedelta | None = None
-    ) -> None:
+    async def _enqueue(self, payload: _Payload, job_id: str, defer: timedelta | None = None) -> None:
+        queue = self.runtime.settings.queue_name
         await self.pool.enqueue_job(
-            FUNCTION_NAME,
-            payload,
-            _job_id=job_id,
-            _queue_name=self.queue_name,
-            _defer_by=defer,
+            FUNCTION_NAME, payload, _job_id=job_id, _queue_name=queue, _defer_by=defer
         )
 
 
-def _payload(run: Run, job_name: str | None) -> _Payload:
-    return {
-        "t": run.task_id,
-        "f": run.fence,
-        "o": to_ms(run.occurrence_at),
-        "a": run.attempt,
-        "j": job_name,
-        "c": run.trace_context,
-    }
-
-
 async def _run(ctx: WorkerContext, payload: _Payload) -> None:
-    """The arq function: execute one run in this worker's runtime."""
-    runtime = ctx["cml_jobs"]
-    assert runtime.executor is not None
-    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"], payload.get("c"))
-    if await runtime.executor.execute(run, payload.get("j")) is Handoff.ELSEWHERE:
-        sink = ArqSink(ctx["redis"], runtime.settings.queue_name)
-        await sink._enqueue(payload, f"{arq_job_id(run)}:{uuid4().hex[:8]}", _HANDOFF_DELAY)
+    """The arq function: execute one queued run in this worker, if it is still valid."""
+    engine = ctx["cml_jobs"]
+    runtime = engine.runtime
+    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"])
+    try:
+        descriptor = runtime.codec.decode(payload["d"])
+    except InvalidDescriptorError as exc:
+        await runtime.store.finish([Finish(run, Outcome.PARKED, f"queued run is invalid: {exc}")])
+        return
+    lease_until = runtime.clock.now() + runtime.settings.lease
+    [valid] = await runtime.store.extend([run], lease_until=lease_until)
+    if not valid:  # cancelled, or re-issued after a lost lease, while it was queued
+        logger.info("queued run of task %r is no longer valid; skipped", run.task_id)
+    elif descriptor.name in runtime.registry:
+        await engine.executor.execute(Assignment(run, descriptor, payload["c"]))
+    else:
+        await _hand_on(ctx, run, payload, descriptor.name)
+
+
+async def _hand_on(ctx: WorkerContext, run: Run, payload: _Payload, job_name: str) -> None:
+    """This worker lacks the job (a rolling deploy): put the run back on the queue for a
+    worker that has it, or park the task once no worker has run it for the grace."""
+    runtime = ctx["cml_jobs"].runtime
+    waited = runtime.clock.now() - run.occurrence_at
+    if waited > runtime.settings.unknown_job_grace:
+        reason = (
+            f"no worker has run job {job_name!r} for {waited.total_seconds():.0f} s; "
+            "deploy a worker whose modules include it, then reschedule the task"
+        )
+        await runtime.store.finish([Finish(run, Outcome.PARKED, reason)])
+        return
+    logger.info(
+        "job %r of task %r is not registered in this worker; handing it on", job_name, run.task_id
+    )
+    job_id = f"{ctx.get('job_id', 'cml')}:h{to_ms(runtime.clock.now())}"
+    await ArqSink(runtime, ctx["redis"])._enqueue(payload, job_id, _HANDOFF_DELAY)
 
 
 run_function = func(
@@ -155,28 +162,6 @@ run_function = func(
     keep_result=0,
     max_tries=1,
 )
-
-
-T = TypeVar("T")
-
-
-class PatientRetry(Retry):
-    """Retries forever with backoff, and says so in the log (at most every 10 s), so that an
-    operator sees a worker waiting for Redis instead of a silent one."""
-
-    _last_warning = 0.0
-
-    async def call_with_retry(
-        self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]
-    ) -> T:
-        async def noted(error: RedisError) -> None:
-            now = time.monotonic()
-            if now - PatientRetry._last_warning >= 10:
-                PatientRetry._last_warning = now
-                logger.warning("Redis is unavailable (%s); retrying until it is back", error)
-            await fail(error)
-
-        return await super().call_with_retry(do, noted)
 
 
 class SafeRedisSettings(RedisSettings):
@@ -192,25 +177,15 @@ class SafeRedisSettings(RedisSettings):
     __str__ = __repr__
 
 
-# The TLS options a ``rediss://`` URL may carry in its query, as redis-py's from_url reads
-# them too: ``rediss://host:6380/0?ssl_ca_certs=/etc/ssl/redis-ca.pem``.
-_TLS_QUERY = ("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-_CERT_REQS = ("none", "optional", "required")
-_FALSE = ("0", "f", "false", "n", "no")  # redis-py's to_bool
-
-
 def redis_settings(url: str) -> RedisSettings:
     """arq settings for ``url`` that never give up on Redis and never show its password.
 
     A worker started before Redis is up keeps trying to connect, and a command that
     fails because Redis went away is retried with backoff until it is back: a worker does
-    not exit because of Redis.
-
-    With ``rediss://`` the server's certificate is verified and so is its hostname (arq
-    leaves hostname checks off by default); the URL's query can relax that or name the
-    CA and a client certificate: ``ssl_cert_reqs`` (``required``, ``optional``, ``none``),
-    ``ssl_check_hostname`` (``true``/``false``), ``ssl_ca_certs``, ``ssl_certfile``,
-    ``ssl_keyfile``. A percent-encoded user name or password is decoded (arq does not).
+    not exit because of Redis. The user name, password and TLS settings are read from
+    the URL as for every cml-jobs connection (``cml_jobs.stores.redis.connection_options``:
+    percent-decoded credentials, which arq does not decode, and hostnames verified with
+    ``rediss://``, which arq does not do by default).
 
     Raises:
         ConfigurationError: a TLS option on a ``redis://`` URL, or a TLS option's value
@@ -218,63 +193,9 @@ def redis_settings(url: str) -> RedisSettings:
     """
     parsed = RedisSettings.from_dsn(url)
     settings = SafeRedisSettings(**{f.name: getattr(parsed, f.name) for f in fields(parsed)})
-    parts = urlsplit(url)
-    settings.username = unquote(parts.username) if parts.username else None
-    settings.password = unquote(parts.password) if parts.password else None
-    for name, value in _tls(parts.scheme, parts.query).items():
+    options = {**connection_options(url), **retry_options(patient=True)}
+    for name, value in options.items():
         setattr(settings, name, value)
     settings.conn_retries = 1_000_000_000
     settings.conn_retry_delay = 1
-    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
-    settings.retry = PatientRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
     return settings
-
-
-def tls_options(url: str) -> dict[str, Any]:
-    """Keyword arguments for ``redis.asyncio.Redis.from_url(url, **tls_options(url))`` that
-    give a plain redis-py client the TLS defaults of ``redis_settings``: hostnames verified
-    unless the URL's query says otherwise (redis-py, like arq, leaves them unchecked)."""
-    parts = urlsplit(url)
-    options = _tls(parts.scheme, parts.query)
-    return {
-        name: options[name] for name in ("ssl_cert_reqs", "ssl_check_hostname") if name in options
-    }
-
-
-def _tls(scheme: str, query: str) -> dict[str, Any]:
-    """The TLS settings a URL's scheme and query ask for (none for ``redis://``)."""
-    given = {name: values[-1] for name, values in parse_qs(query).items() if name in _TLS_QUERY}
-    if scheme != "rediss":
-        if given:
-            raise ConfigurationError(
-                f"the Redis URL sets {sorted(given)!r} but its scheme is {scheme}://; "
-                "use rediss:// for TLS"
-            )
-        return {}
-    cert_reqs = given.pop("ssl_cert_reqs", "required").lower()
-    if cert_reqs not in _CERT_REQS:
-        raise ConfigurationError(
-            f"ssl_cert_reqs={cert_reqs!r} in the Redis URL is not valid; use one of {_CERT_REQS!r}"
-        )
-    check = given.pop("ssl_check_hostname", None)
-    check_hostname = cert_reqs != "none" if check is None else check.lower() not in _FALSE
-    if check_hostname and cert_reqs == "none":
-        raise ConfigurationError(
-            "ssl_check_hostname=true in the Redis URL needs a verified certificate; "
-            "drop ssl_cert_reqs=none"
-        )
-    return {"ssl_cert_reqs": cert_reqs, "ssl_check_hostname": check_hostname, **given}
-
-
-_original_log_redis_info = arq.worker.log_redis_info  # type: ignore[attr-defined]
-
-
-async def _log_redis_info(redis: Any, log_func: Any) -> None:
-    """arq logs INFO at start; fakeredis and least-privilege ACL users cannot run it."""
-    try:
-        await _original_log_redis_info(redis, log_func)
-    except ResponseError as exc:
-        logger.debug("Redis INFO not available (%s); not logged", exc)
-
-
-arq.worker.log_redis_info = _log_redis_info  # type: ignore[attr-defined]

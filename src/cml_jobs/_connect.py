@@ -1,0 +1,32 @@
+"""Connecting a process to the store that ``redis_url`` names."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cml_jobs._config import Settings
+from cml_jobs.stores._base import ScheduleStore
+from cml_jobs.stores.memory import InMemoryScheduleStore
+
+__all__ = ["open_store"]
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    settings: Settings, given: ScheduleStore | None = None
+) -> AsyncIterator[tuple[ScheduleStore, Any]]:
+    """The store ``settings.redis_url`` names (``given`` instead, if any) and the Redis
+    client behind it (None in the embedded mode), open until exit.
+
+    Raises:
+        StoreUnavailableError: Redis cannot be reached.
+    """
+    if settings.embedded:
+        yield given or InMemoryScheduleStore(), None
+        return
+    from cml_jobs.stores.redis import open_redis_store
+
+    async with open_redis_store(settings.redis_url, prefix=settings.key_prefix) as store:
+        yield given or store, store.client

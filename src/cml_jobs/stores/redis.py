@@ -1,6 +1,10 @@
 """The Redis store: tasks and runs shared by every process that talks to one Redis.
 
 Every mutating method is one Lua script (EVALSHA), so it is atomic across processes.
+
+Beside the store, this module is the Redis side's public face for the rest of cml-jobs
+(the worker imports nothing private from ``cml_jobs.stores``): ``redis_client`` and the
+options it is built from, so every connection reads a URL the same way.
 """
 
 # Key layout (p = the prefix, "cml:" by default):
@@ -54,6 +58,12 @@ from cml_jobs.stores._base import (
     StartedRun,
     TaskState,
 )
+from cml_jobs.stores._redis_connection import (
+    connection_options,
+    redis_client,
+    retry_options,
+    tls_options,
+)
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
@@ -71,7 +81,13 @@ from cml_jobs.stores._redis_scripts import (
     START,
 )
 
-__all__ = ["RedisScheduleStore"]
+__all__ = [
+    "RedisScheduleStore",
+    "connection_options",
+    "redis_client",
+    "retry_options",
+    "tls_options",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)

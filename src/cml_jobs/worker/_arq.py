@@ -10,30 +10,24 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
 from datetime import timedelta
-from typing import Any, TypedDict, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, TypedDict
 from uuid import uuid4
 
 import arq.worker
 from arq import func
 from arq.connections import ArqRedis, RedisSettings
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._execution import Handoff
 from cml_jobs._runtime import Runtime
 from cml_jobs._timing import from_ms, to_ms
-from cml_jobs.exceptions import ConfigurationError
-from cml_jobs.stores._base import Run
+from cml_jobs.stores import Run
+from cml_jobs.stores.redis import connection_options, retry_options
 
 __all__ = [
     "FUNCTION_NAME",
@@ -44,7 +38,6 @@ __all__ = [
     "loads",
     "redis_settings",
     "run_function",
-    "tls_options",
 ]
 
 logger = logging.getLogger("cml_jobs.worker")
@@ -157,28 +150,6 @@ run_function = func(
 )
 
 
-T = TypeVar("T")
-
-
-class PatientRetry(Retry):
-    """Retries forever with backoff, and says so in the log (at most every 10 s), so that an
-    operator sees a worker waiting for Redis instead of a silent one."""
-
-    _last_warning = 0.0
-
-    async def call_with_retry(
-        self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]
-    ) -> T:
-        async def noted(error: RedisError) -> None:
-            now = time.monotonic()
-            if now - PatientRetry._last_warning >= 10:
-                PatientRetry._last_warning = now
-                logger.warning("Redis is unavailable (%s); retrying until it is back", error)
-            await fail(error)
-
-        return await super().call_with_retry(do, noted)
-
-
 class SafeRedisSettings(RedisSettings):
     """arq's ``RedisSettings`` whose repr never shows the password (arq's own repr does)."""
 
@@ -192,25 +163,15 @@ class SafeRedisSettings(RedisSettings):
     __str__ = __repr__
 
 
-# The TLS options a ``rediss://`` URL may carry in its query, as redis-py's from_url reads
-# them too: ``rediss://host:6380/0?ssl_ca_certs=/etc/ssl/redis-ca.pem``.
-_TLS_QUERY = ("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-_CERT_REQS = ("none", "optional", "required")
-_FALSE = ("0", "f", "false", "n", "no")  # redis-py's to_bool
-
-
 def redis_settings(url: str) -> RedisSettings:
     """arq settings for ``url`` that never give up on Redis and never show its password.
 
     A worker started before Redis is up keeps trying to connect, and a command that
     fails because Redis went away is retried with backoff until it is back: a worker does
-    not exit because of Redis.
-
-    With ``rediss://`` the server's certificate is verified and so is its hostname (arq
-    leaves hostname checks off by default); the URL's query can relax that or name the
-    CA and a client certificate: ``ssl_cert_reqs`` (``required``, ``optional``, ``none``),
-    ``ssl_check_hostname`` (``true``/``false``), ``ssl_ca_certs``, ``ssl_certfile``,
-    ``ssl_keyfile``. A percent-encoded user name or password is decoded (arq does not).
+    not exit because of Redis. The user name, password and TLS settings are read from
+    the URL as for every cml-jobs connection (``cml_jobs.stores.redis.connection_options``:
+    percent-decoded credentials, which arq does not decode, and hostnames verified with
+    ``rediss://``, which arq does not do by default).
 
     Raises:
         ConfigurationError: a TLS option on a ``redis://`` URL, or a TLS option's value
@@ -218,52 +179,12 @@ def redis_settings(url: str) -> RedisSettings:
     """
     parsed = RedisSettings.from_dsn(url)
     settings = SafeRedisSettings(**{f.name: getattr(parsed, f.name) for f in fields(parsed)})
-    parts = urlsplit(url)
-    settings.username = unquote(parts.username) if parts.username else None
-    settings.password = unquote(parts.password) if parts.password else None
-    for name, value in _tls(parts.scheme, parts.query).items():
+    options = {**connection_options(url), **retry_options(patient=True)}
+    for name, value in options.items():
         setattr(settings, name, value)
     settings.conn_retries = 1_000_000_000
     settings.conn_retry_delay = 1
-    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
-    settings.retry = PatientRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
     return settings
-
-
-def tls_options(url: str) -> dict[str, Any]:
-    """Keyword arguments for ``redis.asyncio.Redis.from_url(url, **tls_options(url))`` that
-    give a plain redis-py client the TLS defaults of ``redis_settings``: hostnames verified
-    unless the URL's query says otherwise (redis-py, like arq, leaves them unchecked)."""
-    parts = urlsplit(url)
-    options = _tls(parts.scheme, parts.query)
-    return {
-        name: options[name] for name in ("ssl_cert_reqs", "ssl_check_hostname") if name in options
-    }
-
-
-def _tls(scheme: str, query: str) -> dict[str, Any]:
-    """The TLS settings a URL's scheme and query ask for (none for ``redis://``)."""
-    given = {name: values[-1] for name, values in parse_qs(query).items() if name in _TLS_QUERY}
-    if scheme != "rediss":
-        if given:
-            raise ConfigurationError(
-                f"the Redis URL sets {sorted(given)!r} but its scheme is {scheme}://; "
-                "use rediss:// for TLS"
-            )
-        return {}
-    cert_reqs = given.pop("ssl_cert_reqs", "required").lower()
-    if cert_reqs not in _CERT_REQS:
-        raise ConfigurationError(
-            f"ssl_cert_reqs={cert_reqs!r} in the Redis URL is not valid; use one of {_CERT_REQS!r}"
-        )
-    check = given.pop("ssl_check_hostname", None)
-    check_hostname = cert_reqs != "none" if check is None else check.lower() not in _FALSE
-    if check_hostname and cert_reqs == "none":
-        raise ConfigurationError(
-            "ssl_check_hostname=true in the Redis URL needs a verified certificate; "
-            "drop ssl_cert_reqs=none"
-        )
-    return {"ssl_cert_reqs": cert_reqs, "ssl_check_hostname": check_hostname, **given}
 
 
 _original_log_redis_info = arq.worker.log_redis_info  # type: ignore[attr-defined]

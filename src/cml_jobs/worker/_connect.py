@@ -14,8 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cml_jobs._config import Settings
 from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
-from cml_jobs.stores._base import ScheduleStore
-from cml_jobs.stores.memory import InMemoryScheduleStore
+from cml_jobs.stores import InMemoryScheduleStore, ScheduleStore
 from cml_jobs.worker._arq import dumps, loads, redis_settings
 
 __all__ = ["connect"]

@@ -14,15 +14,9 @@ import logging
 import threading
 from datetime import timedelta
 
-import redis.asyncio
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from cml_jobs._execution import Executor
-from cml_jobs.stores._base import Run
-from cml_jobs.stores.redis import RedisScheduleStore
-from cml_jobs.worker._arq import PatientRetry, tls_options
+from cml_jobs.stores import Run
+from cml_jobs.stores.redis import RedisScheduleStore, redis_client
 
 __all__ = ["HeartbeatThread"]
 
@@ -63,12 +57,7 @@ class HeartbeatThread:
         asyncio.run(self._beat())
 
     async def _beat(self) -> None:
-        client = redis.asyncio.Redis.from_url(
-            self.redis_url,
-            **tls_options(self.redis_url),
-            retry=PatientRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
-        )
+        client = redis_client(self.redis_url, patient=True)
         store = RedisScheduleStore(client, prefix=self.prefix)
         try:
             while not self._stop.is_set():

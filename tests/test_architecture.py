@@ -87,6 +87,7 @@ BOUNDARIES: dict[str, Callable[[str], bool]] = {
     # own Redis repository are its edges.
     "redis": lambda path: (
         _is("cml_jobs/stores/redis.py")(path)
+        or _under("cml_jobs/stores/_redis_")(path)
         or _under("cml_jobs/worker/")(path)
         or _is("cml_jobs/monitoring/_repository.py")(path)
     ),

@@ -35,8 +35,8 @@ from cml_jobs import (
 )
 from cml_jobs._timing import to_ms
 from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
-from cml_jobs.stores.redis import RedisScheduleStore
-from cml_jobs.worker._arq import redis_settings, tls_options
+from cml_jobs.stores.redis import RedisScheduleStore, tls_options
+from cml_jobs.worker._arq import redis_settings
 from tests.reliability.conftest import (
     INTERVAL_MS,
     RedisServer,

@@ -1,6 +1,10 @@
 """The Redis store: tasks and runs shared by every process that talks to one Redis.
 
 Every mutating method is one Lua script (EVALSHA), so it is atomic across processes.
+
+Beside the store, this module is the Redis side's public face for the rest of cml-jobs
+(the worker imports nothing private from ``cml_jobs.stores``): ``redis_client`` and the
+options it is built from, so every connection reads a URL the same way.
 """
 
 # Key layout (p = the prefix, "cml:" by default):
@@ -55,7 +59,12 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
-from cml_jobs.stores._redis_connection import redis_client
+from cml_jobs.stores._redis_connection import (
+    connection_options,
+    redis_client,
+    retry_options,
+    tls_options,
+)
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
@@ -69,7 +78,14 @@ from cml_jobs.stores._redis_scripts import (
     SET_PAUSED,
 )
 
-__all__ = ["RedisScheduleStore", "open_redis_store"]
+__all__ = [
+    "RedisScheduleStore",
+    "connection_options",
+    "open_redis_store",
+    "redis_client",
+    "retry_options",
+    "tls_options",
+]
 
 # An app's calls fail after this many retries with StoreUnavailableError, unlike a
 # worker's, which wait for Redis for as long as it takes.

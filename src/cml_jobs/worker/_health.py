@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import redis.asyncio
 from redis.exceptions import RedisError
 
 from cml_jobs._descriptors import parse_descriptor
 from cml_jobs.exceptions import InvalidDescriptorError, StoreError
-from cml_jobs.stores._base import TaskState
-from cml_jobs.worker._arq import tls_options
+from cml_jobs.stores import TaskState
+from cml_jobs.stores.redis import RedisScheduleStore, redis_client
 
 __all__ = ["HealthReport", "Overdue", "check_health", "overdue_tasks"]
 
@@ -104,15 +103,9 @@ async def check_health(
     timeout: timedelta = timedelta(seconds=3),
 ) -> HealthReport:
     """Look at Redis, the workers and the schedule once."""
-    from cml_jobs.stores.redis import RedisScheduleStore
-
     seconds = timeout.total_seconds()
-    client = redis.asyncio.Redis.from_url(
-        redis_url,
-        **tls_options(redis_url),
-        socket_connect_timeout=seconds,
-        socket_timeout=seconds,
-        retry_on_error=[],
+    client = redis_client(
+        redis_url, patient=False, socket_connect_timeout=seconds, socket_timeout=seconds
     )
     report = HealthReport(require_worker=require_worker)
     try:

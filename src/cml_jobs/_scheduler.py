@@ -109,7 +109,7 @@ class BackgroundTaskScheduler:
                 self.settings, self._exit, self._given_store, queue=self.run_worker
             )
             if pool is not None and not self.settings.embedded:
-                from cml_jobs.worker._stream import publish_events
+                from cml_jobs.stores.redis import publish_events
 
                 await publish_events(self.hub, pool, self.settings.key_prefix, self._exit)
             runtime = Runtime(self.settings, store=store, clock=self.clock, hub=self.hub)

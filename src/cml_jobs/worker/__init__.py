@@ -14,7 +14,9 @@ from typing import Any
 from cml_jobs._config import Settings
 from cml_jobs._runtime import Runtime
 from cml_jobs._timing import Clock, SystemClock
+from cml_jobs.events import EventStream, StreamEntry
 from cml_jobs.exceptions import ConfigurationError
+from cml_jobs.stores.redis import publish_events
 from cml_jobs.worker._arq import (
     ARQ_JOB_TIMEOUT,
     ArqSink,
@@ -26,8 +28,9 @@ from cml_jobs.worker._arq import (
 )
 from cml_jobs.worker._embedded import EmbeddedWorker
 from cml_jobs.worker._heartbeat import HeartbeatThread
-from cml_jobs.worker._stream import EventStream, StreamEntry, publish_events
 
+# EventStream and StreamEntry moved to cml_jobs.events; the names stay here for a while
+# so that code importing them from cml_jobs.worker keeps working.
 __all__ = ["ArqSink", "EmbeddedWorker", "EventStream", "StreamEntry", "worker_settings"]
 
 logger = logging.getLogger("cml_jobs.worker")

@@ -20,14 +20,17 @@ SOURCE = PACKAGE.parent  # src/, so that paths read "cml_jobs/worker/_arq.py"
 
 @dataclass(frozen=True)
 class Import:
-    """One import statement: the module it names, where it is, on which line."""
+    """One import statement: the module it names, where it is, on which line, and the
+    names it takes from the module (``from module import a, b``; none for ``import x``)."""
 
     module: str
     path: str
     line: int
+    names: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line} imports {self.module}"
+        taken = f" ({', '.join(self.names)})" if self.names else ""
+        return f"{self.path}:{self.line} imports {self.module}{taken}"
 
 
 def _module_name(path: Path) -> str:
@@ -43,11 +46,13 @@ def _imports_of(path: Path) -> Iterator[Import]:
             for alias in node.names:
                 yield Import(alias.name, where, node.lineno)
         elif isinstance(node, ast.ImportFrom):
+            names = tuple(alias.name for alias in node.names)
             if node.level:  # relative: resolve against this module's package
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                yield Import(".".join([*base, node.module or ""]).rstrip("."), where, node.lineno)
+                module = ".".join([*base, node.module or ""]).rstrip(".")
+                yield Import(module, where, node.lineno, names)
             else:
-                yield Import(node.module or "", where, node.lineno)
+                yield Import(node.module or "", where, node.lineno, names)
         elif isinstance(node, ast.Call) and _is_dynamic_import(node.func):
             first = node.args[0] if node.args else None
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
@@ -153,3 +158,98 @@ def test_importing_cml_jobs_imports_neither_arq_nor_redis() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == ["False", "False", "False"], result.stderr
+
+
+def test_importing_cml_jobs_events_imports_no_redis() -> None:
+    """``cml_jobs.events`` gives ``TaskEvent`` without redis; the stream reader loads it."""
+    probe = (
+        "import sys, cml_jobs.events as events; before = 'redis' in sys.modules; "
+        "events.EventStream; print(before, 'redis' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "True"], result.stderr
+
+
+# Layers inside cml_jobs. "Private" is any dotted part, or imported name, that starts with
+# an underscore: cml_jobs._bus, cml_jobs.stores._base, `from cml_jobs import _bus`.
+PUBLIC_STORE_MODULES = {"cml_jobs.stores", "cml_jobs.stores.redis", "cml_jobs.stores.memory"}
+
+
+def _is_private(found: Import) -> bool:
+    parts = found.module.split(".")[1:]
+    return any(part.startswith("_") for part in [*parts, *found.names])
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(f"{package}.")
+
+
+def _monitoring_reaches_inside(found: Import) -> bool:
+    """monitoring/ is an app built on cml-jobs: it uses the public API, as users do."""
+    return (
+        found.path.startswith("cml_jobs/monitoring/")
+        and _inside(found.module, "cml_jobs")
+        and not _inside(found.module, "cml_jobs.monitoring")
+        and _is_private(found)
+    )
+
+
+def _worker_reaches_into_stores(found: Import) -> bool:
+    """The worker uses the stores through their public modules only."""
+    return (
+        found.path.startswith("cml_jobs/worker/")
+        and _inside(found.module, "cml_jobs.stores")
+        and (found.module not in PUBLIC_STORE_MODULES or _is_private(found))
+    )
+
+
+def _stores_import_the_worker(found: Import) -> bool:
+    """The stores know nothing of the worker that uses them."""
+    return found.path.startswith("cml_jobs/stores/") and (
+        _inside(found.module, "cml_jobs.worker")
+        or (found.module == "cml_jobs" and "worker" in found.names)
+    )
+
+
+LAYER_RULES: dict[str, Callable[[Import], bool]] = {
+    "monitoring imports only the public API": _monitoring_reaches_inside,
+    "worker imports only public stores modules": _worker_reaches_into_stores,
+    "stores import nothing from the worker": _stores_import_the_worker,
+}
+
+
+@pytest.mark.parametrize("rule", sorted(LAYER_RULES))
+def test_layers_import_each_other_only_through_public_modules(rule: str) -> None:
+    """No import in cml_jobs crosses a layer through a private module or name."""
+    crossings = [str(found) for found in _all_imports() if LAYER_RULES[rule](found)]
+    assert crossings == []
+
+
+@pytest.mark.parametrize(
+    ("found", "broken"),
+    [
+        (Import("cml_jobs._bus", "cml_jobs/monitoring/_scheduler.py", 1), True),
+        (Import("cml_jobs", "cml_jobs/monitoring/_job.py", 1, ("_registry",)), True),
+        (Import("cml_jobs.stores._base", "cml_jobs/monitoring/_job.py", 1), True),
+        (Import("cml_jobs.stores", "cml_jobs/monitoring/_job.py", 1, ("_base",)), True),
+        (Import("cml_jobs", "cml_jobs/monitoring/_job.py", 1, ("backgroundjob",)), False),
+        (Import("cml_jobs.events", "cml_jobs/monitoring/_job.py", 1, ("TaskEvent",)), False),
+        (Import("cml_jobs.monitoring._aws", "cml_jobs/monitoring/_job.py", 1), False),
+        (Import("cml_jobs.stores._base", "cml_jobs/worker/_arq.py", 1), True),
+        (Import("cml_jobs.stores._redis_events", "cml_jobs/worker/__init__.py", 1), True),
+        (Import("cml_jobs.stores.redis", "cml_jobs/worker/_arq.py", 1, ("_EPOCH",)), True),
+        (Import("cml_jobs.stores.signed", "cml_jobs/worker/_arq.py", 1), True),
+        (Import("cml_jobs.stores.redis", "cml_jobs/worker/_arq.py", 1, ("redis_client",)), False),
+        (Import("cml_jobs.stores", "cml_jobs/worker/_arq.py", 1, ("Run",)), False),
+        (Import("cml_jobs.worker", "cml_jobs/stores/redis.py", 1), True),
+        (Import("cml_jobs.worker._arq", "cml_jobs/stores/_redis_events.py", 1), True),
+        (Import("cml_jobs", "cml_jobs/stores/redis.py", 1, ("worker",)), True),
+        (Import("cml_jobs._events", "cml_jobs/stores/_redis_events.py", 1), False),
+    ],
+    ids=str,
+)
+def test_the_layer_rules_catch_a_crossing(found: Import, broken: bool) -> None:
+    """Each kind of crossing the layer rules exist for is caught, and public imports pass."""
+    assert any(rule(found) for rule in LAYER_RULES.values()) is broken

@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from cml_jobs import BackgroundTaskScheduler, EventKind, RecurrentTaskDescriptor, TaskEvent
-from cml_jobs.worker import EventStream, StreamEntry
-from cml_jobs.worker._stream import EventPublisher, stream_key
+from cml_jobs.events import EventStream, StreamEntry
+from cml_jobs.stores._redis_events import EventPublisher, stream_key
 from tests.workers import fleet
 
 pytestmark = pytest.mark.redis

@@ -19,7 +19,13 @@ NOT_API = {"annotations", "TYPE_CHECKING", "Any"}
 LAZY = {"WorkerSettings", "worker_settings"}
 # Built at run time by type() from the environment; documented in cml_jobs/__init__.py.
 DOCUMENTED_IN_SOURCE_ONLY = {"WorkerSettings"}
-PUBLIC_MODULES = ["cml_jobs", "cml_jobs.exceptions", "cml_jobs.stores", "cml_jobs.testing"]
+PUBLIC_MODULES = [
+    "cml_jobs",
+    "cml_jobs.events",
+    "cml_jobs.exceptions",
+    "cml_jobs.stores",
+    "cml_jobs.testing",
+]
 
 
 @pytest.fixture
@@ -100,6 +106,16 @@ def test_every_public_method_of_the_root_classes_has_a_docstring() -> None:
             if not (inspect.getdoc(getattr(value, attribute)) or "").strip():
                 undocumented.append(f"{name}.{attribute}")
     assert undocumented == []
+
+
+def test_the_event_stream_is_still_importable_from_its_old_place() -> None:
+    """``cml_jobs.worker.EventStream`` (and ``StreamEntry``) are ``cml_jobs.events``' own."""
+    import cml_jobs.events
+    import cml_jobs.worker
+
+    assert cml_jobs.worker.EventStream is cml_jobs.events.EventStream
+    assert cml_jobs.worker.StreamEntry is cml_jobs.events.StreamEntry
+    assert cml_jobs.events.TaskEvent is cml_jobs.TaskEvent
 
 
 def test_version_matches_the_installed_distribution() -> None:

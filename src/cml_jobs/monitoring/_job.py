@@ -6,9 +6,13 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cml_jobs._jobs import RecurrentBackgroundJob, StopRecurrence
-from cml_jobs._registry import backgroundjob
-from cml_jobs.exceptions import ConfigurationError
+from cml_jobs import (
+    ConfigurationError,
+    RecurrentBackgroundJob,
+    ServiceProvider,
+    StopRecurrence,
+    backgroundjob,
+)
 from cml_jobs.monitoring._aws import (
     InstanceReport,
     describe_instance,
@@ -24,8 +28,6 @@ from cml_jobs.monitoring._repository import WorkerRepository
 if TYPE_CHECKING:
     from types_aiobotocore_cloudwatch import CloudWatchClient
     from types_aiobotocore_ec2 import EC2Client
-
-    from cml_jobs._di import ServiceProvider
 
 __all__ = ["WorkerMetricsCollectionJob"]
 

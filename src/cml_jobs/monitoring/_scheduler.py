@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from cml_jobs._bus import BackgroundTasksBus, TaskInfo
-from cml_jobs._descriptors import RecurrentTaskDescriptor
-from cml_jobs.exceptions import TaskNotFoundError
+from cml_jobs import BackgroundTasksBus, RecurrentTaskDescriptor, TaskInfo, TaskNotFoundError
 from cml_jobs.monitoring._job import WorkerMetricsCollectionJob
 from cml_jobs.monitoring._repository import WorkerRepository
 

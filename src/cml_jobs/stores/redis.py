@@ -4,7 +4,9 @@ Every mutating method is one Lua script (EVALSHA), so it is atomic across proces
 
 Beside the store, this module is the Redis side's public face for the rest of cml-jobs
 (the worker imports nothing private from ``cml_jobs.stores``): ``redis_client`` and the
-options it is built from, so every connection reads a URL the same way.
+options it is built from, so every connection reads a URL the same way, and
+``publish_events``, which writes a process's lifecycle events to the event stream
+(read it with ``cml_jobs.events.EventStream``).
 """
 
 # Key layout (p = the prefix, "cml:" by default):
@@ -65,6 +67,7 @@ from cml_jobs.stores._redis_connection import (
     retry_options,
     tls_options,
 )
+from cml_jobs.stores._redis_events import publish_events
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
@@ -82,6 +85,7 @@ __all__ = [
     "RedisScheduleStore",
     "connection_options",
     "open_redis_store",
+    "publish_events",
     "redis_client",
     "retry_options",
     "tls_options",

@@ -16,7 +16,9 @@ from cml_jobs._config import Settings
 from cml_jobs._events import EventHub
 from cml_jobs._runtime import Engine, open_runtime
 from cml_jobs._timing import Clock, SystemClock
+from cml_jobs.events import EventStream, StreamEntry
 from cml_jobs.exceptions import ConfigurationError
+from cml_jobs.stores.redis import publish_events
 from cml_jobs.worker._arq import (
     ARQ_JOB_TIMEOUT,
     ArqSink,
@@ -27,6 +29,8 @@ from cml_jobs.worker._arq import (
     run_function,
 )
 
+# EventStream and StreamEntry moved to cml_jobs.events; the names stay here for a while
+# so that code importing them from cml_jobs.worker keeps working.
 __all__ = ["EventStream", "StreamEntry", "worker_settings"]
 
 logger = logging.getLogger("cml_jobs.worker")
@@ -133,13 +137,3 @@ class _Lifecycle:
             # the last events reach the stream, in that order.
             await stack.aclose()
             logger.info("cml-jobs worker stopped")
-
-
-def __getattr__(name: str) -> object:
-    # The event stream lives beside the Redis store now (cml_jobs.events); these names
-    # stay importable from here for code written against cml-jobs 0.1.
-    if name in ("EventStream", "StreamEntry"):
-        from cml_jobs import events
-
-        return getattr(events, name)
-    raise AttributeError(f"module 'cml_jobs.worker' has no attribute {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
@@ -23,7 +23,6 @@ from cml_jobs import (
     TaskNotFoundError,
     UnknownJobError,
 )
-from cml_jobs._dispatch import Dispatcher
 from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores import ScheduleStore
 from cml_jobs.testing import ManualClock, run_due
@@ -186,34 +185,36 @@ async def test_stop_recurrence_ends_the_task(
 
 
 async def test_an_occurrence_due_while_the_previous_run_goes_on_is_skipped(
-    scheduler: BackgroundTaskScheduler, store: ScheduleStore, clock: ManualClock
+    store: ScheduleStore, clock: ManualClock
 ) -> None:
-    """With max_instances=1 a second occurrence does not start beside a running one."""
-    await scheduler.bus.schedule_task(recurrent())
-    clock.advance(seconds=60)
-    dispatcher = _dispatcher(scheduler, _Hold())
-    await dispatcher.tick()  # claims the first occurrence; its run is "still going"
-    clock.advance(seconds=60)
-    report = await dispatcher.tick()
-    assert (report.claimed, report.skipped) == (0, 1)
-    task = await scheduler.bus.get_task("r")
-    assert task.counts == {"skipped": 1}
-    assert task.running == 1
+    """With max_instances=1 a second occurrence does not start beside a running one: an
+    in-app worker on a ManualClock claims the first run, which holds at its gate, and the
+    next occurrence is skipped and counted."""
+    GatedJob.reset()
+    app = BackgroundTaskScheduler.configure(modules=JOBS, store=store, clock=clock, run_worker=True)
+    async with app:
+        events: list[TaskEvent] = []
+        app.subscribe(events.append)
+        descriptor = RecurrentTaskDescriptor(id="g", name="GatedJob", interval=60)
+        first = (await app.bus.schedule_task(descriptor)).next_run_time
+        assert first is not None
+        clock.advance(seconds=60)  # wakes the dispatcher, which sleeps on the clock
+        await asyncio.wait_for(GatedJob.waiting.wait(), 30)
+        clock.advance(seconds=60)
+        await _until(lambda: EventKind.SKIPPED in [e.kind for e in events])
+        task = await app.bus.get_task("g")
+        assert (task.counts, task.running) == ({"skipped": 1}, 1)
+        GatedJob.gate.set()
+        await _until(lambda: EventKind.SUCCEEDED in [e.kind for e in events])
+    skipped = [e.occurrence_at for e in events if e.kind is EventKind.SKIPPED]
+    assert skipped == [first + timedelta(seconds=60)]
 
 
-def _dispatcher(scheduler: BackgroundTaskScheduler, sink: object) -> Dispatcher:
-    runtime = scheduler.runtime
-    return Dispatcher(store=runtime.store, clock=runtime.clock, sink=sink, hub=runtime.hub)  # type: ignore[arg-type]
-
-
-class _Hold:
-    """A sink that keeps runs without executing them (a worker busy with them)."""
-
-    def room(self) -> int:
-        return 100
-
-    async def submit(self, runs: object, descriptors: object) -> None:
-        return None
+async def _until(condition: Callable[[], bool], deadline: float = 30) -> None:
+    """Wait until ``condition()`` holds; fail after ``deadline`` seconds."""
+    async with asyncio.timeout(deadline):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def test_pause_and_resume(scheduler: BackgroundTaskScheduler, clock: ManualClock) -> None:
@@ -243,21 +244,13 @@ async def test_cancel_removes_the_task(
         await scheduler.bus.cancel_task("r")
 
 
-@pytest.mark.parametrize(
-    ("where", "started", "ran"),
-    [("configure", 0, []), ("body", 1, ["g"])],
-    ids=["cancelled-before-the-body", "cancelled-during-the-body"],
-)
-async def test_cancel_reports_whether_a_run_had_started_and_no_run_starts_after_it(
-    scheduler: BackgroundTaskScheduler,
-    clock: ManualClock,
-    where: str,
-    started: int,
-    ran: list[str],
+@pytest.mark.parametrize("where", ["configure", "body"])
+async def test_a_cancel_counts_the_run_under_way_and_stops_it_in_this_process(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock, where: str
 ) -> None:
-    """A run starts just before its job's body, after configure. A cancel landing while
-    the job is being configured wins (the body never runs) and returns 0; one landing
-    during the body returns 1, the run under way."""
+    """A run is under way from its claim: a cancel landing while the job is configured or
+    in its body returns 1, and the worker in the same process stops the run at once (the
+    body never completes, nothing is recorded)."""
     GatedJob.reset()
     descriptor = RecurrentTaskDescriptor(
         id="g", name="GatedJob", data={"where": where}, interval=60
@@ -266,11 +259,11 @@ async def test_cancel_reports_whether_a_run_had_started_and_no_run_starts_after_
     clock.advance(seconds=60)
     running = asyncio.create_task(run_due(scheduler))
     await GatedJob.waiting.wait()
-    assert await scheduler.bus.cancel_task("g") == started
+    assert await scheduler.bus.cancel_task("g") == 1
+    events = await asyncio.wait_for(running, 30)
     GatedJob.gate.set()
-    events = await running
-    assert GatedJob.ran == ran
-    assert ("started" in kinds(events)) is bool(started)
+    assert GatedJob.ran == []
+    assert not {"succeeded", "failed"} & set(kinds(events))
     assert await scheduler.list_tasks() == []
 
 
@@ -360,35 +353,23 @@ async def test_a_tampered_descriptor_is_parked_and_other_tasks_keep_running(
     assert parked["shape"].next_run_time is None
 
 
-async def test_a_run_for_a_job_this_worker_lacks_is_handed_on_then_parked(
-    scheduler: BackgroundTaskScheduler, clock: ManualClock
+async def test_a_task_whose_job_this_worker_lacks_is_left_to_one_that_has_it_then_parked(
+    scheduler: BackgroundTaskScheduler, store: ScheduleStore, clock: ManualClock
 ) -> None:
-    """A worker without the job class leaves the run for others, and parks it only after
-    unknown_job_grace (a rolling deploy is not a failure)."""
-    from cml_jobs._execution import Handoff
-
+    """A worker without the job class leaves the occurrence for a worker that has it
+    (a rolling deploy is not a failure), and parks the task only after unknown_job_grace."""
     await scheduler.bus.schedule_task(recurrent())
+    due = (await scheduler.bus.get_task("r")).next_run_time
     clock.advance(seconds=60)
-    runs: list[object] = []
-    dispatcher = _dispatcher(scheduler, _Collect(runs))
-    await dispatcher.tick()
-    [run] = runs
-    executor = scheduler.runtime.executor
-    assert executor is not None
-    assert await executor.execute(run, "NewJobNotDeployedHere") is Handoff.ELSEWHERE  # type: ignore[arg-type]
-    assert (await scheduler.bus.get_task("r")).parked_reason is None
-    clock.advance(timedelta(minutes=10))
-    assert await executor.execute(run, "NewJobNotDeployedHere") is Handoff.DONE  # type: ignore[arg-type]
+    old = BackgroundTaskScheduler.configure(modules=[], store=store, clock=clock, run_worker=False)
+    async with old:
+        assert await run_due(old) == []
+        task = await scheduler.bus.get_task("r")
+        assert (task.parked_reason, task.next_run_time, task.counts) == (None, due, {})
+        clock.advance(seconds=1)  # the occurrence is left for a second to other workers
+        events = await run_due(scheduler)  # a worker that has the job runs it
+        assert [(e.kind, e.occurrence_at) for e in events][-1] == (EventKind.SUCCEEDED, due)
+        clock.advance(timedelta(minutes=10))
+        assert [e.kind for e in await run_due(old)] == [EventKind.PARKED]
     task = await scheduler.bus.get_task("r")
-    assert task.parked_reason is not None and "'NewJobNotDeployedHere'" in task.parked_reason
-
-
-class _Collect:
-    def __init__(self, into: list[object]) -> None:
-        self.into = into
-
-    def room(self) -> int:
-        return 100
-
-    async def submit(self, runs: list[object], descriptors: object) -> None:
-        self.into.extend(runs)
+    assert task.parked_reason is not None and "'ScriptedJob'" in task.parked_reason

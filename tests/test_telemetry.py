@@ -3,6 +3,7 @@ reader and exporter (installed once per session: tests/otel_sdk.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import subprocess
@@ -22,11 +23,9 @@ from cml_jobs import (
     RecurrentTaskDescriptor,
     ScheduledTaskDescriptor,
 )
-from cml_jobs._dispatch import Dispatcher
 from cml_jobs._telemetry import _DURATION_BUCKETS, _LAG_BUCKETS
 from cml_jobs.stores import Run, ScheduleStore
 from cml_jobs.testing import ManualClock, run_due
-from cml_jobs.worker._arq import _payload
 from tests.fixtures.behaviour_jobs import OneShotJob, ScriptedJob
 from tests.otel_sdk import Sdk, attrs, delta, fresh_sdk
 
@@ -89,25 +88,20 @@ def job(name: str, **extra: str) -> frozenset[tuple[str, str]]:
     return attrs(messaging__system=SYSTEM, messaging__destination__name=name, **extra)
 
 
-class _Hold:
-    """A sink that keeps runs without executing them: a worker still busy with them."""
-
-    def room(self) -> int:
-        return 100
-
-    async def submit(self, runs: object, descriptors: object) -> None:
-        return None
-
-
 async def _skip_one(scheduler: BackgroundTaskScheduler, clock: ManualClock) -> None:
-    runtime = scheduler.runtime
-    hold = Dispatcher(store=runtime.store, clock=clock, sink=_Hold(), hub=runtime.hub)
-    await scheduler.bus.schedule_task(scripted("busy"))
+    """One occurrence skipped: the previous run of its task still goes on."""
+    started = asyncio.Event()
+    scheduler.subscribe(
+        lambda e: e.kind is EventKind.STARTED and e.task_id == "busy" and started.set()
+    )
+    await scheduler.bus.schedule_task(scripted("busy", "hang"))
     clock.advance(seconds=60)
-    await hold.tick()  # the first occurrence is claimed, and its run "goes on"
+    holding = asyncio.create_task(run_due(scheduler))
+    await asyncio.wait_for(started.wait(), 30)
     clock.advance(seconds=60)
-    assert (await hold.tick()).skipped == 1
-    await scheduler.bus.cancel_task("busy")
+    assert [e.kind for e in await run_due(scheduler)] == [EventKind.SKIPPED]
+    await scheduler.bus.cancel_task("busy")  # stops the hanging run; nothing is recorded
+    await asyncio.wait_for(holding, 30)
 
 
 async def _every_outcome(scheduler: BackgroundTaskScheduler, clock: ManualClock) -> None:
@@ -152,7 +146,7 @@ async def test_every_instrument_counts_runs_that_succeed_fail_time_out_are_misse
         outcome("ScriptedJob", "failed", error__type="RuntimeError"): 1,
         outcome("ScriptedJob", "timed_out", error__type="TimeoutError"): 1,
     }
-    assert changed[("cml_jobs.schedule.lag", job("ScriptedJob"))] == 3
+    assert changed[("cml_jobs.schedule.lag", job("ScriptedJob"))] == 4  # the busy run too
     assert changed[("cml_jobs.retries", job("ScriptedJob", error__type="RuntimeError"))] == 1
     assert ("cml_jobs.runs.active", job("ScriptedJob")) not in changed  # back to zero
     gauge = {k[1]: n for k, n in otel.points().items() if k[0] == "cml_jobs.tasks"}
@@ -273,12 +267,30 @@ async def test_the_scheduling_trace_context_is_stored_with_the_task(
     assert int(span_id, 16) == producer.context.span_id
 
 
-def test_the_trace_context_travels_in_the_arq_payload() -> None:
-    """A run handed to the arq queue carries its trace context in the JSON payload."""
-    from cml_jobs.testing import ManualClock
+async def test_the_trace_context_travels_in_the_arq_payload(
+    any_scheduler: BackgroundTaskScheduler,
+) -> None:
+    """A run handed to the arq queue (dispatch="queue") carries its task's trace context
+    and its descriptor in the JSON payload, and nothing else the worker would need."""
+    from cml_jobs._execution import Assignment
+    from cml_jobs.worker._arq import ArqSink
 
-    run = Run("t", 7, ManualClock().now(), 1, "00-" + "a" * 32 + "-" + "b" * 16 + "-01")
-    assert _payload(run, "ScriptedJob")["c"] == run.trace_context
+    class Pool:
+        def __init__(self) -> None:
+            self.payloads: list[dict[str, object]] = []
+
+        async def enqueue_job(self, function: str, payload: dict[str, object], **_: object) -> None:
+            self.payloads.append(payload)
+
+    task = await any_scheduler.bus.schedule_task(scripted("traced"))
+    assert task.descriptor is not None and task.next_run_time is not None
+    trace = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    pool = Pool()
+    sink = ArqSink(any_scheduler.runtime, pool)  # type: ignore[arg-type]
+    await sink.submit([Assignment(Run("traced", 7, task.next_run_time), task.descriptor, trace)])
+    [payload] = pool.payloads
+    assert payload["c"] == trace
+    assert any_scheduler.runtime.codec.decode(str(payload["d"])) == task.descriptor
 
 
 async def test_one_log_line_per_outcome_with_redacted_data(

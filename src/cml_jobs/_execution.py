@@ -327,6 +327,14 @@ class Executor:
             except RuntimeError:  # the dict changed size while it was copied: copy again
                 continue
 
+    def on_event(self, event: TaskEvent) -> None:
+        """Stop this process's runs of a task cancelled in this process at once, rather
+        than at the next lease renewal (subscribe it to the process's hub)."""
+        if event.kind is EventKind.CANCELLED:
+            for run in self.leased_runs():
+                if run.task_id == event.task_id:
+                    self.revoke(run)
+
     def revoke(self, run: Run) -> None:
         """Stop a run whose fence is no longer valid (its task was cancelled or parked)."""
         entry = self._active.get(run.fence)

@@ -109,8 +109,10 @@ class Engine:
         self.drain_timeout = settings.drain_timeout
         self._stopping = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._unsubscribe = lambda: None
 
     async def __aenter__(self) -> Engine:
+        self._unsubscribe = self.runtime.hub.subscribe(self.executor.on_event)
         self._loop = asyncio.create_task(
             self.dispatcher.run(self._stopping), name="cml-jobs-dispatcher"
         )
@@ -133,6 +135,7 @@ class Engine:
             await _ended(self._loop)
         await self.executor.drain(self.drain_timeout)
         self.heartbeat.stop()
+        self._unsubscribe()
 
 
 def new_executor(runtime: Runtime) -> Executor:

@@ -18,9 +18,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 
+from cml_jobs._dispatch import Dispatcher
 from cml_jobs._events import TaskEvent
 from cml_jobs._execution import Assignment, Executor
 from cml_jobs._runtime import new_dispatcher, new_executor
@@ -44,6 +46,17 @@ class ManualClock:
             raise ValueError(f"ManualClock needs an aware datetime, got {start!r}")
         self._now = (start or _EPOCH).astimezone(timezone.utc)
         self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
+        self._jumping = 0
+
+    @contextlib.contextmanager
+    def jumping(self) -> Iterator[None]:
+        """Within this block, ``sleep`` moves the clock on by the time asked instead of
+        waiting for ``advance`` (``run_due`` uses it for retry backoff)."""
+        self._jumping += 1
+        try:
+            yield
+        finally:
+            self._jumping -= 1
 
     def now(self) -> datetime:
         """The clock's current time."""
@@ -52,6 +65,10 @@ class ManualClock:
     async def sleep(self, seconds: float) -> None:
         """Wait until the clock has been moved ``seconds`` on (``advance``, ``set``)."""
         if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        if self._jumping:  # run_due: the time a run waits passes at once
+            self.advance(seconds=seconds)
             await asyncio.sleep(0)
             return
         woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -91,15 +108,17 @@ class _InlineSink:
 
     async def submit(self, assignments: Sequence[Assignment]) -> None:
         for assignment in assignments:
-            # Each run gets its own task, as in a worker (per-run resources).
-            await asyncio.create_task(self.executor.execute(assignment))
+            # Each run gets its own task, as in a worker (per-run resources); a run stopped
+            # because its task was cancelled ends its task, not run_due.
+            await asyncio.wait([asyncio.create_task(self.executor.execute(assignment))])
 
 
 async def run_due(scheduler: BackgroundTaskScheduler, *, max_ticks: int = 1000) -> list[TaskEvent]:
     """Run every occurrence due at the scheduler's clock's current time, then return.
 
     Occurrences run one after another in this task; missed and skipped ones are recorded
-    as they would be by a worker.
+    as they would be by a worker. With a ``ManualClock``, the waits inside a run (retry
+    backoff) move the clock on instead of waiting.
 
     Returns:
         The lifecycle events emitted meanwhile, in order.
@@ -111,11 +130,21 @@ async def run_due(scheduler: BackgroundTaskScheduler, *, max_ticks: int = 1000) 
     dispatcher = new_dispatcher(runtime, sink, lookahead=timedelta(0))
     events: list[TaskEvent] = []
     unsubscribe = runtime.hub.subscribe(events.append)
+    stop_revoking = runtime.hub.subscribe(executor.on_event) if engine is None else None
+    clock = runtime.clock
+    jumping = clock.jumping() if isinstance(clock, ManualClock) else contextlib.nullcontext()
     try:
-        for _ in range(max_ticks):
-            report = await dispatcher.tick()
-            if not (report.claimed or report.reissued or report.full):
-                break
+        with jumping:
+            await _tick_until_idle(dispatcher, max_ticks)
     finally:
         unsubscribe()
+        if stop_revoking is not None:
+            stop_revoking()
     return events
+
+
+async def _tick_until_idle(dispatcher: Dispatcher, max_ticks: int) -> None:
+    for _ in range(max_ticks):
+        report = await dispatcher.tick()
+        if not (report.claimed or report.reissued or report.full):
+            return

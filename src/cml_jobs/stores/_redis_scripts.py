@@ -80,10 +80,12 @@ end
 ADD = """
 local id = ARGV[2]
 local key = ARGV[1] .. id
-if redis.call('EXISTS', key) == 1 then
-  if is_task(key) and redis.call('HGET', key, 'descriptor') == ARGV[3] then return 0 end
+if redis.call('EXISTS', key) == 1 and not is_task(key) then
+  redis.call('DEL', key)  -- not a task's hash (written by something else): not a task
+elseif redis.call('EXISTS', key) == 1 then
+  if redis.call('HGET', key, 'descriptor') == ARGV[3] then return 0 end
   if ARGV[6] ~= '1' then return -1 end
-  if is_task(key) then drop_task(key, id) else redis.call('DEL', key) end
+  drop_task(key, id)
 end
 if ARGV[7] ~= '' then
   redis.call('HSET', key, 'descriptor', ARGV[3], 'due_at', ARGV[4], 'trace', ARGV[7])
@@ -101,7 +103,7 @@ if redis.call('EXISTS', key) == 0 then return -1 end
 if not is_task(key) then
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[1], ARGV[2])
-  return 0
+  return -1
 end
 return drop_task(key, ARGV[2])
 """
@@ -132,20 +134,19 @@ local out = {}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local key = ARGV[1] .. id
-  if not is_task(key) then
+  local v = is_task(key) and redis.call('HMGET', key, 'due_at', 'descriptor', 'trace')
+  if v and v[2] and not tonumber(v[1]) then
+    -- a due time that is not a number (tampered with) can never be planned
+    park(key, id, 'stored due_at is not a time: ' .. tostring(v[1]))
+  elseif v and v[1] and v[2] then
+    out[#out + 1] = id; out[#out + 1] = v[1]; out[#out + 1] = v[2]; out[#out + 1] = v[3] or ''
+  else
     -- not a task's hash (gone, or overwritten by something else): never due again
     redis.call('ZREM', KEYS[1], id)
-  else
-    local v = redis.call('HMGET', key, 'due_at', 'descriptor', 'trace')
-    if v[2] and not tonumber(v[1]) then
-      -- a due time that is not a number (tampered with) can never be planned
-      park(key, id, 'stored due_at is not a time: ' .. tostring(v[1]))
-    elseif v[1] and v[2] then
-      out[#out + 1] = id; out[#out + 1] = v[1]; out[#out + 1] = v[2]; out[#out + 1] = v[3] or ''
-    end
   end
 end
-local following = redis.call('ZRANGE', KEYS[1], #ids, #ids, 'WITHSCORES')
+-- what stays in the index before the first task not returned is what was returned
+local following = redis.call('ZRANGE', KEYS[1], #out / 4, #out / 4, 'WITHSCORES')
 return {out, following[2] or false, generation}
 """
 
@@ -157,7 +158,8 @@ return redis.call('HGETALL', key)
 """
 
 # ARGV: prefix, lease, then per decision: id, expected, run_at, next_due, next_ready,
-# max_instances, missed, park reason ("" for none) -> flat (status, fence) pairs
+# max_instances, missed, park ("" for none, else "!" and the reason) -> flat (status,
+# fence) pairs
 CLAIM = """
 local function claim(id, expected, run_at, next_due, next_ready, max_instances, missed, reason)
   local key = ARGV[1] .. id
@@ -165,8 +167,8 @@ local function claim(id, expected, run_at, next_due, next_ready, max_instances, 
   local st = redis.call('HMGET', key, 'descriptor', 'paused', 'parked', 'due_at', 'running')
   if not st[1] or st[2] or st[3] then return 'gone', 0 end
   if st[4] ~= expected then return 'raced', 0 end
-  if reason ~= '' then
-    park(key, id, reason)
+  if reason ~= '' then  -- "!" followed by the reason
+    park(key, id, string.sub(reason, 2))
     return 'parked', 0
   end
   local running = tonumber(st[5]) or 0
@@ -250,6 +252,7 @@ local function finish(id, fence, outcome, err, has_error, end_task, started_at)
   if not is_task(key) or release(key, id, fence) == 0 then return 0 end
   if started_at ~= '' then redis.call('HSET', key, 'last_run_at', started_at) end
   if outcome == 'parked' then
+    if has_error ~= '1' then err = 'parked' end
     park(key, id, err)
     return 1
   end

@@ -185,7 +185,7 @@ def _decision_args(d: Decision) -> list[str]:
         _opt_ms(d.next_ready_at),
         str(d.max_instances),
         str(d.missed),
-        d.park_reason or "",
+        "" if d.park_reason is None else "!" + d.park_reason,
     ]
 
 

@@ -30,7 +30,7 @@ from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
 from cml_jobs.stores._base import ScheduleStore
 
-__all__ = ["Engine", "Runtime", "new_dispatcher", "new_executor", "open_runtime"]
+__all__ = ["Engine", "Runtime", "new_dispatcher", "open_runtime"]
 
 logger = logging.getLogger("cml_jobs")
 
@@ -44,7 +44,8 @@ FINISH_WINDOW = timedelta(milliseconds=5)
 @dataclass(frozen=True)
 class Runtime:
     """What every cml-jobs process has, scheduling or running: its settings, store,
-    clock, event hub, job registry, descriptor codec and container."""
+    clock, event hub, job registry, descriptor codec, container and its one executor
+    (idle unless the process runs jobs)."""
 
     settings: Settings
     store: ScheduleStore
@@ -52,6 +53,7 @@ class Runtime:
     hub: EventHub
     registry: JobRegistry
     codec: DescriptorCodec
+    executor: Executor
     provider: Any = None  # the container, wrapped for ``configure`` (``_di.ServiceProvider``)
 
 
@@ -75,9 +77,22 @@ async def open_runtime(
         ", ".join(registry.names) or "none",
     )
     codec = DescriptorCodec(settings.signing_key)
+    executor = Executor(
+        store=store,
+        registry=registry,
+        clock=clock,
+        hub=hub,
+        provider=provider,
+        lease=settings.lease,
+        max_concurrency=settings.max_jobs,
+        finish_window=FINISH_WINDOW,
+    )
+    # A task cancelled in this process stops its runs here at once.
+    unsubscribe = hub.subscribe(executor.on_event)
     try:
-        yield Runtime(settings, store, clock, hub, registry, codec, provider)
+        yield Runtime(settings, store, clock, hub, registry, codec, executor, provider)
     finally:
+        unsubscribe()
         if container is not None:
             from cml_jobs import _di
 
@@ -101,7 +116,7 @@ class Engine:
     ) -> None:
         settings = runtime.settings
         self.runtime = runtime
-        self.executor = new_executor(runtime)
+        self.executor = runtime.executor
         self.dispatcher = new_dispatcher(runtime, queue or self.executor, lookahead=LOOKAHEAD)
         self.executor.on_slot_free = self.dispatcher.slot_freed
         self.heartbeat = Heartbeat(self.executor, period=settings.lease / 3, open_store=open_store)
@@ -109,10 +124,8 @@ class Engine:
         self.drain_timeout = settings.drain_timeout
         self._stopping = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        self._unsubscribe = lambda: None
 
     async def __aenter__(self) -> Engine:
-        self._unsubscribe = self.runtime.hub.subscribe(self.executor.on_event)
         self._loop = asyncio.create_task(
             self.dispatcher.run(self._stopping), name="cml-jobs-dispatcher"
         )
@@ -135,21 +148,6 @@ class Engine:
             await _ended(self._loop)
         await self.executor.drain(self.drain_timeout)
         self.heartbeat.stop()
-        self._unsubscribe()
-
-
-def new_executor(runtime: Runtime) -> Executor:
-    """An executor for ``runtime``'s jobs."""
-    return Executor(
-        store=runtime.store,
-        registry=runtime.registry,
-        clock=runtime.clock,
-        hub=runtime.hub,
-        provider=runtime.provider,
-        lease=runtime.settings.lease,
-        max_concurrency=runtime.settings.max_jobs,
-        finish_window=FINISH_WINDOW,
-    )
 
 
 def new_dispatcher(runtime: Runtime, sink: RunSink, *, lookahead: timedelta) -> Dispatcher:

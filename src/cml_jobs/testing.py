@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from cml_jobs._dispatch import Dispatcher
 from cml_jobs._events import TaskEvent
 from cml_jobs._execution import Assignment, Executor
-from cml_jobs._runtime import new_dispatcher, new_executor
+from cml_jobs._runtime import new_dispatcher
 from cml_jobs._scheduler import BackgroundTaskScheduler
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
@@ -124,27 +124,26 @@ async def run_due(scheduler: BackgroundTaskScheduler, *, max_ticks: int = 1000) 
         The lifecycle events emitted meanwhile, in order.
     """
     runtime = scheduler.runtime
-    engine = scheduler.engine
-    executor = engine.executor if engine is not None else new_executor(runtime)
+    executor = runtime.executor
     sink = _InlineSink(executor, runtime.settings.batch_size)
     dispatcher = new_dispatcher(runtime, sink, lookahead=timedelta(0))
     events: list[TaskEvent] = []
     unsubscribe = runtime.hub.subscribe(events.append)
-    stop_revoking = runtime.hub.subscribe(executor.on_event) if engine is None else None
     clock = runtime.clock
     jumping = clock.jumping() if isinstance(clock, ManualClock) else contextlib.nullcontext()
     try:
         with jumping:
-            await _tick_until_idle(dispatcher, max_ticks)
+            await _tick_until_idle(dispatcher, executor, max_ticks)
     finally:
         unsubscribe()
-        if stop_revoking is not None:
-            stop_revoking()
     return events
 
 
-async def _tick_until_idle(dispatcher: Dispatcher, max_ticks: int) -> None:
+async def _tick_until_idle(dispatcher: Dispatcher, executor: Executor, max_ticks: int) -> None:
     for _ in range(max_ticks):
+        # Runs going on in this process keep their leases, as the heartbeat would have
+        # renewed them while the clock moved.
+        await executor.renew(executor.store)
         report = await dispatcher.tick()
         if not (report.claimed or report.reissued or report.full):
             return

@@ -57,18 +57,18 @@ USER = "cml-worker"
 #: exactly as docs/security.md gives it.
 MINIMAL_ACL = (
     "resetkeys resetchannels -@all "
-    "+ping +select "
+    "+ping +select +info +dbsize "
     "+evalsha +script|load "
     "+get +set +psetex +del +exists +expire +incr +incrby "
-    "+hget +hgetall +hmget +hset +hdel +hexists +hincrby +hkeys "
+    "+hget +hgetall +hmget +hset +hdel +hexists +hincrby +hkeys +type "
     "+zadd +zrem +zrange +zrangebyscore +zscore +zcard "
     "+scan +xadd +watch +unwatch +multi +exec +discard "
     "~cml:* ~cml_jobs:* ~arq:job:cml:* ~arq:in-progress:cml:* ~arq:retry:cml:* "
     "~arq:result:cml:* ~arq:abort"
 )
-#: Commands the worker tries but does without: arq's start-up INFO line (the INFO seam
-#: skips it), and redis-py's CLIENT SETINFO on connect (Redis >= 7.2; errors ignored).
-OPTIONAL_COMMANDS = {"info", "dbsize", "client|setinfo"}
+#: Commands the worker tries but does without: redis-py's CLIENT SETINFO on connect
+#: (Redis >= 7.2; errors ignored).
+OPTIONAL_COMMANDS = {"client|setinfo"}
 
 #: What OpenSSL says when the certificate does not name the host connected to.
 MISMATCH = "mismatch|doesn't match|not valid for"

@@ -61,6 +61,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("worker_cpu_pct", "worker CPU % (sum over workers)", "n"),
     ],
 }
+LABELS = {"cml": "cml-jobs", "arq": "arq 0.28"}
+SHORT = {"arq": "arq"}  # in the ratio columns' headers
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,54 +103,81 @@ def _cell(summary: dict[str, Any] | None, kind: str) -> str:
     return text
 
 
-def _ratio(cml: dict[str, Any] | None, arq: dict[str, Any] | None) -> str:
-    if not cml or not arq or not arq["median"]:
+def _ratio(cml: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
+    if not cml or not other or not other["median"]:
         return "—"
-    return f"{cml['median'] / arq['median']:.2f}x"
+    return f"{cml['median'] / other['median']:.2f}x"
 
 
-def markdown(doc: dict[str, Any]) -> str:
+def _systems(doc: dict[str, Any]) -> list[str]:
+    # Older result files have no meta.systems: they hold cml-jobs and arq.
+    return list(doc["meta"].get("systems") or ["cml", "arq"])
+
+
+def _header(doc: dict[str, Any]) -> list[str]:
     meta = doc["meta"]
-    lines = [
+    versions = f"arq {meta['arq']}"
+    return [
         "# cml-jobs benchmarks",
         "",
         f"- command: `{meta['command']}`",
         f"- mode: {meta['mode']}, repeats: {meta['repeats']}, "
         f"started {meta['started']}, took {meta.get('took_s', 0):.0f} s",
         f"- machine: {meta['nproc']} CPUs ({meta['cpu']}), Redis {meta['redis_version']} at "
-        f"`{meta['redis_url']}`, Python {meta['python']}, arq {meta['arq']}",
+        f"`{meta['redis_url']}`, Python {meta['python']}, {versions}",
         f"- commit: {meta['commit']}",
         "",
-        "Each cell: median of the repeats [min-max]. Ratio = cml-jobs / arq (same run); "
-        "for lateness, CPU, commands and bytes lower is better, for rates higher is better.",
+        "Each cell: median of the repeats [min-max]. Ratios = cml-jobs / the other system "
+        "(same run); for lateness, CPU, commands and bytes lower is better, for rates "
+        "higher is better. — : no value.",
         "",
     ]
-    if meta["mode"] == "quick":
-        lines += [
-            "**Quick mode: a smoke run with tiny sizes, both systems run concurrently. "
-            "These figures are not measurements.**",
-            "",
-        ]
-    lines += ["| figure | cml-jobs | arq 0.28 | ratio |", "|---|---|---|---|"]
+
+
+def _keys(results: dict[str, Any], workload: str) -> list[str]:
+    keys = [k for k in results if k == workload or (k[0] == workload and workload in "CF")]
+    if workload == "D" and "A" in results:
+        keys = ["A", *keys]  # commands per occurrence are counted on A's drain
+    return keys
+
+
+def _figures(doc: dict[str, Any], systems: list[str]) -> list[str]:
+    others = [n for n in systems if n != "cml"] if "cml" in systems else []
+    lines = [
+        "| figure | "
+        + " | ".join(LABELS[n] for n in systems)
+        + "".join(f" | cml-jobs/{SHORT[n]}" for n in others)
+        + " |",
+        "|---" * (1 + len(systems) + len(others)) + "|",
+    ]
     results = doc["results"]
     for workload, rows in ROWS.items():
-        keys = [k for k in results if k == workload or (k[0] == workload and workload in "CF")]
-        if workload == "D" and "A" in results:
-            keys = ["A", *keys]  # commands per occurrence are counted on A's drain
-        for key in keys:
+        for key in _keys(results, workload):
             by_system = results[key]
             for metric, label, kind in rows:
-                cml = by_system.get("cml", {}).get("summary", {}).get(metric)
-                arq = by_system.get("arq", {}).get("summary", {}).get(metric)
-                if cml is None and arq is None:
+                cells = {n: by_system.get(n, {}).get("summary", {}).get(metric) for n in systems}
+                if all(c is None for c in cells.values()):
                     continue
                 if workload == "D" and key == "A" and not metric.startswith("cmds"):
                     continue
                 if workload == "A" and metric.startswith("cmds"):
                     continue
                 title = f"{by_system.get('title', key)}: {label}" if workload in "CF" else label
-                lines.append(
-                    f"| {title} | {_cell(cml, kind)} | {_cell(arq, kind)} | {_ratio(cml, arq)} |"
-                )
+                row = [title, *(_cell(cells[n], kind) for n in systems)]
+                row += [_ratio(cells["cml"], cells[n]) for n in others]
+                lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    systems = _systems(doc)
+    lines = _header(doc)
+    if doc["meta"]["mode"] == "quick":
+        lines += [
+            "**Quick mode: a smoke run with tiny sizes, the systems run concurrently. "
+            "These figures are not measurements.**",
+            "",
+        ]
+    lines += _figures(doc, systems)
     lines += ["", "Notes:", ""] + [f"- {note}" for note in doc.get("notes", [])]
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from benchmarks.report import markdown, summarise
 
 WORKLOADS = "ABCDEF"
 DEFAULT_URL = "redis://127.0.0.1:6379/14"
+SYSTEMS = ("cml", "arq")
 
 NOTES = [
     "Workers are real processes (`arq cml_jobs.WorkerSettings`, "
@@ -68,7 +69,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "no other client pollutes INFO commandstats; --redis-url is then ignored",
     )
     p.add_argument("--out", default="benchmarks/results/latest.json")
-    p.add_argument("--systems", default="cml,arq", help="cml,arq (default both)")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="any of cml,arq (default both)")
     p.add_argument("--arq-max-jobs", type=int, default=None, help="raw arq max_jobs")
     p.add_argument(
         "--worker-env",
@@ -113,6 +114,7 @@ async def _meta(bench: Bench, args: argparse.Namespace, argv: list[str]) -> dict
         "redis_url": args.redis_url,
         "python": platform.python_version(),
         "arq": arq.version.VERSION,
+        "systems": [s.strip() for s in args.systems.split(",") if s.strip()],
         "commit": (_run(["git", "rev-parse", "--short", "HEAD"]) or "unknown") + dirty,
     }
 
@@ -159,7 +161,7 @@ class Runner:
             order = self.systems if repeat % 2 == 0 else self.systems[::-1]
             await self.bench.reset()
             started = time.monotonic()
-            if self.args.quick:  # smoke: both systems at once, to fit the time budget
+            if self.args.quick:  # smoke: the systems at once, to fit the time budget
                 outcomes = await asyncio.gather(
                     *(job(self.make(n), self.per_task_ms[n]) for n in order)
                 )
@@ -258,6 +260,9 @@ def start_private_redis() -> tuple[subprocess.Popen[bytes], str]:
 async def amain(argv: list[str]) -> int:
     args = parse(argv)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not systems or set(systems) - set(SYSTEMS):
+        raise SystemExit(f"--systems: choose from {','.join(SYSTEMS)}, got {args.systems!r}")
     only = "".join(part.strip().upper() for part in args.only.split(","))
     unknown = set(only) - set(WORKLOADS)
     if unknown:

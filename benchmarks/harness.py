@@ -52,6 +52,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def peak_rss_kib(pid: int) -> int | None:
+    """A live process's peak resident set size (VmHWM, KiB), from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 @dataclass
 class Bench:
     """The benchmark database: one Redis db, flushed before every measured run."""
@@ -133,6 +144,7 @@ class Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Any] = []
         self.started_at = 0.0
+        self.peak_rss: list[int | None] = []  # KiB per process, read by stop()
 
     def start(self, count: int) -> None:
         self.started_at = time.time()
@@ -169,7 +181,19 @@ class Workers:
     def cpu(self) -> list[float]:
         return [cpu_seconds(p.pid) for p in self.processes]
 
+    def rss_figures(self) -> dict[str, float | None]:
+        """Peak RSS (MiB) of the largest worker, and of all workers together."""
+        known = [kib for kib in self.peak_rss if kib is not None]
+        if not known or len(known) < len(self.peak_rss):
+            return {"worker_rss_peak_mib": None, "worker_rss_peak_sum_mib": None}
+        return {
+            "worker_rss_peak_mib": max(known) / 1024,
+            "worker_rss_peak_sum_mib": sum(known) / 1024,
+        }
+
     def stop(self) -> None:
+        # VmHWM is the lifetime peak; read it while the processes are still alive.
+        self.peak_rss = [peak_rss_kib(p.pid) for p in self.processes]
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("drain_rate_from_spawn_per_s", "A. occurrences/s incl. worker start-up", "n"),
         ("missing", "A. missing", "i"),
         ("duplicates", "A. duplicates", "i"),
+        ("worker_rss_peak_mib", "A. peak worker RSS (MiB)", "n"),
     ],
     "B": [
         ("lateness_p50_s", "B. lateness p50", "ms"),
@@ -23,6 +24,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("lateness_max_s", "B. lateness max", "ms"),
         ("missing", "B. missing", "i"),
         ("duplicates", "B. duplicates", "i"),
+        ("worker_rss_peak_mib", "B. peak worker RSS (MiB)", "n"),
     ],
     "C": [
         ("lateness_p50_s", "lateness p50", "ms"),
@@ -31,6 +33,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("expected", "runs expected", "i"),
         ("duplicates", "duplicates", "i"),
         ("worker_cpu_pct", "worker CPU % (of one core)", "n"),
+        ("worker_rss_peak_mib", "peak worker RSS (MiB)", "n"),
     ],
     "D": [
         ("cmds_per_occ", "D. Redis commands per occurrence (enqueue + execute)", "n"),
@@ -44,6 +47,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ),
         ("bytes_per_task_used_memory", "D. Redis bytes per stored task (used_memory delta)", "n"),
         ("idle_cmds_per_s", "D. idle Redis commands/s, one worker, nothing due", "n"),
+        ("worker_rss_peak_mib", "D. peak worker RSS (MiB)", "n"),
     ],
     "E": [
         ("schedule_single_per_s", "E. schedule rate, single awaited calls, /s", "n"),
@@ -52,6 +56,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("recovered", "E. recovery: tasks caught up", "i"),
         ("catch_up_runs_per_task", "E. recovery: catch-up runs per task", "n"),
         ("backlog_scheduled_in_s", "E. recovery: time to schedule the backlog", "s"),
+        ("worker_rss_peak_mib", "E. recovery: peak worker RSS (MiB)", "n"),
     ],
     "F": [
         ("executed", "runs executed", "i"),
@@ -59,6 +64,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("lateness_p99_s", "lateness p99", "ms"),
         ("duplicates", "duplicates", "i"),
         ("worker_cpu_pct", "worker CPU % (sum over workers)", "n"),
+        ("worker_rss_peak_mib", "peak RSS of the largest worker (MiB)", "n"),
     ],
 }
 LABELS = {"cml": "cml-jobs", "arq": "arq 0.28"}
@@ -128,7 +134,7 @@ def _header(doc: dict[str, Any]) -> list[str]:
         f"- commit: {meta['commit']}",
         "",
         "Each cell: median of the repeats [min-max]. Ratios = cml-jobs / the other system "
-        "(same run); for lateness, CPU, commands and bytes lower is better, for rates "
+        "(same run); for lateness, CPU, RSS, commands and bytes lower is better, for rates "
         "higher is better. — : no value.",
         "",
     ]

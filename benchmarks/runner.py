@@ -40,6 +40,8 @@ NOTES = [
     "a run counts as executed if its occurrence falls in the window and it started at "
     "most 2 s (quick: 0.5 s) after the window ends. CPU % = (utime+stime)/wall over the window "
     "from /proc/<pid>/stat, per cent of one core.",
+    "Peak worker RSS: VmHWM from /proc/<pid>/status just before the worker is stopped (the "
+    "largest worker's, in MiB).",
     "D: commands per occurrence come from A's drain (INFO commandstats deltas, server-wide, "
     "minus the harness's own commands): enqueue = scheduling the tasks, worker = from worker "
     "start until every run is recorded (start-up and idle polling included). Other clients "

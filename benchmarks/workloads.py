@@ -178,6 +178,7 @@ async def drain(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
         "cmds_per_occ": per(both, n),
         "cmds_enqueue_top": dict(enqueue.most_common(6)) if enqueue else None,
         "cmds_worker_top": dict(worker.most_common(8)) if worker else None,
+        **workers.rss_figures(),
     }
 
 
@@ -207,6 +208,7 @@ async def burst(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
         "missing": len(set(ids) - ran),
         "duplicates": duplicates(records),
         "scheduled_ahead_s": ahead_ms / 1000,
+        **workers.rss_figures(),
     }
 
 
@@ -251,6 +253,7 @@ async def recurrent(
         "worker_cpu_pct": sum(cpu),
         "worker_cpu_pct_max": max(cpu),
         "scheduled_ahead_s": ahead_ms / 1000,
+        **workers.rss_figures(),
     }
 
 
@@ -291,6 +294,7 @@ async def idle(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, An
         "keys_per_task": keys / n,
         "idle_cmds_per_s": per(idle_cmds, sizes.d_idle_s),
         "idle_cmds_top": dict(idle_cmds.most_common(6)) if idle_cmds else None,
+        **workers.rss_figures(),
     }
 
 
@@ -351,4 +355,5 @@ async def recovery(system: System, sizes: Sizes, per_task_ms: float) -> dict[str
         "catch_up_duplicates": duplicates(catch_up),
         "catch_up_runs_per_task": len(catch_up) / n,
         "backlog_scheduled_in_s": scheduled_s,
+        **workers.rss_figures(),
     }

@@ -34,6 +34,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("duplicates", "duplicates", "i"),
         ("worker_cpu_pct", "worker CPU % (of one core)", "n"),
         ("worker_rss_peak_mib", "peak worker RSS (MiB)", "n"),
+        ("cmds_per_run", "Redis commands per run (window; by command below)", "n"),
     ],
     "D": [
         ("cmds_per_occ", "D. Redis commands per occurrence (enqueue + execute)", "n"),
@@ -69,6 +70,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
 }
 LABELS = {"cml": "cml-jobs", "arq": "arq 0.28"}
 SHORT = {"arq": "arq"}  # in the ratio columns' headers
+TOP_COMMANDS = 8  # rows per C workload in the commands-by-command tables
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -175,15 +177,48 @@ def _figures(doc: dict[str, Any], systems: list[str]) -> list[str]:
     return lines
 
 
+def _by_command(doc: dict[str, Any], systems: list[str]) -> list[str]:
+    """Per C workload: Redis commands per run, by command (median over the repeats)."""
+    lines: list[str] = []
+    for key, by_system in doc["results"].items():
+        if key[0] != "C":
+            continue
+        medians: dict[str, dict[str, float]] = {}
+        for name in systems:
+            tops = [r.get("cmds_per_run_top") for r in by_system.get(name, {}).get("runs", [])]
+            tops = [t for t in tops if t]
+            for command in {c for t in tops for c in t}:
+                values = [t.get(command, 0.0) for t in tops]
+                medians.setdefault(command, {})[name] = statistics.median(values)
+        if not medians:
+            continue
+        shown = sorted(medians, key=lambda c: -max(medians[c].values()))[:TOP_COMMANDS]
+        lines += [
+            "",
+            f"{by_system.get('title', key)}: Redis commands per run, by command "
+            f"(the {TOP_COMMANDS} largest)",
+            "",
+            "| command | " + " | ".join(LABELS[n] for n in systems) + " |",
+            "|---" * (1 + len(systems)) + "|",
+        ]
+        for command in shown:
+            cells = [
+                _fmt(medians[command][n], "n") if n in medians[command] else "—" for n in systems
+            ]
+            lines.append(f"| {command} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(doc: dict[str, Any]) -> str:
     systems = _systems(doc)
     lines = _header(doc)
     if doc["meta"]["mode"] == "quick":
         lines += [
-            "**Quick mode: a smoke run with tiny sizes, the systems run concurrently. "
-            "These figures are not measurements.**",
+            "**Quick mode: a smoke run with tiny sizes, the systems run concurrently (so "
+            "Redis command counts mix them). These figures are not measurements.**",
             "",
         ]
     lines += _figures(doc, systems)
+    lines += _by_command(doc, systems)
     lines += ["", "Notes:", ""] + [f"- {note}" for note in doc.get("notes", [])]
     return "\n".join(lines) + "\n"

@@ -39,7 +39,10 @@ NOTES = [
     "C: tasks' phases are spread evenly over one interval (start_at = T0 + i*interval/n); "
     "a run counts as executed if its occurrence falls in the window and it started at "
     "most 2 s (quick: 0.5 s) after the window ends. CPU % = (utime+stime)/wall over the window "
-    "from /proc/<pid>/stat, per cent of one core.",
+    "from /proc/<pid>/stat, per cent of one core. Redis commands per run: INFO commandstats "
+    "deltas over the window (server-wide, commands inside Lua scripts included, the "
+    "harness's own and the recorder's flushes subtracted) divided by the runs that started "
+    "in the window.",
     "Peak worker RSS: VmHWM from /proc/<pid>/status just before the worker is stopped (the "
     "largest worker's, in MiB).",
     "D: commands per occurrence come from A's drain (INFO commandstats deltas, server-wide, "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.harness import System, Workers, now_ms
+from benchmarks.harness import Bench, System, Workers, now_ms
 
 GRACE_MS = 2000  # C: a run counts as executed if it started this soon after the window
 
@@ -215,6 +215,42 @@ async def burst(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
 # --- C and F: recurrent tasks -------------------------------------------------------
 
 
+class WindowCounts:
+    """Redis commands, by command, between ``open()`` and ``close()``: ``INFO
+    commandstats`` deltas minus the harness's own commands and the recorder's flushes
+    (one RPUSH + INCRBY each, counted by the list's length). Server-wide: meaningful only
+    when one system runs at a time (not --quick)."""
+
+    def __init__(self, bench: Bench, record_key: str) -> None:
+        self.bench, self.record_key = bench, record_key
+        self.counts: Counter[str] | None = None
+
+    async def open(self) -> None:
+        self.flushes = await self.bench.admin.llen(self.record_key)
+        self.stats = await self.bench.commandstats()
+        self.sent = self.bench.harness_sent()
+
+    async def close(self) -> None:
+        stats = await self.bench.commandstats()
+        harness = delta(self.bench.harness_sent(), self.sent)
+        flushes = await self.bench.admin.llen(self.record_key) - self.flushes
+        counts = safe_delta(stats, self.stats)
+        if counts is not None:
+            counts.subtract(harness)
+            counts.subtract({"rpush": flushes, "incrby": flushes})
+            counts = +counts
+        self.counts = counts
+
+    def per_run(self, runs: int) -> dict[str, Any]:
+        """Commands per run started in the window, in all and for the top 10 commands."""
+        if self.counts is None or not runs:
+            return {"cmds_per_run": None, "cmds_per_run_top": None}
+        return {
+            "cmds_per_run": per(self.counts, runs),
+            "cmds_per_run_top": {c: k / runs for c, k in self.counts.most_common(10)},
+        }
+
+
 async def recurrent(
     system: System, sizes: Sizes, per_task_ms: float, n: int, worker_count: int = 1
 ) -> dict[str, Any]:
@@ -228,10 +264,13 @@ async def recurrent(
         await system.schedule_every(ids, interval, firsts)
         ahead_ms = t0 - now_ms()
         await sleep_until(t0)
+        counts = WindowCounts(bench, system.record_key)
+        await counts.open()
         cpu0, wall0 = workers.cpu(), time.monotonic()
         end = t0 + duration
         await sleep_until(end)
         cpu1, wall1 = workers.cpu(), time.monotonic()
+        await counts.close()
         await sleep_until(end + sizes.c_grace_ms + 300)  # + one flush
         workers.check_alive()
         records = await bench.records(system.record_key)
@@ -243,6 +282,7 @@ async def recurrent(
     on_time = [r for r in window if r[2] <= end + sizes.c_grace_ms]
     executed = len({(task, occurrence) for task, occurrence, _ in on_time})
     cpu = [100 * (b - a) / (wall1 - wall0) for a, b in zip(cpu0, cpu1, strict=True)]
+    started_in_window = sum(1 for _, _, start in records if t0 <= start < end)
     return {
         **lateness(on_time),
         "executed": executed,
@@ -253,6 +293,7 @@ async def recurrent(
         "worker_cpu_pct": sum(cpu),
         "worker_cpu_pct_max": max(cpu),
         "scheduled_ahead_s": ahead_ms / 1000,
+        **counts.per_run(started_in_window),
         **workers.rss_figures(),
     }
 

@@ -68,8 +68,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("worker_rss_peak_mib", "peak RSS of the largest worker (MiB)", "n"),
     ],
 }
-LABELS = {"cml": "cml-jobs", "arq": "arq 0.28"}
-SHORT = {"arq": "arq"}  # in the ratio columns' headers
+LABELS = {"cml": "cml-jobs", "arq": "arq 0.28", "aps": "APScheduler 3"}
+SHORT = {"arq": "arq", "aps": "APScheduler 3"}  # in the ratio columns' headers
 TOP_COMMANDS = 8  # rows per C workload in the commands-by-command tables
 
 
@@ -125,6 +125,8 @@ def _systems(doc: dict[str, Any]) -> list[str]:
 def _header(doc: dict[str, Any]) -> list[str]:
     meta = doc["meta"]
     versions = f"arq {meta['arq']}"
+    if meta.get("apscheduler"):
+        versions += f", APScheduler {meta['apscheduler']}"
     return [
         "# cml-jobs benchmarks",
         "",
@@ -137,7 +139,8 @@ def _header(doc: dict[str, Any]) -> list[str]:
         "",
         "Each cell: median of the repeats [min-max]. Ratios = cml-jobs / the other system "
         "(same run); for lateness, CPU, RSS, commands and bytes lower is better, for rates "
-        "higher is better. — : no value.",
+        "higher is better. — : no value (the system does not run that workload, or has "
+        "nothing to divide by).",
         "",
     ]
 

@@ -34,6 +34,7 @@ class Sizes:
     e_backlog: int
     f_workers: tuple[int, ...]
     timeout_s: float
+    start_lead_ms: int  # B, C: extra lead for workers started after their work is stored
 
 
 FULL = Sizes(
@@ -51,6 +52,7 @@ FULL = Sizes(
     e_backlog=100_000,
     f_workers=(1, 2, 4),
     timeout_s=300.0,
+    start_lead_ms=3_000,
 )
 
 QUICK = Sizes(
@@ -68,6 +70,7 @@ QUICK = Sizes(
     e_backlog=500,
     f_workers=(1, 2),
     timeout_s=5.0,  # keeps --quick within ~30 s even if a system stalls
+    start_lead_ms=1_500,
 )
 
 
@@ -131,6 +134,23 @@ async def started(system: System, count: int = 1, ready: bool = True) -> Workers
     return workers
 
 
+async def started_early(system: System, count: int = 1) -> Workers | None:
+    """Workers started before the work is stored, for the systems whose workers see work
+    stored later; None for the others (``started_late`` starts them)."""
+    return None if system.schedules_before_start else await started(system, count)
+
+
+async def started_late(system: System, workers: Workers | None, count: int = 1) -> Workers:
+    return workers if workers is not None else await started(system, count)
+
+
+def lead_ms(system: System, sizes: Sizes, base_ms: int, n: int, per_task_ms: float) -> int:
+    """How far ahead to place the first due time: storing n tasks, plus the workers'
+    start-up when they start after the work is stored."""
+    late = sizes.start_lead_ms if system.schedules_before_start else 0
+    return base_ms + int(n * per_task_ms * 1.5) + late
+
+
 # --- A (and D's commands per occurrence): drain N due one-time tasks -----------------
 
 
@@ -189,10 +209,11 @@ async def burst(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
     bench, n = system.bench, sizes.b_tasks
     ids = [f"b{i}" for i in range(n)]
     await system.open()
-    workers = await started(system)
+    workers = await started_early(system)
     try:
-        due = now_ms() + sizes.b_lead_ms + int(n * per_task_ms * 1.5)
+        due = now_ms() + lead_ms(system, sizes, sizes.b_lead_ms, n, per_task_ms)
         await system.schedule_once(ids, due)
+        workers = await started_late(system, workers)
         ahead_ms = due - now_ms()
         # misfire_grace_time is 60 s: nothing can still run 90 s after the due time
         timeout = (due - now_ms()) / 1000 + min(sizes.timeout_s, 90.0)
@@ -200,7 +221,8 @@ async def burst(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
         await asyncio.sleep(0.5)  # late duplicates, if any, and the last flush
         records = await bench.records(system.record_key)
     finally:
-        workers.stop()
+        if workers is not None:
+            workers.stop()
         await system.close()
     ran = {task for task, _, _ in records}
     return {
@@ -257,11 +279,12 @@ async def recurrent(
     bench, interval, duration = system.bench, sizes.c_interval_ms, sizes.c_duration_ms
     ids = [f"c{i}" for i in range(n)]
     await system.open()
-    workers = await started(system, worker_count)
+    workers = await started_early(system, worker_count)
     try:
-        t0 = now_ms() + 1000 + int(n * per_task_ms * 1.5)
+        t0 = now_ms() + lead_ms(system, sizes, 1000, n, per_task_ms)
         firsts = [t0 + i * interval // n for i in range(n)]  # phases spread over one interval
         await system.schedule_every(ids, interval, firsts)
+        workers = await started_late(system, workers, worker_count)
         ahead_ms = t0 - now_ms()
         await sleep_until(t0)
         counts = WindowCounts(bench, system.record_key)
@@ -275,7 +298,8 @@ async def recurrent(
         workers.check_alive()
         records = await bench.records(system.record_key)
     finally:
-        workers.stop()
+        if workers is not None:
+            workers.stop()
         await system.close()
     expected = sum(len(range(first, end, interval)) for first in firsts)
     window = [r for r in records if t0 <= r[1] < end]

@@ -70,7 +70,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
 }
 LABELS = {"cml": "cml-jobs", "arq": "arq 0.28", "aps": "APScheduler 3"}
 SHORT = {"arq": "arq", "aps": "APScheduler 3"}  # in the ratio columns' headers
-TOP_COMMANDS = 8  # rows per C workload in the commands-by-command tables
+TOP_COMMANDS = 8  # commands shown per system in the C workloads' by-command tables
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,32 +181,41 @@ def _figures(doc: dict[str, Any], systems: list[str]) -> list[str]:
 
 
 def _by_command(doc: dict[str, Any], systems: list[str]) -> list[str]:
-    """Per C workload: Redis commands per run, by command (median over the repeats)."""
+    """Per C workload: Redis commands per run, by command (median over the repeats), for
+    the union of each system's largest; 0 where a system sent none of a command."""
     lines: list[str] = []
     for key, by_system in doc["results"].items():
         if key[0] != "C":
             continue
         medians: dict[str, dict[str, float]] = {}
         for name in systems:
-            tops = [r.get("cmds_per_run_top") for r in by_system.get(name, {}).get("runs", [])]
-            tops = [t for t in tops if t]
-            for command in {c for t in tops for c in t}:
-                values = [t.get(command, 0.0) for t in tops]
-                medians.setdefault(command, {})[name] = statistics.median(values)
+            runs = by_system.get(name, {}).get("runs", [])
+            counts = [
+                r["cmds_per_run_by_command"] for r in runs if r.get("cmds_per_run_by_command")
+            ]
+            if counts:
+                every = {c for per_run in counts for c in per_run}
+                medians[name] = {
+                    c: statistics.median(per_run.get(c, 0.0) for per_run in counts) for c in every
+                }
         if not medians:
             continue
-        shown = sorted(medians, key=lambda c: -max(medians[c].values()))[:TOP_COMMANDS]
+        shown: list[str] = []
+        for per_command in medians.values():
+            largest = sorted(per_command, key=lambda c: -per_command[c])[:TOP_COMMANDS]
+            shown += [c for c in largest if c not in shown]
+        shown.sort(key=lambda c: -max(m.get(c, 0.0) for m in medians.values()))
         lines += [
             "",
-            f"{by_system.get('title', key)}: Redis commands per run, by command "
-            f"(the {TOP_COMMANDS} largest)",
+            f"{by_system.get('title', key)}: Redis commands per run, by command (each "
+            f"system's {TOP_COMMANDS} largest)",
             "",
             "| command | " + " | ".join(LABELS[n] for n in systems) + " |",
             "|---" * (1 + len(systems)) + "|",
         ]
         for command in shown:
             cells = [
-                _fmt(medians[command][n], "n") if n in medians[command] else "—" for n in systems
+                _fmt(medians[n].get(command, 0.0), "n") if n in medians else "—" for n in systems
             ]
             lines.append(f"| {command} | " + " | ".join(cells) + " |")
     return lines

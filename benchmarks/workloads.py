@@ -264,12 +264,13 @@ class WindowCounts:
         self.counts = counts
 
     def per_run(self, runs: int) -> dict[str, Any]:
-        """Commands per run started in the window, in all and for the top 10 commands."""
+        """Commands per run started in the window, in all and by command (every command
+        the window saw, largest first)."""
         if self.counts is None or not runs:
-            return {"cmds_per_run": None, "cmds_per_run_top": None}
+            return {"cmds_per_run": None, "cmds_per_run_by_command": None}
         return {
             "cmds_per_run": per(self.counts, runs),
-            "cmds_per_run_top": {c: k / runs for c, k in self.counts.most_common(10)},
+            "cmds_per_run_by_command": {c: k / runs for c, k in self.counts.most_common()},
         }
 
 

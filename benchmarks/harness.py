@@ -1,4 +1,4 @@
-"""The harness: the benchmark Redis database, worker processes, and the two systems."""
+"""The harness: the benchmark Redis database, worker processes, and the three systems."""
 
 from __future__ import annotations
 
@@ -50,6 +50,17 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """A live process's peak resident set size (VmHWM, KiB), from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 @dataclass
@@ -133,6 +144,7 @@ class Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Any] = []
         self.started_at = 0.0
+        self.peak_rss: list[int | None] = []  # KiB per process, read by stop()
 
     def start(self, count: int) -> None:
         self.started_at = time.time()
@@ -169,7 +181,19 @@ class Workers:
     def cpu(self) -> list[float]:
         return [cpu_seconds(p.pid) for p in self.processes]
 
+    def rss_figures(self) -> dict[str, float | None]:
+        """Peak RSS (MiB) of the largest worker, and of all workers together."""
+        known = [kib for kib in self.peak_rss if kib is not None]
+        if not known or len(known) < len(self.peak_rss):
+            return {"worker_rss_peak_mib": None, "worker_rss_peak_sum_mib": None}
+        return {
+            "worker_rss_peak_mib": max(known) / 1024,
+            "worker_rss_peak_sum_mib": sum(known) / 1024,
+        }
+
     def stop(self) -> None:
+        # VmHWM is the lifetime peak; read it while the processes are still alive.
+        self.peak_rss = [peak_rss_kib(p.pid) for p in self.processes]
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -189,6 +213,9 @@ class System:
 
     name: str
     label: str
+    # Workers that only see the work stored before they start (APScheduler 3): the
+    # workloads store it first, then start them, with a longer lead to the first due time.
+    schedules_before_start = False
 
     def __init__(self, bench: Bench, run_id: str) -> None:
         self.bench = bench
@@ -404,3 +431,66 @@ class RawArq(System):
         first = end - outage_ms + interval_ms
         await gather_chunks(self._tick(i, first, interval_ms, True) for i in ids)
         return end
+
+
+class ApScheduler3(System):
+    """APScheduler 3: an ``AsyncIOScheduler`` with a ``RedisJobStore`` (``benchmarks.aps_jobs``)
+    in a worker process of its own. The harness stores jobs through a scheduler started
+    paused (it never runs a job) over the same store: that is how APScheduler 3 writes jobs
+    to a persistent store without running them."""
+
+    name = "aps"
+    label = "APScheduler 3"
+    schedules_before_start = True
+
+    def __init__(self, bench: Bench, run_id: str) -> None:
+        super().__init__(bench, run_id)
+        self.scheduler: Any = None
+
+    def workers(self) -> Workers:
+        health = f"{self.prefix}health-check"
+        env = {
+            **self.base_env(),
+            "BENCH_APS_REDIS_URL": self.bench.url,
+            "BENCH_APS_PREFIX": self.prefix,
+            "BENCH_APS_HEALTH_KEY": health,
+        }
+        return Workers([sys.executable, "-m", "benchmarks.aps_worker"], env, health)
+
+    async def open(self) -> None:
+        from benchmarks.aps_jobs import scheduler
+
+        self.scheduler = scheduler(self.bench.url, self.prefix, listen=False)
+        self.scheduler.start(paused=True)
+
+    async def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)  # AsyncIOScheduler shuts down in a loop callback
+            self.scheduler = None
+
+    async def _add(self, jobs: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        # add_job is synchronous (a blocking Redis client): run it off the event loop,
+        # so that systems measured at the same time (--quick) are not held up.
+        from benchmarks.aps_jobs import job_options
+
+        def add_all() -> None:
+            for task, trigger, trigger_args in jobs:
+                self.scheduler.add_job(trigger=trigger, **trigger_args, **job_options(task))
+
+        await asyncio.to_thread(add_all)
+
+    async def schedule_once(self, ids: Iterable[str], due_ms: int, *, bulk: bool = True) -> None:
+        when = at(due_ms)
+        await self._add([(i, "date", {"run_date": when}) for i in ids])
+
+    async def schedule_every(
+        self, ids: Sequence[str], interval_ms: int, first_ms: Sequence[int]
+    ) -> None:
+        seconds = interval_ms / 1000
+        await self._add(
+            [
+                (i, "interval", {"seconds": seconds, "start_date": at(first)})
+                for i, first in zip(ids, first_ms, strict=True)
+            ]
+        )

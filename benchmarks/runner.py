@@ -19,26 +19,43 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import workloads
-from benchmarks.harness import ROOT, Bench, CmlJobs, RawArq, System, now_ms
+from benchmarks.harness import ROOT, ApScheduler3, Bench, CmlJobs, RawArq, System, now_ms
 from benchmarks.report import markdown, summarise
 
 WORKLOADS = "ABCDEF"
 DEFAULT_URL = "redis://127.0.0.1:6379/14"
+SYSTEMS = ("cml", "arq", "aps")
+# Workloads a system does not run, and systems that run one worker only (F with more
+# workers is skipped): the README says why.
+SKIPS = {"aps": "E"}
+SINGLE_WORKER = {"aps"}
 
 NOTES = [
     "Workers are real processes (`arq cml_jobs.WorkerSettings`, "
-    "`arq benchmarks.arq_jobs.WorkerSettings`) at their defaults unless --worker-env / "
-    "--arq-max-jobs say otherwise: cml-jobs max_jobs=50, dispatch=local (a worker runs "
-    "what it claims), poll_interval=1 s, queue_poll_delay=0.5 s; arq max_jobs=10, "
-    "poll_delay=0.5 s, keep_result=3600 s.",
+    "`arq benchmarks.arq_jobs.WorkerSettings`, `python -m benchmarks.aps_worker`) at their "
+    "defaults unless --worker-env / --arq-max-jobs say otherwise: cml-jobs max_jobs=50, "
+    "dispatch=local (a worker runs what it claims), poll_interval=1 s, "
+    "queue_poll_delay=0.5 s; arq max_jobs=10, poll_delay=0.5 s, keep_result=3600 s.",
     "Jobs are no-ops that record (task, occurrence, start) in memory, flushed every 100 ms "
     "as one RPUSH + INCRBY (subtracted from command counts). Lateness = start - occurrence.",
     "Raw arq recurring work: self-rescheduling jobs (`_defer_until` = occurrence + interval, "
     "`_job_id` per occurrence), since arq cron jobs cannot be added at run time.",
+    "APScheduler 3: `python -m benchmarks.aps_worker`, one AsyncIOScheduler with a "
+    "RedisJobStore (its own keys per run); a date job per one-time task, an interval job per "
+    "recurrent task, misfire_grace_time=None, coalesce=True, max_instances=1. Its jobs are "
+    "stored (by a paused scheduler) before its worker starts, since a running APScheduler 3 "
+    "does not see jobs another process adds; so in B and C its first due time is 3 s (quick: "
+    "1.5 s) further ahead. It runs A-D and F with one worker (= C2); not E, nor F with more "
+    "workers (a RedisJobStore cannot be shared by two schedulers).",
     "C: tasks' phases are spread evenly over one interval (start_at = T0 + i*interval/n); "
     "a run counts as executed if its occurrence falls in the window and it started at "
     "most 2 s (quick: 0.5 s) after the window ends. CPU % = (utime+stime)/wall over the window "
-    "from /proc/<pid>/stat, per cent of one core.",
+    "from /proc/<pid>/stat, per cent of one core. Redis commands per run: INFO commandstats "
+    "deltas over the window (server-wide, commands inside Lua scripts included, the "
+    "harness's own and the recorder's flushes subtracted) divided by the runs that started "
+    "in the window.",
+    "Peak worker RSS: VmHWM from /proc/<pid>/status just before the worker is stopped (the "
+    "largest worker's, in MiB).",
     "D: commands per occurrence come from A's drain (INFO commandstats deltas, server-wide, "
     "minus the harness's own commands): enqueue = scheduling the tasks, worker = from worker "
     "start until every run is recorded (start-up and idle polling included). Other clients "
@@ -55,6 +72,13 @@ NOTES = [
 ]
 
 
+def runs(system: str, key: str) -> bool:
+    """Whether a system runs a workload (key: A, B, C1, F2, ...)."""
+    if key[0] in SKIPS.get(system, ""):
+        return False
+    return not (system in SINGLE_WORKER and key[0] == "F" and key != "F1")
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="~20 s smoke with tiny sizes (CI)")
@@ -68,7 +92,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "no other client pollutes INFO commandstats; --redis-url is then ignored",
     )
     p.add_argument("--out", default="benchmarks/results/latest.json")
-    p.add_argument("--systems", default="cml,arq", help="cml,arq (default both)")
+    p.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="any of cml,arq,aps (default all three)"
+    )
     p.add_argument("--arq-max-jobs", type=int, default=None, help="raw arq max_jobs")
     p.add_argument(
         "--worker-env",
@@ -98,6 +124,7 @@ def _cpu_model() -> str:
 
 
 async def _meta(bench: Bench, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    import apscheduler
     import arq.version
 
     server = await bench.admin.info("server")
@@ -113,6 +140,8 @@ async def _meta(bench: Bench, args: argparse.Namespace, argv: list[str]) -> dict
         "redis_url": args.redis_url,
         "python": platform.python_version(),
         "arq": arq.version.VERSION,
+        "apscheduler": apscheduler.__version__,
+        "systems": [s.strip() for s in args.systems.split(",") if s.strip()],
         "commit": (_run(["git", "rev-parse", "--short", "HEAD"]) or "unknown") + dirty,
     }
 
@@ -133,6 +162,8 @@ class Runner:
         run_id = f"{self.counter}"
         if name == "cml":
             return CmlJobs(self.bench, run_id, self.worker_env)
+        if name == "aps":
+            return ApScheduler3(self.bench, run_id)
         return RawArq(self.bench, run_id, self.args.arq_max_jobs)
 
     async def calibrate(self) -> None:
@@ -155,11 +186,12 @@ class Runner:
         self, key: str, title: str, job: Callable[[System, float], Awaitable[dict[str, Any]]]
     ) -> None:
         entry = self.doc["results"].setdefault(key, {"title": title})
+        systems = [n for n in self.systems if runs(n, key)]
         for repeat in range(self.args.repeats):
-            order = self.systems if repeat % 2 == 0 else self.systems[::-1]
+            order = systems if repeat % 2 == 0 else systems[::-1]
             await self.bench.reset()
             started = time.monotonic()
-            if self.args.quick:  # smoke: both systems at once, to fit the time budget
+            if self.args.quick:  # smoke: the systems at once, to fit the time budget
                 outcomes = await asyncio.gather(
                     *(job(self.make(n), self.per_task_ms[n]) for n in order)
                 )
@@ -176,7 +208,7 @@ class Runner:
                 file=sys.stderr,
                 flush=True,
             )
-        for name in self.systems:
+        for name in systems:
             entry[name]["summary"] = summarise(entry[name]["runs"])
         self.save()
 
@@ -258,6 +290,9 @@ def start_private_redis() -> tuple[subprocess.Popen[bytes], str]:
 async def amain(argv: list[str]) -> int:
     args = parse(argv)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not systems or set(systems) - set(SYSTEMS):
+        raise SystemExit(f"--systems: choose from {','.join(SYSTEMS)}, got {args.systems!r}")
     only = "".join(part.strip().upper() for part in args.only.split(","))
     unknown = set(only) - set(WORKLOADS)
     if unknown:

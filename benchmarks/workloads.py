@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.harness import System, Workers, now_ms
+from benchmarks.harness import Bench, System, Workers, now_ms
 
 GRACE_MS = 2000  # C: a run counts as executed if it started this soon after the window
 
@@ -34,6 +34,7 @@ class Sizes:
     e_backlog: int
     f_workers: tuple[int, ...]
     timeout_s: float
+    start_lead_ms: int  # B, C: extra lead for workers started after their work is stored
 
 
 FULL = Sizes(
@@ -51,6 +52,7 @@ FULL = Sizes(
     e_backlog=100_000,
     f_workers=(1, 2, 4),
     timeout_s=300.0,
+    start_lead_ms=3_000,
 )
 
 QUICK = Sizes(
@@ -68,6 +70,7 @@ QUICK = Sizes(
     e_backlog=500,
     f_workers=(1, 2),
     timeout_s=5.0,  # keeps --quick within ~30 s even if a system stalls
+    start_lead_ms=1_500,
 )
 
 
@@ -131,6 +134,23 @@ async def started(system: System, count: int = 1, ready: bool = True) -> Workers
     return workers
 
 
+async def started_early(system: System, count: int = 1) -> Workers | None:
+    """Workers started before the work is stored, for the systems whose workers see work
+    stored later; None for the others (``started_late`` starts them)."""
+    return None if system.schedules_before_start else await started(system, count)
+
+
+async def started_late(system: System, workers: Workers | None, count: int = 1) -> Workers:
+    return workers if workers is not None else await started(system, count)
+
+
+def lead_ms(system: System, sizes: Sizes, base_ms: int, n: int, per_task_ms: float) -> int:
+    """How far ahead to place the first due time: storing n tasks, plus the workers'
+    start-up when they start after the work is stored."""
+    late = sizes.start_lead_ms if system.schedules_before_start else 0
+    return base_ms + int(n * per_task_ms * 1.5) + late
+
+
 # --- A (and D's commands per occurrence): drain N due one-time tasks -----------------
 
 
@@ -178,6 +198,7 @@ async def drain(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
         "cmds_per_occ": per(both, n),
         "cmds_enqueue_top": dict(enqueue.most_common(6)) if enqueue else None,
         "cmds_worker_top": dict(worker.most_common(8)) if worker else None,
+        **workers.rss_figures(),
     }
 
 
@@ -188,10 +209,11 @@ async def burst(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
     bench, n = system.bench, sizes.b_tasks
     ids = [f"b{i}" for i in range(n)]
     await system.open()
-    workers = await started(system)
+    workers = await started_early(system)
     try:
-        due = now_ms() + sizes.b_lead_ms + int(n * per_task_ms * 1.5)
+        due = now_ms() + lead_ms(system, sizes, sizes.b_lead_ms, n, per_task_ms)
         await system.schedule_once(ids, due)
+        workers = await started_late(system, workers)
         ahead_ms = due - now_ms()
         # misfire_grace_time is 60 s: nothing can still run 90 s after the due time
         timeout = (due - now_ms()) / 1000 + min(sizes.timeout_s, 90.0)
@@ -199,7 +221,8 @@ async def burst(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
         await asyncio.sleep(0.5)  # late duplicates, if any, and the last flush
         records = await bench.records(system.record_key)
     finally:
-        workers.stop()
+        if workers is not None:
+            workers.stop()
         await system.close()
     ran = {task for task, _, _ in records}
     return {
@@ -207,10 +230,48 @@ async def burst(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, A
         "missing": len(set(ids) - ran),
         "duplicates": duplicates(records),
         "scheduled_ahead_s": ahead_ms / 1000,
+        **workers.rss_figures(),
     }
 
 
 # --- C and F: recurrent tasks -------------------------------------------------------
+
+
+class WindowCounts:
+    """Redis commands, by command, between ``open()`` and ``close()``: ``INFO
+    commandstats`` deltas minus the harness's own commands and the recorder's flushes
+    (one RPUSH + INCRBY each, counted by the list's length). Server-wide: meaningful only
+    when one system runs at a time (not --quick)."""
+
+    def __init__(self, bench: Bench, record_key: str) -> None:
+        self.bench, self.record_key = bench, record_key
+        self.counts: Counter[str] | None = None
+
+    async def open(self) -> None:
+        self.flushes = await self.bench.admin.llen(self.record_key)
+        self.stats = await self.bench.commandstats()
+        self.sent = self.bench.harness_sent()
+
+    async def close(self) -> None:
+        stats = await self.bench.commandstats()
+        harness = delta(self.bench.harness_sent(), self.sent)
+        flushes = await self.bench.admin.llen(self.record_key) - self.flushes
+        counts = safe_delta(stats, self.stats)
+        if counts is not None:
+            counts.subtract(harness)
+            counts.subtract({"rpush": flushes, "incrby": flushes})
+            counts = +counts
+        self.counts = counts
+
+    def per_run(self, runs: int) -> dict[str, Any]:
+        """Commands per run started in the window, in all and by command (every command
+        the window saw, largest first)."""
+        if self.counts is None or not runs:
+            return {"cmds_per_run": None, "cmds_per_run_by_command": None}
+        return {
+            "cmds_per_run": per(self.counts, runs),
+            "cmds_per_run_by_command": {c: k / runs for c, k in self.counts.most_common()},
+        }
 
 
 async def recurrent(
@@ -219,28 +280,34 @@ async def recurrent(
     bench, interval, duration = system.bench, sizes.c_interval_ms, sizes.c_duration_ms
     ids = [f"c{i}" for i in range(n)]
     await system.open()
-    workers = await started(system, worker_count)
+    workers = await started_early(system, worker_count)
     try:
-        t0 = now_ms() + 1000 + int(n * per_task_ms * 1.5)
+        t0 = now_ms() + lead_ms(system, sizes, 1000, n, per_task_ms)
         firsts = [t0 + i * interval // n for i in range(n)]  # phases spread over one interval
         await system.schedule_every(ids, interval, firsts)
+        workers = await started_late(system, workers, worker_count)
         ahead_ms = t0 - now_ms()
         await sleep_until(t0)
+        counts = WindowCounts(bench, system.record_key)
+        await counts.open()
         cpu0, wall0 = workers.cpu(), time.monotonic()
         end = t0 + duration
         await sleep_until(end)
         cpu1, wall1 = workers.cpu(), time.monotonic()
+        await counts.close()
         await sleep_until(end + sizes.c_grace_ms + 300)  # + one flush
         workers.check_alive()
         records = await bench.records(system.record_key)
     finally:
-        workers.stop()
+        if workers is not None:
+            workers.stop()
         await system.close()
     expected = sum(len(range(first, end, interval)) for first in firsts)
     window = [r for r in records if t0 <= r[1] < end]
     on_time = [r for r in window if r[2] <= end + sizes.c_grace_ms]
     executed = len({(task, occurrence) for task, occurrence, _ in on_time})
     cpu = [100 * (b - a) / (wall1 - wall0) for a, b in zip(cpu0, cpu1, strict=True)]
+    started_in_window = sum(1 for _, _, start in records if t0 <= start < end)
     return {
         **lateness(on_time),
         "executed": executed,
@@ -251,6 +318,8 @@ async def recurrent(
         "worker_cpu_pct": sum(cpu),
         "worker_cpu_pct_max": max(cpu),
         "scheduled_ahead_s": ahead_ms / 1000,
+        **counts.per_run(started_in_window),
+        **workers.rss_figures(),
     }
 
 
@@ -291,6 +360,7 @@ async def idle(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, An
         "keys_per_task": keys / n,
         "idle_cmds_per_s": per(idle_cmds, sizes.d_idle_s),
         "idle_cmds_top": dict(idle_cmds.most_common(6)) if idle_cmds else None,
+        **workers.rss_figures(),
     }
 
 
@@ -351,4 +421,5 @@ async def recovery(system: System, sizes: Sizes, per_task_ms: float) -> dict[str
         "catch_up_duplicates": duplicates(catch_up),
         "catch_up_runs_per_task": len(catch_up) / n,
         "backlog_scheduled_in_s": scheduled_s,
+        **workers.rss_figures(),
     }

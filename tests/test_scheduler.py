@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -19,6 +19,7 @@ from cml_jobs import (
     PayloadTooLargeError,
     RecurrentTaskDescriptor,
     ScheduledTaskDescriptor,
+    TaskEvent,
     TaskExistsError,
     TaskNotFoundError,
     UnknownJobError,
@@ -195,26 +196,27 @@ async def test_an_occurrence_due_while_the_previous_run_goes_on_is_skipped(
     async with app:
         events: list[TaskEvent] = []
         app.subscribe(events.append)
+        skipped, succeeded = _seen(app, EventKind.SKIPPED), _seen(app, EventKind.SUCCEEDED)
         descriptor = RecurrentTaskDescriptor(id="g", name="GatedJob", interval=60)
         first = (await app.bus.schedule_task(descriptor)).next_run_time
         assert first is not None
         clock.advance(seconds=60)  # wakes the dispatcher, which sleeps on the clock
         await asyncio.wait_for(GatedJob.waiting.wait(), 30)
         clock.advance(seconds=60)
-        await _until(lambda: EventKind.SKIPPED in [e.kind for e in events])
+        await asyncio.wait_for(skipped.wait(), 30)
         task = await app.bus.get_task("g")
         assert (task.counts, task.running) == ({"skipped": 1}, 1)
         GatedJob.gate.set()
-        await _until(lambda: EventKind.SUCCEEDED in [e.kind for e in events])
+        await asyncio.wait_for(succeeded.wait(), 30)
     skipped = [e.occurrence_at for e in events if e.kind is EventKind.SKIPPED]
     assert skipped == [first + timedelta(seconds=60)]
 
 
-async def _until(condition: Callable[[], bool], deadline: float = 30) -> None:
-    """Wait until ``condition()`` holds; fail after ``deadline`` seconds."""
-    async with asyncio.timeout(deadline):
-        while not condition():
-            await asyncio.sleep(0.01)
+def _seen(app: BackgroundTaskScheduler, kind: EventKind) -> asyncio.Event:
+    """An event set when ``app`` emits a lifecycle event of ``kind``."""
+    seen = asyncio.Event()
+    app.subscribe(lambda event: seen.set() if event.kind is kind else None)
+    return seen
 
 
 async def test_pause_and_resume(scheduler: BackgroundTaskScheduler, clock: ManualClock) -> None:
@@ -373,3 +375,29 @@ async def test_a_task_whose_job_this_worker_lacks_is_left_to_one_that_has_it_the
         assert [e.kind for e in await run_due(old)] == [EventKind.PARKED]
     task = await scheduler.bus.get_task("r")
     assert task.parked_reason is not None and "'ScriptedJob'" in task.parked_reason
+
+
+async def test_stop_honours_the_drain_timeout_it_is_given_and_gives_the_run_back(
+    store: ScheduleStore,
+) -> None:
+    """stop(drain_timeout=0.1) with a job still going does not wait for the configured
+    drain timeout (60 s here): the run is interrupted, announced as such, given back to
+    the store for a re-run, and its body never completes."""
+    GatedJob.reset()
+    app = BackgroundTaskScheduler.configure(
+        modules=JOBS, store=store, run_worker=True, drain_timeout=60
+    )
+    events: list[TaskEvent] = []
+    async with asyncio.timeout(30):  # far below the configured 60 s
+        await app.start()
+        app.subscribe(events.append)
+        descriptor = ScheduledTaskDescriptor(
+            id="long", name="GatedOnceJob", scheduled_at=app.clock.now()
+        )
+        await app.bus.schedule_task(descriptor)
+        await GatedJob.waiting.wait()
+        await app.stop(drain_timeout=timedelta(seconds=0.1))
+    assert GatedJob.ran == []
+    assert [e.kind for e in events][-1] is EventKind.INTERRUPTED
+    [state] = await store.list()
+    assert state.running == 1  # given back: due for a re-run at once, not after 60 s

@@ -134,6 +134,19 @@ class BackgroundTasksBus:
         self._registry.validate(descriptor)
         now = self._clock.now()
         due_at = self._first_due(descriptor, now)
+        encoded = self._encoded(descriptor)
+        with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
+            ready = ready_at(descriptor, due_at)
+            task = NewTask(descriptor.id, encoded, due_at, ready, trace_context)
+            added = await self._store.add(task, replace=replace)
+        if not added:  # the same task was already there: show it as it is
+            return await self.get_task(descriptor.id)
+        self._scheduled(descriptor, due_at)
+        # As the store keeps it (to the millisecond), without reading it back.
+        next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
+        return TaskInfo(descriptor.id, descriptor.name, descriptor, next_run)
+
+    def _encoded(self, descriptor: TaskDescriptor) -> str:
         encoded = self._codec.encode(descriptor)
         size = len(encoded.encode())
         if size > MAX_DESCRIPTOR_BYTES:
@@ -142,18 +155,13 @@ class BackgroundTasksBus:
                 f"{MAX_DESCRIPTOR_BYTES}; keep large data in your own storage and put its id "
                 "in data"
             )
-        with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
-            ready = ready_at(descriptor, due_at)
-            task = NewTask(descriptor.id, encoded, due_at, ready, trace_context)
-            added = await self._store.add(task, replace=replace)
-        if not added:  # the same task was already there: show it as it is
-            return await self.get_task(descriptor.id)
+        return encoded
+
+    def _scheduled(self, descriptor: TaskDescriptor, due_at: datetime) -> None:
+        """Announce a task just written, and wake this process's dispatcher."""
         self._emit(EventKind.SCHEDULED, descriptor.id, descriptor.name, due_at)
         if self._on_scheduled is not None:
             self._on_scheduled()
-        # As the store keeps it (to the millisecond), without reading it back.
-        next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
-        return TaskInfo(descriptor.id, descriptor.name, descriptor, next_run)
 
     def _first_due(self, descriptor: TaskDescriptor, now: datetime) -> datetime:
         due_at = first_occurrence(descriptor, now)

@@ -8,10 +8,11 @@ import os
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
+from cml_jobs._bus import BackgroundTasksBus
 from cml_jobs._config import Settings
 from cml_jobs._descriptors import (
     CronTaskDescriptor,
@@ -20,7 +21,7 @@ from cml_jobs._descriptors import (
 )
 from cml_jobs._events import EventKind, TaskEvent
 from cml_jobs._scheduler import BackgroundTaskScheduler
-from cml_jobs._timing import SystemClock
+from cml_jobs._timing import Clock, SystemClock
 
 __all__ = ["main"]
 
@@ -36,41 +37,50 @@ async def demo(redis_url: str, seconds: float) -> int:
     counts: Counter[tuple[str, str]] = Counter()
     async with scheduler:
         start = scheduler.clock.now()
-
-        def show(event: TaskEvent) -> None:
-            counts[(event.task_id, event.kind.value)] += 1
-            if event.kind in _SHOWN:
-                at = (scheduler.clock.now() - start).total_seconds()
-                late = ""
-                if event.kind is EventKind.SUCCEEDED and event.occurrence_at:
-                    late = f" (occurrence {event.occurrence_at:%H:%M:%S.%f}"[:-3] + ")"
-                print(f"{at:6.2f}s  {event.task_id:<10} {event.kind.value}{late}", flush=True)
-
-        scheduler.subscribe(show)
-        bus = scheduler.bus
-        await bus.schedule_task(
-            RecurrentTaskDescriptor(
-                id="heartbeat", name="HeartbeatJob", data={"service": "api"}, interval=2
-            )
-        )
-        await bus.schedule_task(
-            CronTaskDescriptor(
-                id="cleanup", name="CleanupJob", data={"folder": "/tmp"}, cron="*/3 * * * * *"
-            )
-        )
-        await bus.schedule_task(
-            ScheduledTaskDescriptor(
-                id="report",
-                name="ReportJob",
-                data={"recipient": "ops@example.com"},
-                scheduled_at=start + timedelta(seconds=4),
-            )
-        )
+        scheduler.subscribe(_printer(scheduler.clock, start, counts))
+        await _schedule_demo_tasks(scheduler.bus, start)
         await asyncio.sleep(seconds)
-        tasks = await scheduler.list_tasks()
-        for task in tasks:
-            await bus.cancel_task(task.id)
+        for task in await scheduler.list_tasks():
+            await scheduler.bus.cancel_task(task.id)
     return _summary(counts, seconds)
+
+
+def _printer(
+    clock: Clock, start: datetime, counts: Counter[tuple[str, str]]
+) -> Callable[[TaskEvent], None]:
+    """An event subscriber that counts every event and prints the ones worth showing."""
+
+    def show(event: TaskEvent) -> None:
+        counts[(event.task_id, event.kind.value)] += 1
+        if event.kind in _SHOWN:
+            at = (clock.now() - start).total_seconds()
+            late = ""
+            if event.kind is EventKind.SUCCEEDED and event.occurrence_at:
+                late = f" (occurrence {event.occurrence_at:%H:%M:%S.%f}"[:-3] + ")"
+            print(f"{at:6.2f}s  {event.task_id:<10} {event.kind.value}{late}", flush=True)
+
+    return show
+
+
+async def _schedule_demo_tasks(bus: BackgroundTasksBus, start: datetime) -> None:
+    await bus.schedule_task(
+        RecurrentTaskDescriptor(
+            id="heartbeat", name="HeartbeatJob", data={"service": "api"}, interval=2
+        )
+    )
+    await bus.schedule_task(
+        CronTaskDescriptor(
+            id="cleanup", name="CleanupJob", data={"folder": "/tmp"}, cron="*/3 * * * * *"
+        )
+    )
+    await bus.schedule_task(
+        ScheduledTaskDescriptor(
+            id="report",
+            name="ReportJob",
+            data={"recipient": "ops@example.com"},
+            scheduled_at=start + timedelta(seconds=4),
+        )
+    )
 
 
 def _summary(counts: Counter[tuple[str, str]], seconds: float) -> int:

@@ -20,13 +20,13 @@ from typing import Protocol
 
 from cml_jobs import _telemetry
 from cml_jobs._codec import DescriptorCodec
+from cml_jobs._decide import Choice, Decider
 from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._execution import Assignment
-from cml_jobs._registry import JobRegistry, check_data
+from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs._triggers import plan, ready_at
-from cml_jobs.exceptions import InvalidDescriptorError, InvalidTaskDataError, StoreError
+from cml_jobs.exceptions import InvalidDescriptorError, StoreError
 from cml_jobs.stores._base import (
     ClaimResult,
     ClaimStatus,
@@ -45,9 +45,6 @@ logger = logging.getLogger("cml_jobs.dispatch")
 #: a job that kills its worker must not take down every worker in turn.
 MAX_LOST_ATTEMPTS = 3
 _RECLAIM_EVERY = timedelta(seconds=1)
-#: A task whose job this worker lacks (a rolling deploy) is left this long for a worker
-#: that has it, without counting as a failure.
-HANDOFF_DELAY = timedelta(seconds=1)
 
 
 class RunSink(Protocol):
@@ -72,14 +69,6 @@ class TickReport:
     skipped: int = 0
     parked: int = 0
     full: bool = False  # the batch limit was reached: more may be due right now
-
-
-@dataclass(frozen=True)
-class _Choice:
-    """A decision, with the descriptor it was made from (None when it parks the task)."""
-
-    decision: Decision
-    descriptor: TaskDescriptor | None
 
 
 class Dispatcher:
@@ -118,10 +107,9 @@ class Dispatcher:
         unknown_job_grace: timedelta = timedelta(minutes=5),
     ) -> None:
         self.store, self.clock, self.sink, self.hub = store, clock, sink, hub
-        self.registry, self.codec = registry, codec
-        self.lease, self.batch, self.lookahead = lease, batch, lookahead
+        self.codec, self.lease, self.batch, self.lookahead = codec, lease, batch, lookahead
+        self.decider = Decider(codec=codec, registry=registry, unknown_job_grace=unknown_job_grace)
         self.poll_interval = poll_interval
-        self.unknown_job_grace = unknown_job_grace
         self._wake = asyncio.Event()
         self._starved = False  # the last tick had no room for everything that was due
         self._reclaim_after: datetime | None = None
@@ -150,7 +138,7 @@ class Dispatcher:
         # Claiming a few ms ahead lets one tick serve every occurrence in that window.
         polled = await self.store.poll(now + self.lookahead, room - len(reissued))
         self._check_generation(polled.generation)
-        choices = [self._choose(task, now) for task in polled.tasks]
+        choices = [self.decider.choose(task, now) for task in polled.tasks]
         decisions = [choice.decision for choice in choices]
         results = await self.store.claim(decisions, lease_until=lease_until)
         report = self._report(choices, results)
@@ -203,45 +191,7 @@ class Dispatcher:
             _telemetry.record_store_reset()
         self._generation = generation
 
-    def _choose(self, task: DueTask, now: datetime) -> _Choice:
-        """What to do with one due task; never raises, whatever the store holds."""
-        try:
-            descriptor = self.codec.decode(task.descriptor_json)
-        except InvalidDescriptorError as exc:
-            return _park(task, f"stored descriptor is invalid: {exc}")
-        if descriptor.id != task.task_id:
-            return _park(
-                task,
-                f"stored descriptor has id {descriptor.id!r} under task {task.task_id!r}: it "
-                "was written around cml-jobs; reschedule the task from the app",
-            )
-        if descriptor.name not in self.registry:
-            return self._unknown_job(task, descriptor.name, now)
-        try:
-            check_data(self.registry.get(descriptor.name), descriptor.data)
-        except InvalidTaskDataError as exc:
-            return _park(task, f"data no longer fits the job: {exc}")
-        return _Choice(_decision(descriptor, task, now), descriptor)
-
-    def _unknown_job(self, task: DueTask, job_name: str, now: datetime) -> _Choice:
-        waited = now - task.due_at
-        if waited > self.unknown_job_grace:
-            return _park(
-                task,
-                f"no worker has run job {job_name!r} for {waited.total_seconds():.0f} s; "
-                "deploy a worker whose modules include it, then reschedule the task",
-            )
-        # Leave the occurrence as it is, ready a little later: a worker that has the job
-        # claims it meanwhile (its lateness still counts from the occurrence).
-        logger.info(
-            "job %r of task %r is not registered in this worker; leaving it to another",
-            job_name,
-            task.task_id,
-        )
-        later = Decision(task.task_id, task.due_at, None, task.due_at, now + HANDOFF_DELAY)
-        return _Choice(later, None)
-
-    def _report(self, choices: Sequence[_Choice], results: Sequence[ClaimResult]) -> TickReport:
+    def _report(self, choices: Sequence[Choice], results: Sequence[ClaimResult]) -> TickReport:
         """Log, count and announce what the claim did besides handing out runs."""
         claimed = missed = skipped = parked = 0
         for choice, result in zip(choices, results, strict=True):
@@ -270,15 +220,8 @@ class Dispatcher:
     def _parked(self, decision: Decision) -> None:
         logger.error("task %r parked: %s", decision.task_id, decision.park_reason)
         _telemetry.record_outcome("unknown", Outcome.PARKED)
-        event = TaskEvent(
-            EventKind.PARKED,
-            decision.task_id,
-            "",
-            self.clock.now(),
-            decision.expected_due_at,
-            error=decision.park_reason,
-        )
-        self.hub.emit(event)
+        at, due, reason = self.clock.now(), decision.expected_due_at, decision.park_reason
+        self.hub.emit(TaskEvent(EventKind.PARKED, decision.task_id, "", at, due, error=reason))
 
     def _count(
         self,
@@ -343,26 +286,8 @@ class Dispatcher:
                     await waiter
 
 
-def _park(task: DueTask, reason: str) -> _Choice:
-    return _Choice(Decision(task.task_id, task.due_at, None, None, park_reason=reason), None)
-
-
-def _decision(descriptor: TaskDescriptor, task: DueTask, now: datetime) -> Decision:
-    decided = plan(descriptor, task.due_at, now)
-    following = decided.next_due_at
-    return Decision(
-        task_id=task.task_id,
-        expected_due_at=task.due_at,
-        run_at=decided.run_at,
-        next_due_at=following,
-        next_ready_at=None if following is None else ready_at(descriptor, following),
-        max_instances=descriptor.max_instances,
-        missed=decided.missed,
-    )
-
-
 def _assignments(
-    choices: Sequence[_Choice], results: Sequence[ClaimResult], due: Sequence[DueTask]
+    choices: Sequence[Choice], results: Sequence[ClaimResult], due: Sequence[DueTask]
 ) -> list[Assignment]:
     """The claimed runs, each with its descriptor and its task's trace context."""
     return [

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from cml_jobs import _telemetry
 from cml_jobs._batching import Batcher
 from cml_jobs._descriptors import TaskDescriptor
-from cml_jobs._events import EventHub, EventKind, TaskEvent, redact
+from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._jobs import BackgroundJob, RecurrentBackgroundJob, RunContext, StopRecurrence
 from cml_jobs._registry import JobRegistry
-from cml_jobs._reporting import log_outcome, summary
+from cml_jobs._reporting import RunReporter, summary
 from cml_jobs._timing import Clock
 from cml_jobs._triggers import lateness, misfired
 from cml_jobs.stores._base import Finish, Outcome, Run, ScheduleStore
@@ -32,18 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Assignment", "Executor"]
 
 logger = logging.getLogger("cml_jobs.runs")
-
-#: The event that tells each outcome.
-EVENT_OF = {
-    Outcome.SUCCEEDED: EventKind.SUCCEEDED,
-    Outcome.FAILED: EventKind.FAILED,
-    Outcome.TIMED_OUT: EventKind.TIMED_OUT,
-    Outcome.MISSED: EventKind.MISSED,
-    Outcome.SKIPPED: EventKind.SKIPPED,
-    Outcome.STOPPED: EventKind.STOPPED,
-    Outcome.CANCELLED: EventKind.CANCELLED,
-    Outcome.PARKED: EventKind.PARKED,
-}
 
 
 @dataclass(frozen=True)
@@ -102,6 +90,7 @@ class Executor:
         self.lease = lease
         self.max_concurrency = max_concurrency
         self.on_slot_free: Callable[[], None] | None = None
+        self._reporter = RunReporter(registry=registry, clock=clock, hub=hub)
         self._active: dict[int, tuple[Run, asyncio.Task[Any]]] = {}  # leases to renew
         self._revoked: set[int] = set()  # fences of runs stopped because their task went
         self._busy: set[int] = set()  # fences of runs whose job has not ended
@@ -180,7 +169,9 @@ class Executor:
             retried = attempt - run.attempt
             if result.outcome is not Outcome.FAILED or retried >= descriptor.max_retries:
                 return result
-            self._emit(EventKind.RETRIED, assignment, attempt=attempt, error=result.error)
+            self._reporter.emit(
+                EventKind.RETRIED, run, descriptor.name, attempt=attempt, error=result.error
+            )
             _telemetry.record_retry(descriptor.name, type(result.error).__qualname__)
             await self.clock.sleep((descriptor.retry_backoff * 2**retried).total_seconds())
             attempt += 1
@@ -192,7 +183,9 @@ class Executor:
             try:
                 job = await self._build(assignment, attempt)
                 if attempt == run.attempt:
-                    self._emit(EventKind.STARTED, assignment, data=self._data(descriptor))
+                    self._reporter.emit(
+                        EventKind.STARTED, run, name, data=self._reporter.data(descriptor)
+                    )
                 body = job.run_every if isinstance(job, RecurrentBackgroundJob) else job.run_at  # type: ignore[attr-defined]
                 timeout = descriptor.timeout.total_seconds() if descriptor.timeout else None
                 await asyncio.wait_for(body(), timeout)
@@ -241,34 +234,14 @@ class Executor:
                 run.task_id,
                 run.fence,
             )
-        self._report(assignment, result, duration, error is not None)
-
-    def _report(
-        self, assignment: Assignment, result: _Result, duration: timedelta | None, failed: bool
-    ) -> None:
-        """Count, log and announce how a run ended."""
-        run, descriptor = assignment.run, assignment.descriptor
-        error_type = type(result.error).__qualname__ if failed else None
-        _telemetry.record_outcome(
-            descriptor.name, result.outcome, duration=duration, error_type=error_type
-        )
-        late_by = None
-        if result.outcome is Outcome.MISSED:
-            late_by = lateness(descriptor, run.occurrence_at, self.clock.now())
-        data = self._data(descriptor)
-        log_outcome(
+        self._reporter.outcome(
             run,
-            descriptor.name,
+            descriptor,
             result.outcome,
             result.error,
             attempt=result.attempt,
             duration=duration,
-            late_by=late_by,
-            data=data,
-        )
-        kind = EVENT_OF[result.outcome]
-        self._emit(
-            kind, assignment, attempt=result.attempt, duration=duration, error=result.error, data=data
+            failed=error is not None,
         )
 
     async def _give_back(self, assignment: Assignment) -> None:
@@ -277,7 +250,7 @@ class Executor:
         run = assignment.run
         await self.store.extend([run], lease_until=self.clock.now())
         logger.warning("run of task %r interrupted; released for a re-run", run.task_id)
-        self._emit(EventKind.INTERRUPTED, assignment)
+        self._reporter.emit(EventKind.INTERRUPTED, run, assignment.descriptor.name)
 
     def _free_slot(self, run: Run) -> None:
         # A slot is free as soon as the job ends: recording its outcome need not hold up
@@ -286,36 +259,6 @@ class Executor:
             self._busy.discard(run.fence)
             if self.on_slot_free is not None:
                 self.on_slot_free()
-
-    def _data(self, descriptor: TaskDescriptor) -> dict[str, Any]:
-        """The task's data as logs and events show it (see ``BackgroundJob.redact_data``)."""
-        job = self.registry.get(descriptor.name)
-        return redact(descriptor.data, getattr(job, "redact_data", False))
-
-    def _emit(
-        self,
-        kind: EventKind,
-        assignment: Assignment,
-        *,
-        attempt: int | None = None,
-        duration: timedelta | None = None,
-        error: BaseException | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        run = assignment.run
-        self.hub.emit(
-            TaskEvent(
-                kind,
-                run.task_id,
-                assignment.descriptor.name,
-                self.clock.now(),
-                run.occurrence_at,
-                attempt=attempt or run.attempt,
-                duration=duration,
-                error=summary(error),
-                data=data,
-            )
-        )
 
     # -- leases ------------------------------------------------------------------------
 

@@ -112,7 +112,11 @@ class Engine:
     """
 
     def __init__(
-        self, runtime: Runtime, *, queue: RunSink | None = None, open_store: StoreOpener | None = None
+        self,
+        runtime: Runtime,
+        *,
+        queue: RunSink | None = None,
+        open_store: StoreOpener | None = None,
     ) -> None:
         settings = runtime.settings
         self.runtime = runtime

@@ -12,8 +12,8 @@ from typing import Any
 
 from cml_jobs._bus import BackgroundTasksBus, TaskInfo
 from cml_jobs._config import Settings
-from cml_jobs._events import EventCallback, EventHub, TaskEvent
 from cml_jobs._connect import open_store
+from cml_jobs._events import EventCallback, EventHub, TaskEvent
 from cml_jobs._heartbeat import StoreOpener
 from cml_jobs._runtime import Engine, Runtime, open_runtime
 from cml_jobs._timing import Clock, SystemClock

@@ -36,8 +36,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import redis.asyncio
@@ -51,15 +51,27 @@ from cml_jobs.exceptions import StoreUnavailableError, TaskExistsError
 from cml_jobs.stores._base import (
     ClaimedRun,
     ClaimResult,
-    ClaimStatus,
     Decision,
     DueBatch,
-    DueTask,
     Finish,
     NewTask,
-    Outcome,
     Run,
     TaskState,
+)
+from cml_jobs.stores._redis_codec import (
+    claim_result,
+    decision_args,
+    due_tasks,
+    fence_pairs,
+    finish_args,
+    from_ms,
+    glob_escape,
+    ms,
+    opt_ms,
+    pairs,
+    reissued,
+    task_state,
+    text,
 )
 from cml_jobs.stores._redis_connection import (
     connection_options,
@@ -95,138 +107,6 @@ __all__ = [
 # worker's, which wait for Redis for as long as it takes.
 _APP_RETRIES = 3
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MS = timedelta(milliseconds=1)
-_MIN_MS = (datetime(1, 1, 2, tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
-_MAX_MS = (datetime(9999, 12, 30, tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
-
-
-def _ms(at: datetime) -> str:
-    """Epoch milliseconds, truncated, as the decimal text Redis and the scripts compare."""
-    if at.utcoffset() is None:
-        raise ValueError(f"{at!r} is naive; cml-jobs stores only timezone-aware datetimes")
-    return str((at - _EPOCH) // _ONE_MS)
-
-
-def _opt_ms(at: datetime | None) -> str:
-    return "" if at is None else _ms(at)
-
-
-def _at(ms: object) -> datetime:
-    # A time beyond what datetime holds (a tampered score) reads as its bound.
-    value = int(float(_text(ms)))
-    return _EPOCH + timedelta(milliseconds=min(max(value, _MIN_MS), _MAX_MS))
-
-
-def _text(value: object) -> str:
-    # The client may or may not decode responses (ArqRedis does not); accept both. Bytes
-    # that are not UTF-8 (a tampered descriptor) must not break due() or list() for every
-    # task: they decode with U+FFFD, so the descriptor fails validation and is parked.
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: Sequence[Any]) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-def _outcome(value: str | None) -> Outcome | None:
-    # A tampered value reads as unknown rather than breaking list() for every task.
-    try:
-        return None if value is None else Outcome(value)
-    except ValueError:
-        return None
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _count(value: str | None) -> int:
-    # A counter that is not a number (tampered with) reads as 0 rather than breaking list().
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
-
-
-def _state(task_id: str, fields: Mapping[str, str]) -> TaskState:
-    def at(name: str) -> datetime | None:
-        try:
-            return _at(fields[name]) if name in fields else None
-        except ValueError:  # not a number (tampered with): shown as unknown
-            return None
-
-    return TaskState(
-        task_id=task_id,
-        descriptor_json=fields.get("descriptor", ""),
-        due_at=at("due_at"),
-        paused=fields.get("paused") == "1",
-        parked_reason=fields.get("parked"),
-        running=_count(fields.get("running")),
-        last_run_at=at("last_run_at"),
-        last_outcome=_outcome(fields.get("last_outcome")),
-        last_error=fields.get("last_error") or None,
-        counts={k[2:]: _count(v) for k, v in fields.items() if k.startswith("n:") and _count(v)},
-        trace_context=fields.get("trace"),
-    )
-
-
-def _fence_pairs(runs: Sequence[Run]) -> list[str]:
-    """The script arguments naming runs: task id, fence, task id, fence..."""
-    return [arg for run in runs for arg in (run.task_id, str(run.fence))]
-
-
-def _decision_args(d: Decision) -> list[str]:
-    return [
-        d.task_id,
-        _ms(d.expected_due_at),
-        _opt_ms(d.run_at),
-        _opt_ms(d.next_due_at),
-        _opt_ms(d.next_ready_at),
-        str(d.max_instances),
-        str(d.missed),
-        "" if d.park_reason is None else "!" + d.park_reason,
-    ]
-
-
-def _finish_args(finish: Finish) -> list[str]:
-    error_args = ["", "0"] if finish.error is None else [finish.error, "1"]
-    return [
-        finish.run.task_id,
-        str(finish.run.fence),
-        Outcome(finish.outcome).value,
-        *error_args,
-        "1" if finish.end_task else "0",
-        _opt_ms(finish.started_at),
-    ]
-
-
-def _reissued(flat: Sequence[Any]) -> list[ClaimedRun]:
-    return [
-        ClaimedRun(
-            Run(_text(flat[i]), int(flat[i + 1]), _at(flat[i + 2]), int(flat[i + 3])),
-            _text(flat[i + 4]),
-            _text(flat[i + 5]) or None,
-        )
-        for i in range(0, len(flat), 6)
-    ]
-
-
-def _due_tasks(flat: Sequence[Any]) -> list[DueTask]:
-    return [
-        DueTask(_text(flat[i]), _at(flat[i + 1]), _text(flat[i + 2]), _text(flat[i + 3]) or None)
-        for i in range(0, len(flat), 4)
-    ]
-
-
-def _claim_result(d: Decision, status: object, fence: object) -> ClaimResult:
-    claim_status = ClaimStatus(_text(status))
-    if claim_status is not ClaimStatus.CLAIMED or d.run_at is None:
-        return ClaimResult(d.task_id, claim_status)
-    return ClaimResult(
-        d.task_id, claim_status, Run(d.task_id, int(_text(fence)), _at(_ms(d.run_at)))
-    )
-
 
 class RedisScheduleStore:
     """A ``ScheduleStore`` on Redis, shared by every process that uses the same prefix.
@@ -260,7 +140,7 @@ class RedisScheduleStore:
     async def add(self, task: NewTask, *, replace: bool) -> bool:
         if "|" in task.task_id:
             raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
-        times = (_ms(task.due_at), _ms(task.ready_at))
+        times = (ms(task.due_at), ms(task.ready_at))
         replacing = "1" if replace else "0"
         trace = task.trace_context or ""
         written = await self._call(
@@ -279,14 +159,14 @@ class RedisScheduleStore:
 
     async def get(self, task_id: str) -> TaskState | None:
         flat = await self._call(self._get, task_id)
-        return _state(task_id, _pairs(flat)) if flat else None
+        return task_state(task_id, pairs(flat)) if flat else None
 
     async def list(self) -> builtins.list[TaskState]:
         # SCAN rather than an index of ids: an index would cost two commands on every
         # one-time task's life, for an operation that is rare.
-        pattern = _glob_escape(self._task_prefix) + "*"
+        pattern = glob_escape(self._task_prefix) + "*"
         with self._translated():
-            keys = [_text(key) async for key in self._redis.scan_iter(pattern, count=1000)]
+            keys = [text(key) async for key in self._redis.scan_iter(pattern, count=1000)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hgetall(key)
@@ -294,53 +174,53 @@ class RedisScheduleStore:
                 found = await pipe.execute(raise_on_error=False)
         start = len(self._task_prefix)
         states = [
-            _state(key[start:], {_text(k): _text(v) for k, v in fields.items()})
+            task_state(key[start:], {text(k): text(v) for k, v in fields.items()})
             for key, fields in zip(keys, found, strict=True)
             if isinstance(fields, dict) and fields
         ]
-        return sorted(states, key=lambda state: state.task_id)
+        return sorted(states, key=lambda found: found.task_id)
 
     async def set_paused(
         self, task_id: str, *, paused: bool, due_at: datetime | None, ready_at: datetime | None
     ) -> bool:
         flag = "1" if paused else "0"
-        done = await self._call(self._set_paused, task_id, flag, _opt_ms(due_at), _opt_ms(ready_at))
+        done = await self._call(self._set_paused, task_id, flag, opt_ms(due_at), opt_ms(ready_at))
         return bool(done)
 
     async def poll(self, now: datetime, limit: int) -> DueBatch:
         flat, following, generation = await self._call(
-            self._poll, _ms(now), str(max(limit, 0)), uuid.uuid4().hex
+            self._poll, ms(now), str(max(limit, 0)), uuid.uuid4().hex
         )
-        following_at = None if following is None else _at(following)
-        return DueBatch(_due_tasks(flat), following_at, _text(generation))
+        following_at = None if following is None else from_ms(following)
+        return DueBatch(due_tasks(flat), following_at, text(generation))
 
     async def claim(
         self, decisions: Sequence[Decision], *, lease_until: datetime
     ) -> builtins.list[ClaimResult]:
         if not decisions:
             return []
-        args = [arg for d in decisions for arg in _decision_args(d)]
-        flat = await self._call(self._claim, _ms(lease_until), *args)
-        return [_claim_result(d, flat[2 * i], flat[2 * i + 1]) for i, d in enumerate(decisions)]
+        args = [arg for d in decisions for arg in decision_args(d)]
+        flat = await self._call(self._claim, ms(lease_until), *args)
+        return [claim_result(d, flat[2 * i], flat[2 * i + 1]) for i, d in enumerate(decisions)]
 
     async def reclaim_expired(
         self, *, now: datetime, lease_until: datetime, limit: int
     ) -> builtins.list[ClaimedRun]:
         if limit <= 0:
             return []
-        flat = await self._call(self._reclaim, _ms(now), _ms(lease_until), str(limit))
-        return _reissued(flat)
+        flat = await self._call(self._reclaim, ms(now), ms(lease_until), str(limit))
+        return reissued(flat)
 
     async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
         if not runs:
             return []
-        pairs = _fence_pairs(runs)
-        return [bool(ok) for ok in await self._call(self._extend, _ms(lease_until), *pairs)]
+        pairs = fence_pairs(runs)
+        return [bool(ok) for ok in await self._call(self._extend, ms(lease_until), *pairs)]
 
     async def finish(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
         if not finishes:
             return []
-        args = [arg for finish in finishes for arg in _finish_args(finish)]
+        args = [arg for finish in finishes for arg in finish_args(finish)]
         return [bool(done) for done in await self._call(self._finish, *args)]
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
@@ -380,7 +260,9 @@ async def open_redis_store(
     Raises:
         StoreUnavailableError: Redis cannot be reached (not patient).
     """
-    options = {} if patient else {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), _APP_RETRIES)}
+    options = (
+        {} if patient else {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), _APP_RETRIES)}
+    )
     client = redis_client(url, patient=True, **options)
     store = RedisScheduleStore(client, prefix=prefix)
     try:

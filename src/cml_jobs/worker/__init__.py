@@ -57,35 +57,40 @@ def worker_settings(
             share the embedded ``memory://`` store).
     """
     settings = (settings or _settings_from_env()).with_changes(**_normalised(changes))
+    _require_shared_redis(settings)
+    lifecycle = _Lifecycle(settings, clock or SystemClock())
+    return type("WorkerSettings", (), _arq_options(settings, lifecycle))
+
+
+def _require_shared_redis(settings: Settings) -> None:
     if settings.embedded:
         raise ConfigurationError(
             "a worker process needs a shared Redis: set CML_JOBS_REDIS_URL=redis://host:6379/0 "
             "(redis_url='memory://' runs the worker inside the app instead, run_worker=True)"
         )
-    lifecycle = _Lifecycle(settings, clock or SystemClock())
-    return type(
-        "WorkerSettings",
-        (),
-        {
-            "functions": [run_function],
-            "redis_settings": redis_settings(settings.redis_url),
-            "queue_name": settings.queue_name,
-            "on_startup": lifecycle.startup,
-            "on_shutdown": lifecycle.shutdown,
-            "job_serializer": dumps,
-            "job_deserializer": loads,
-            "max_jobs": settings.max_jobs,
-            "poll_delay": settings.queue_poll_delay.total_seconds(),
-            "keep_result": 0,
-            "max_tries": 1,
-            "job_timeout": ARQ_JOB_TIMEOUT.total_seconds(),
-            "job_completion_wait": int(settings.drain_timeout.total_seconds()),
-            "health_check_interval": HEALTH_CHECK_INTERVAL,
-            "log_results": False,
-            "cml_jobs_settings": settings,
-            "__doc__": "arq worker settings for cml-jobs (see cml_jobs.worker_settings).",
-        },
-    )
+
+
+def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
+    """The attributes of arq's ``WorkerSettings`` class for these settings."""
+    return {
+        "functions": [run_function],
+        "redis_settings": redis_settings(settings.redis_url),
+        "queue_name": settings.queue_name,
+        "on_startup": lifecycle.startup,
+        "on_shutdown": lifecycle.shutdown,
+        "job_serializer": dumps,
+        "job_deserializer": loads,
+        "max_jobs": settings.max_jobs,
+        "poll_delay": settings.queue_poll_delay.total_seconds(),
+        "keep_result": 0,
+        "max_tries": 1,
+        "job_timeout": ARQ_JOB_TIMEOUT.total_seconds(),
+        "job_completion_wait": int(settings.drain_timeout.total_seconds()),
+        "health_check_interval": HEALTH_CHECK_INTERVAL,
+        "log_results": False,
+        "cml_jobs_settings": settings,
+        "__doc__": "arq worker settings for cml-jobs (see cml_jobs.worker_settings).",
+    }
 
 
 def _settings_from_env() -> Settings:
@@ -112,7 +117,7 @@ class _Lifecycle:
         self.clock = clock
 
     async def startup(self, ctx: WorkerContext) -> None:
-        from cml_jobs.stores.redis import RedisScheduleStore, open_redis_store, publish_events
+        from cml_jobs.stores.redis import RedisScheduleStore, open_redis_store
 
         settings, pool = self.settings, ctx["redis"]
         ctx["cml_jobs_exit"] = stack = AsyncExitStack()

@@ -21,6 +21,7 @@ from typing import Any, TypedDict
 from arq import func
 from arq.connections import ArqRedis, RedisSettings
 
+from cml_jobs._decide import HANDOFF_DELAY
 from cml_jobs._execution import Assignment
 from cml_jobs._runtime import Engine, Runtime
 from cml_jobs._timing import from_ms, to_ms
@@ -45,9 +46,6 @@ logger = logging.getLogger("cml_jobs.worker")
 FUNCTION_NAME = "cml_jobs.run"
 # arq's own timeout must never cut a run short: runs have their own per-task timeout.
 ARQ_JOB_TIMEOUT = timedelta(days=1)
-# A queued run taken by a worker that lacks its job class goes back on the queue for
-# this long, so that a cluster of old workers does not spin on it.
-_HANDOFF_DELAY = timedelta(seconds=1)
 
 
 class WorkerContext(TypedDict, total=False):
@@ -109,7 +107,9 @@ class ArqSink:
             }
             await self._enqueue(payload, f"cml:{run.task_id}:{payload['o']}:{run.fence}")
 
-    async def _enqueue(self, payload: _Payload, job_id: str, defer: timedelta | None = None) -> None:
+    async def _enqueue(
+        self, payload: _Payload, job_id: str, defer: timedelta | None = None
+    ) -> None:
         queue = self.runtime.settings.queue_name
         await self.pool.enqueue_job(
             FUNCTION_NAME, payload, _job_id=job_id, _queue_name=queue, _defer_by=defer
@@ -152,7 +152,7 @@ async def _hand_on(ctx: WorkerContext, run: Run, payload: _Payload, job_name: st
         "job %r of task %r is not registered in this worker; handing it on", job_name, run.task_id
     )
     job_id = f"{ctx.get('job_id', 'cml')}:h{to_ms(runtime.clock.now())}"
-    await ArqSink(runtime, ctx["redis"])._enqueue(payload, job_id, _HANDOFF_DELAY)
+    await ArqSink(runtime, ctx["redis"])._enqueue(payload, job_id, HANDOFF_DELAY)
 
 
 run_function = func(

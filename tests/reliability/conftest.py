@@ -162,7 +162,7 @@ async def stay_alive(workers: WorkerFleet, seconds: float) -> None:
     """Watch the workers for ``seconds``; fail (with stderr) the moment one exits."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        workers._check_alive()
+        workers.check_alive()
         await asyncio.sleep(0.1)
 
 
@@ -171,7 +171,7 @@ async def wait_for_record(
 ) -> dict[str, int]:
     async with asyncio.timeout(timeout):
         while True:
-            workers._check_alive()
+            workers.check_alive()
             for record in await workers.records(client):
                 if record["task"] == task and record["end"] > after_ms:
                     return record

@@ -157,7 +157,7 @@ async def test_a_rolling_deploy_runs_a_new_job_once_on_the_worker_that_knows_it(
         new.start(1)
         await new.wait_ready(redis_client)
         await stay_alive(new, 6)
-        old._check_alive()
+        old.check_alive()
         tasks = {t.id: t for t in await app.list_tasks()}
         await app.bus.cancel_task("new-every")
     [old_pid], [new_pid] = [p.pid for p in old.processes], [p.pid for p in new.processes]

@@ -154,7 +154,7 @@ async def test_two_workers_with_clocks_5s_apart_run_each_occurrence_once(
             RecurrentTaskDescriptor(id="skewed", name="RecordingJob", interval=1)
         )
         await stay_alive(honest, 20)
-        ahead._check_alive()
+        ahead.check_alive()
         state = await app.bus.get_task("skewed")
         await app.bus.cancel_task("skewed")
     assert honest.stop() + ahead.stop() == [0, 0]

@@ -128,7 +128,7 @@ def _fleet(url: str, record_url: str, **settings: str) -> WorkerFleet:
 async def _wait_ready(workers: WorkerFleet, admin: aioredis.Redis, timeout: float = 20) -> None:
     async with asyncio.timeout(timeout):
         while not await admin.exists("cml_jobs:queue:health-check"):
-            workers._check_alive()
+            workers.check_alive()
             await asyncio.sleep(0.05)
 
 
@@ -137,7 +137,7 @@ async def _wait_records(
 ) -> None:
     async with asyncio.timeout(timeout):
         while len(per_occurrence(await workers.records(admin), task)) < count:
-            workers._check_alive()
+            workers.check_alive()
             await asyncio.sleep(0.05)
 
 
@@ -460,7 +460,7 @@ async def test_worker_runs_over_tls_with_acl_and_refuses_a_wrong_hostname(
             )
             await _wait_records(good, admin, "tls", 2, timeout=10)
             await app.bus.cancel_task("tls")
-        bad._check_alive()
+        bad.check_alive()
         good_pid = good.processes[0].pid
         records = await good.records(admin)
         stderr_good = good.stderr(good.processes[0])

@@ -44,6 +44,7 @@ from tests.reliability.conftest import (
     needs_redis_server,
     per_occurrence,
     stay_alive,
+    unavailable,
 )
 from tests.workers import WorkerFleet
 
@@ -73,7 +74,15 @@ OPTIONAL_COMMANDS = {"info", "dbsize", "client|setinfo"}
 #: What OpenSSL says when the certificate does not name the host connected to.
 MISMATCH = "mismatch|doesn't match|not valid for"
 
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+@pytest.fixture
+def openssl() -> None:
+    """``openssl`` on PATH, to make a throw-away CA."""
+    if shutil.which("openssl") is None:
+        unavailable("needs openssl on PATH (apt-get install openssl)")
+
+
+needs_openssl = pytest.mark.usefixtures("openssl")
 
 
 def _url(port: int, password: str = SECRET, user: str = USER) -> str:
@@ -381,25 +390,20 @@ def _make_certs(where: Path) -> None:
             "-extfile", "san.cnf")  # fmt: skip
 
 
-def _tls_supported() -> bool:
-    if shutil.which("redis-server") is None:
-        return False
-    version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
-    return "v=6" in version.stdout or "v=7" in version.stdout or "v=8" in version.stdout
-
-
 @pytest.fixture
-async def tls_server(tmp_path: Path) -> AsyncIterator[TlsRedisServer]:
-    if not _tls_supported():
-        pytest.skip("needs a redis-server built with TLS")
+async def tls_server(
+    redis_server_binary: tuple[int, ...], openssl: None, tmp_path: Path
+) -> AsyncIterator[TlsRedisServer]:
+    """A TLS-only ``redis-server`` (>= 6, built with TLS, as Debian's is)."""
     _make_certs(tmp_path)
     server = TlsRedisServer(_free_port(), tmp_path)
     try:
         await server.start()
-    except AssertionError:
-        pytest.skip("this redis-server does not speak TLS")
+    except AssertionError as exc:
+        server.close()
+        unavailable(f"this redis-server does not speak TLS (built without it?): {exc}")
     yield server
-    server.kill()
+    server.close()
 
 
 @needs_openssl

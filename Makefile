@@ -10,6 +10,8 @@ REDIS_PORT ?= 6379
 # (tests/conftest.py reads it). `make test` starts Redis first, so it defaults to true;
 # `make test CI=false` (or CI=false in the environment) opts out.
 CI ?= true
+# The one test command, shared by `make test` and `make test-under-load`.
+TEST_CMD = CI=$(CI) $(BIN)/pytest
 # apt-get needs root; sudo when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -17,7 +19,7 @@ export NO_MKDOCS_2_WARNING := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install-demo demo install redis test-tools lint test docs check bench soak clean
+.PHONY: help venv install-demo demo install redis test-tools lint test test-under-load docs check bench soak clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -73,7 +75,15 @@ lint: ## ruff check, ruff format --check, mypy --strict.
 	$(BIN)/mypy --strict src
 
 test: install redis ## Run the test suite against a local Redis.
-	CI=$(CI) $(BIN)/pytest
+	$(TEST_CMD)
+
+# A busy machine is where waits that only work on an idle one fail: one core is kept
+# busy for the whole run, and the burner is killed however the run ends (Ctrl-C too).
+test-under-load: install redis ## `make test` while a CPU-bound process keeps one core busy.
+	@$(PYTHON) -c "while True: pass" & burner=$$!; \
+	trap 'kill $$burner 2>/dev/null' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	echo "test-under-load: CPU burner running (pid $$burner)"; \
+	$(TEST_CMD)
 
 docs: ## Build the documentation site into site/, warnings as errors.
 	$(BIN)/mkdocs build --strict

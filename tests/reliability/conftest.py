@@ -207,7 +207,9 @@ def alive(workers: WorkerFleet) -> list[int | None]:
 
 
 async def stay_alive(workers: WorkerFleet, seconds: float) -> None:
-    """Watch the workers for ``seconds``; fail (with stderr) the moment one exits."""
+    """Let ``seconds`` pass while the workers keep running; fail (with stderr) the moment
+    one exits. For the length of a fault the scenario sets (Redis down for 3 s), never to
+    wait for something to happen: ``until`` does that."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         workers.check_alive()
@@ -215,12 +217,24 @@ async def stay_alive(workers: WorkerFleet, seconds: float) -> None:
 
 
 async def wait_for_record(
-    workers: WorkerFleet, client: aioredis.Redis, task: str, timeout: float, after_ms: int = 0
+    workers: WorkerFleet, client: aioredis.Redis, task: str, after_ms: int = 0
 ) -> dict[str, int]:
-    async with asyncio.timeout(timeout):
-        while True:
-            workers.check_alive()
-            for record in await workers.records(client):
-                if record["task"] == task and record["end"] > after_ms:
-                    return record
-            await asyncio.sleep(0.05)
+    """The first finished run of ``task`` that ended after ``after_ms``, once there is one."""
+
+    async def found() -> dict[str, int] | None:
+        records = await workers.records(client)
+        return next((r for r in records if r["task"] == task and r["end"] > after_ms), None)
+
+    return await workers.until(found, f"a run of {task!r} ending after {after_ms} ms")
+
+
+async def wait_for_occurrences(
+    workers: WorkerFleet, client: aioredis.Redis, task: str, count: int
+) -> Counter[int]:
+    """Runs per occurrence of ``task``, once at least ``count`` occurrences have run."""
+
+    async def enough() -> Counter[int] | None:
+        runs = per_occurrence(await workers.records(client), task)
+        return runs if len(runs) >= count else None
+
+    return await workers.until(enough, f"{count} occurrences of {task!r} ran")

@@ -10,15 +10,19 @@ REDIS_PORT ?= 6379
 # (tests/conftest.py reads it). `make test` starts Redis first, so it defaults to true;
 # `make test CI=false` (or CI=false in the environment) opts out.
 CI ?= true
+# The one test command, shared by `make test` and `make test-under-load`.
+TEST_CMD = CI=$(CI) $(BIN)/pytest
+# apt-get needs root; sudo when not root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export NO_MKDOCS_2_WARNING := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install-demo demo install redis lint test docs check bench soak clean
+.PHONY: help venv install-demo demo install redis test-tools lint test test-under-load docs check bench soak clean
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 venv: ## Create .venv (if missing) and upgrade pip.
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,13 +44,46 @@ redis: ## Start a throwaway local Redis (no persistence) unless one answers.
 	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 && { echo "redis: started on $(REDIS_HOST):$(REDIS_PORT)"; exit 0; }; sleep 0.5; done; \
 	  echo "redis: started redis-server but it does not answer on $(REDIS_HOST):$(REDIS_PORT)" >&2; exit 1; }
 
+# The fault and TLS tests start redis-servers of their own and make certificates with
+# openssl; with CI=true they fail, not skip, without them. Debian's redis-server (>= 6)
+# is built with TLS: with none, `--tls-port` without a certificate says "Failed to
+# configure TLS"; a build without TLS rejects the directive instead.
+test-tools: ## Install redis-server (>= 6, TLS) and openssl unless present; check them.
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  command -v apt-get >/dev/null || { echo "test-tools: missing$$missing; install them" >&2; exit 1; }; \
+	  echo "test-tools: installing$$missing (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi; \
+	redis-server --version; \
+	major=$$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p'); \
+	[ "$${major:-0}" -ge 6 ] || { echo "test-tools: the tests need redis-server >= 6" >&2; exit 1; }; \
+	probe=$$(timeout 10 redis-server --port 0 --tls-port 1 --save "" --appendonly no 2>&1); \
+	case "$$probe" in \
+	  *"Failed to configure TLS"*|*tls-cert-file*) echo "test-tools: redis-server speaks TLS";; \
+	  *) echo "test-tools: this redis-server cannot speak TLS (built without it?):" >&2; \
+	     echo "$$probe" | tail -5 >&2; exit 1;; \
+	esac; \
+	openssl version
+
 lint: ## ruff check, ruff format --check, mypy --strict.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict src
 
 test: install redis ## Run the test suite against a local Redis.
-	CI=$(CI) $(BIN)/pytest
+	$(TEST_CMD)
+
+# A busy machine is where waits that only work on an idle one fail: one core is kept
+# busy for the whole run, and the burner is killed however the run ends (Ctrl-C too).
+test-under-load: install redis ## `make test` while a CPU-bound process keeps one core busy.
+	@$(PYTHON) -c "while True: pass" & burner=$$!; \
+	trap 'kill $$burner 2>/dev/null' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	echo "test-under-load: CPU burner running (pid $$burner)"; \
+	$(TEST_CMD)
 
 docs: ## Build the documentation site into site/, warnings as errors.
 	$(BIN)/mkdocs build --strict

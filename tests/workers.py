@@ -1,4 +1,10 @@
-"""Real worker processes for tests: ``arq cml_jobs.WorkerSettings`` in subprocesses."""
+"""Real worker processes for tests: ``arq cml_jobs.WorkerSettings`` in subprocesses.
+
+A worker is ready when *it* says so: each process's stderr is searched for its own
+"cml-jobs worker started" line, which cml-jobs logs once the worker's dispatcher runs.
+arq's health key is no such signal, since any worker on the queue (an old one) sets it.
+Waits are conditions with a deadline (``until``), never fixed windows.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,72 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 ARQ = Path(sys.executable).with_name("arq")
+
+#: What a worker process logs (logger ``cml_jobs.worker``, INFO) once its dispatcher runs.
+STARTED_LINE = "cml-jobs worker started"
+
+#: Generous on purpose: a wait ends as soon as its condition holds, so only a failing test
+#: waits this long, and a busy machine never turns a slow pass into a failure.
+DEADLINE_S = 60.0
+
+#: arq's own logging setup (``arq --custom-log-dict``) with cml-jobs' loggers added at
+#: INFO on the same stderr. arq's default configures only the ``arq`` logger, so without
+#: this a worker never writes its "started" line, nor any other INFO line of cml-jobs.
+WORKER_LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "stamped": {
+            "format": "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+            "datefmt": "%H:%M:%S",
+        }
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "stamped", "level": "INFO"}
+    },
+    "loggers": {
+        "arq": {"handlers": ["stderr"], "level": "INFO"},
+        "cml_jobs": {"handlers": ["stderr"], "level": "INFO"},
+    },
+}
+
+T = TypeVar("T")
+
+
+async def until(
+    check: Callable[[], Awaitable[T]],
+    what: str,
+    timeout: float = DEADLINE_S,
+    *,
+    alive: Callable[[], None] | None = None,
+    every: float = 0.05,
+) -> T:
+    """Poll ``check`` every ``every`` seconds until it returns something truthy, and
+    return that.
+
+    Fails (with ``what``) when ``timeout`` seconds pass first, and at once when ``alive``
+    raises (a worker exited).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if alive is not None:
+            alive()
+        if found := await check():
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        await asyncio.sleep(every)
 
 
 @dataclass
@@ -32,11 +94,12 @@ class WorkerFleet:
     target: str = "cml_jobs.WorkerSettings"  # what ``arq`` runs
     settings: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: dict[int, Any] = field(default_factory=dict)  # pid -> its stderr file
+    logs: dict[int, IO[bytes]] = field(default_factory=dict)  # pid -> its stderr file
+    ready: set[int] = field(default_factory=set)  # pids that logged their start
 
     @property
     def queue(self) -> str:
-        return f"{self.prefix}queue"
+        return self.settings.get("CML_JOBS_QUEUE", f"{self.prefix}queue")
 
     @property
     def record_key(self) -> str:
@@ -67,7 +130,7 @@ class WorkerFleet:
             # would block the worker.
             log = tempfile.TemporaryFile()
             process = subprocess.Popen(
-                [str(ARQ), self.target],
+                [str(ARQ), "--custom-log-dict", "tests.workers.WORKER_LOG_CONFIG", self.target],
                 cwd=ROOT,
                 env=self.env(),
                 stdout=subprocess.DEVNULL,
@@ -80,24 +143,47 @@ class WorkerFleet:
 
     def stderr(self, process: subprocess.Popen[bytes]) -> str:
         """What a worker has written to stderr so far."""
-        log = self.logs[process.pid]
-        log.seek(0)
-        return str(log.read().decode(errors="replace"))
+        # pread, not seek + read: the worker writes through the same open file, so moving
+        # its offset would make the worker overwrite what it wrote before.
+        fd = self.logs[process.pid].fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
-    async def wait_ready(self, client: aioredis.Redis, timeout: float = 20) -> None:
-        """Wait until arq's health-check key shows the workers polling."""
-        async with asyncio.timeout(timeout):
-            while not await client.exists(f"{self.queue}:health-check"):
-                self._check_alive()
-                await asyncio.sleep(0.05)
+    async def wait_ready(self, client: aioredis.Redis | None = None, timeout: float = 60) -> None:
+        """Wait until every worker started so far has logged its own start (its dispatcher
+        runs); with ``client``, also until arq's health key shows the queue polled."""
 
-    def _check_alive(self) -> None:
+        async def all_started() -> bool:
+            for process in self.processes:
+                if process.pid not in self.ready and STARTED_LINE in self.stderr(process):
+                    self.ready.add(process.pid)
+            return all(process.pid in self.ready for process in self.processes)
+
+        await until(all_started, "every worker logged its start", timeout, alive=self.check_alive)
+        if client is not None:
+            health = f"{self.queue}:health-check"
+            await until(lambda: client.exists(health), f"{health} set", timeout)
+
+    async def until(
+        self, check: Callable[[], Awaitable[T]], what: str, timeout: float = DEADLINE_S
+    ) -> T:
+        """``until`` that fails at once, with its stderr, when one of these workers exits."""
+        return await until(check, what, timeout, alive=self.check_alive)
+
+    def check_alive(self) -> None:
+        """Fail, with the worker's stderr, if a worker has exited."""
         for process in self.processes:
             if process.poll() is not None:
                 err = self.stderr(process)[-3000:]
                 raise AssertionError(f"worker exited with {process.returncode}:\n{err}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> list[int]:
+    def forget(self, process: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        """Take out of the fleet a worker the test has signalled to end (killed, stopped),
+        so its exit is no failure; wait for it and return its exit code. Its stderr stays
+        readable until ``stop``."""
+        self.processes.remove(process)
+        return process.wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> list[int]:
         """Signal every worker and wait for it; returns their exit codes."""
         for process in self.processes:
             if process.poll() is None:
@@ -105,7 +191,7 @@ class WorkerFleet:
         codes = [process.wait(timeout) for process in self.processes]
         for log in self.logs.values():
             log.close()
-        self.processes, self.logs = [], {}
+        self.processes, self.logs, self.ready = [], {}, set()
         return codes
 
     async def records(self, client: aioredis.Redis) -> list[dict[str, Any]]:
@@ -124,4 +210,4 @@ def fleet(redis_url: str, prefix: str, **settings: str) -> Iterator[WorkerFleet]
     try:
         yield workers
     finally:
-        workers.stop(signal.SIGKILL) if workers.processes else None
+        workers.stop(signal.SIGKILL)

@@ -6,15 +6,18 @@ helpers that turn recorded runs into figures.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,10 +29,45 @@ from tests.workers import WorkerFleet
 
 INTERVAL_MS = 1000
 PREFIX = "rel:"
+#: The oldest Redis cml-jobs supports (ACL users, TLS); any newer one is recognised.
+MIN_REDIS = (6, 0)
 
-needs_redis_server = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="needs redis-server"
-)
+
+def unavailable(message: str) -> NoReturn:
+    """A tool the test needs is missing: a failure under ``CI=true`` (.ci/run installs
+    everything these tests need), a skip on a developer's machine."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: .ci/run should have provided it)", pytrace=False)
+    pytest.skip(message)
+
+
+def redis_server_version() -> tuple[int, ...] | None:
+    """The version of the ``redis-server`` on PATH, or None when there is none."""
+    if shutil.which("redis-server") is None:
+        return None
+    shown = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    found = re.search(r"\bv=(\d+)\.(\d+)\.(\d+)", shown)
+    if found is None:
+        raise AssertionError(f"cannot read the version of redis-server from {shown!r}")
+    return tuple(int(part) for part in found.groups())
+
+
+@pytest.fixture
+def redis_server_binary() -> tuple[int, ...]:
+    """A ``redis-server`` of at least ``MIN_REDIS`` on PATH; its version."""
+    version = redis_server_version()
+    if version is None:
+        unavailable("needs redis-server on PATH (apt-get install redis-server)")
+    if version < MIN_REDIS:
+        shown = ".".join(map(str, version))
+        unavailable(f"needs redis-server >= {MIN_REDIS[0]} (ACL users, TLS); found {shown}")
+    return version
+
+
+#: Tests that start a ``redis-server`` of their own.
+needs_redis_server = pytest.mark.usefixtures("redis_server_binary")
 
 
 def _free_port() -> int:
@@ -45,6 +83,7 @@ class RedisServer:
         self.port = port
         self.persist_dir = persist_dir
         self.process: subprocess.Popen[bytes] | None = None
+        self.output: IO[bytes] = tempfile.TemporaryFile()  # stdout and stderr, every start
 
     @property
     def url(self) -> str:
@@ -63,19 +102,23 @@ class RedisServer:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         assert self.process is None or self.process.poll() is not None, "already running"
-        self.process = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.process = subprocess.Popen(self._args(), stdout=self.output, stderr=subprocess.STDOUT)
         return self.process
 
-    async def start(self, timeout: float = 10) -> None:
+    def log(self) -> str:
+        """What the server wrote so far (every start), for failure messages."""
+        fd = self.output.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    async def start(self, timeout: float = 30) -> None:
         """Start the server and wait until it answers PING (and has loaded its AOF)."""
         process = self._spawn()
         client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1)
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    assert process.poll() is None, "redis-server exited on start"
+                    if process.poll() is not None:
+                        raise AssertionError(f"redis-server exited on start:\n{self.log()[-2000:]}")
                     try:
                         if await client.ping():
                             return
@@ -96,6 +139,11 @@ class RedisServer:
             self.process.kill()
             self.process.wait(10)
 
+    def close(self) -> None:
+        """Kill the server and let go of its output."""
+        self.kill()
+        self.output.close()
+
 
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Any]:
@@ -108,7 +156,7 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for server in servers:
-        server.kill()
+        server.close()
 
 
 @pytest.fixture
@@ -136,8 +184,7 @@ def workers_factory() -> Iterator[Any]:
 
     yield make
     for workers in fleets:
-        if workers.processes:
-            workers.stop(signal.SIGKILL)
+        workers.stop(signal.SIGKILL)  # also lets go of the logs of workers already gone
 
 
 def app_for(url: str, prefix: str = PREFIX, **settings: Any) -> BackgroundTaskScheduler:
@@ -159,20 +206,34 @@ def alive(workers: WorkerFleet) -> list[int | None]:
 
 
 async def stay_alive(workers: WorkerFleet, seconds: float) -> None:
-    """Watch the workers for ``seconds``; fail (with stderr) the moment one exits."""
+    """Let ``seconds`` pass while the workers keep running; fail (with stderr) the moment
+    one exits. For the length of a fault the scenario sets (Redis down for 3 s), never to
+    wait for something to happen: ``until`` does that."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        workers._check_alive()
+        workers.check_alive()
         await asyncio.sleep(0.1)
 
 
 async def wait_for_record(
-    workers: WorkerFleet, client: aioredis.Redis, task: str, timeout: float, after_ms: int = 0
+    workers: WorkerFleet, client: aioredis.Redis, task: str, after_ms: int = 0
 ) -> dict[str, int]:
-    async with asyncio.timeout(timeout):
-        while True:
-            workers._check_alive()
-            for record in await workers.records(client):
-                if record["task"] == task and record["end"] > after_ms:
-                    return record
-            await asyncio.sleep(0.05)
+    """The first finished run of ``task`` that ended after ``after_ms``, once there is one."""
+
+    async def found() -> dict[str, int] | None:
+        records = await workers.records(client)
+        return next((r for r in records if r["task"] == task and r["end"] > after_ms), None)
+
+    return await workers.until(found, f"a run of {task!r} ending after {after_ms} ms")
+
+
+async def wait_for_occurrences(
+    workers: WorkerFleet, client: aioredis.Redis, task: str, count: int
+) -> Counter[int]:
+    """Runs per occurrence of ``task``, once at least ``count`` occurrences have run."""
+
+    async def enough() -> Counter[int] | None:
+        runs = per_occurrence(await workers.records(client), task)
+        return runs if len(runs) >= count else None
+
+    return await workers.until(enough, f"{count} occurrences of {task!r} ran")

@@ -1,11 +1,10 @@
 """Jobs that fail, hang, block the event loop, or are unknown to some workers (scenarios 9
 and 11), under real ``arq`` worker processes. Figures come from the recorded runs and the
-task counts ``list_tasks`` shows.
+task counts ``list_tasks`` shows; waits are for the task's own state, with a deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections import Counter
 from datetime import timedelta
@@ -14,12 +13,28 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from cml_jobs import Outcome, RecurrentTaskDescriptor, ScheduledTaskDescriptor
+from cml_jobs import (
+    BackgroundTaskScheduler,
+    Outcome,
+    RecurrentTaskDescriptor,
+    ScheduledTaskDescriptor,
+    TaskInfo,
+)
 from cml_jobs._timing import to_ms
 from tests.reliability.conftest import app_for, stay_alive
 from tests.workers import WorkerFleet
 
 pytestmark = [pytest.mark.reliability, pytest.mark.redis]
+
+
+async def _run_ended(app: BackgroundTaskScheduler, workers: WorkerFleet, task_id: str) -> TaskInfo:
+    """The task once its only run has ended and its outcome is recorded."""
+
+    async def ended() -> TaskInfo | None:
+        state = await app.bus.get_task(task_id)
+        return state if state.running == 0 and state.last_outcome is not None else None
+
+    return await workers.until(ended, f"the run of {task_id!r} ended with an outcome")
 
 
 async def test_a_failing_job_is_retried_to_3_attempts_then_failed_and_recurs(
@@ -41,8 +56,14 @@ async def test_a_failing_job_is_retried_to_3_attempts_then_failed_and_recurs(
                 data={"fail_first": 1},
             )
         )
-        await stay_alive(workers, 6.5)
-        state = await app.bus.get_task("flaky")
+
+        async def failed_then_succeeded_twice() -> TaskInfo | None:
+            state = await app.bus.get_task("flaky")
+            counts = state.counts
+            done = counts.get(Outcome.FAILED.value) and counts.get(Outcome.SUCCEEDED.value, 0) >= 2
+            return state if done else None
+
+        state = await workers.until(failed_then_succeeded_twice, "a failure, then 2 successes")
         await app.bus.cancel_task("flaky")
     assert workers.stop() == [0, 0]
 
@@ -81,12 +102,12 @@ async def test_a_job_hanging_past_its_timeout_is_cancelled_and_recorded_timed_ou
                 data={"sleep": 30},
             )
         )
-        await stay_alive(workers, 3.5)
-        state = await app.bus.get_task("hangs")
+        # Once the run has ended, its lease is released: no re-run of it can start later.
+        state = await _run_ended(app, workers, "hangs")
+        starts = await workers.starts(redis_client)
         await app.bus.cancel_task("hangs")
     assert workers.stop() == [0]
 
-    starts = await workers.starts(redis_client)
     print(f"{len(starts)} start(s); outcome {state.last_outcome}; {state.counts}")
     assert len(starts) == 1
     assert await workers.records(redis_client) == [], "the hanging run finished"
@@ -94,11 +115,13 @@ async def test_a_job_hanging_past_its_timeout_is_cancelled_and_recorded_timed_ou
     assert state.running == 0
 
 
-async def test_a_loop_blocking_job_never_gets_a_concurrent_second_run(
+async def test_a_loop_blocking_job_runs_once_and_is_recorded_timed_out(
     redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
 ) -> None:
     """A CPU-bound job that ignores cancellation (5 s of time.sleep, lease 3 s, timeout
-    1 s) is never running twice at once: no second start before the first one ends."""
+    1 s) on one of two workers starts once: the lease is renewed from a thread of its own,
+    so the other worker never starts it too. The run is recorded as timed out, and both
+    workers exit cleanly."""
     workers: WorkerFleet = workers_factory(redis_url, key_prefix)
     workers.start(2)
     await workers.wait_ready(redis_client)
@@ -113,20 +136,22 @@ async def test_a_loop_blocking_job_never_gets_a_concurrent_second_run(
                 data={"block": 5},
             )
         )
-        await asyncio.sleep(6.5)
-        state = await app.bus.get_task("blocker")
+        # A second run could only come from a lease lost during the block: it would start
+        # while the first blocks (after 3 s), and the first's outcome would be refused.
+        state = await _run_ended(app, workers, "blocker")
+        starts = await workers.starts(redis_client)
         await app.bus.cancel_task("blocker")
-    workers.stop()
+    codes = workers.stop()
 
-    starts = await workers.starts(redis_client)
-    records = await workers.records(redis_client)
-    first_end = min((r["end"] for r in records), default=None)
-    overlapping = [s for s in starts[1:] if first_end is None or s["start"] < first_end]
     print(
         f"starts {[(s['pid'], s['attempt'], s['start'] - starts[0]['start']) for s in starts]}; "
-        f"{len(records)} finished; {state.counts}"
+        f"outcome {state.last_outcome}; {state.counts}; exit codes {codes}"
     )
-    assert overlapping == [], f"a second run started while the first was blocked: {overlapping}"
+    assert len(starts) == 1, f"started more than once: {starts}"
+    assert starts[0]["attempt"] == 1
+    assert state.last_outcome is Outcome.TIMED_OUT
+    assert state.counts == {Outcome.TIMED_OUT.value: 1}
+    assert codes == [0, 0]
 
 
 async def test_a_rolling_deploy_runs_a_new_job_once_on_the_worker_that_knows_it(
@@ -157,7 +182,7 @@ async def test_a_rolling_deploy_runs_a_new_job_once_on_the_worker_that_knows_it(
         new.start(1)
         await new.wait_ready(redis_client)
         await stay_alive(new, 6)
-        old._check_alive()
+        old.check_alive()
         tasks = {t.id: t for t in await app.list_tasks()}
         await app.bus.cancel_task("new-every")
     [old_pid], [new_pid] = [p.pid for p in old.processes], [p.pid for p in new.processes]

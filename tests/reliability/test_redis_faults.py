@@ -3,7 +3,9 @@
 Each test runs its own ``redis-server`` on a free port, stops it and starts it again on
 the same port, and checks that no worker process exits and that every occurrence of a
 1 s recurrent task runs at most once (and on the grid again once Redis is back).
-Every wait is bounded; assertions are figures computed from the runs the jobs recorded.
+Outages last as long as the scenario says; every other wait is for a condition, with a
+deadline. Assertions are figures computed from the runs the jobs recorded; how soon the
+workers resumed is printed, not asserted: the grid with no gap is the behaviour.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tests.reliability.conftest import (
     needs_redis_server,
     per_occurrence,
     stay_alive,
+    wait_for_occurrences,
     wait_for_record,
 )
 from tests.workers import WorkerFleet
@@ -34,8 +37,8 @@ pytestmark = [pytest.mark.reliability, pytest.mark.redis, needs_redis_server]
 async def test_workers_started_before_redis_wait_for_it_and_run_once_per_occurrence(
     server_factory: Any, client_factory: Any, workers_factory: Any
 ) -> None:
-    """Redis is down when two workers start and comes up 6 s later: no worker exits, the
-    first run of a 1 s task scheduled right then comes within a few seconds, once."""
+    """Redis is down when two workers start and comes up 6 s later: no worker exits, and a
+    1 s task scheduled right then runs from its first occurrence on, once per occurrence."""
     server: RedisServer = server_factory()
     workers: WorkerFleet = workers_factory(server.url)
     workers.start(2)
@@ -50,16 +53,15 @@ async def test_workers_started_before_redis_wait_for_it_and_run_once_per_occurre
             RecurrentTaskDescriptor(id="late", name="RecordingJob", interval=1)
         )
         first = to_ms(info.next_run_time)  # type: ignore[arg-type]
-        record = await wait_for_record(workers, client, "late", timeout=8.0)
+        record = await wait_for_record(workers, client, "late")
         first_run_delay = (record["end"] - up_at) / 1000
-        await stay_alive(workers, 5.0)
+        await wait_for_occurrences(workers, client, "late", 5)
         await app.bus.cancel_task("late")
     assert alive(workers) == [None, None]
     assert workers.stop() == [0, 0]
 
     runs = per_occurrence(await workers.records(client), "late")
     print(f"first run {first_run_delay:.2f} s after Redis was up; {len(runs)} occurrences")
-    assert first_run_delay < 5.0, f"first run {first_run_delay:.2f} s after Redis came back"
     assert set(runs.values()) == {1}, f"duplicates: {[o for o, n in runs.items() if n > 1]}"
     assert sorted(runs) == list(range(first, max(runs) + 1, INTERVAL_MS)), "missing occurrence"
     assert len(runs) >= 5
@@ -83,7 +85,7 @@ async def test_redis_outage_mid_run_loses_no_worker_and_runs_no_occurrence_twice
             RecurrentTaskDescriptor(id="steady", name="RecordingJob", interval=1)
         )
     first = to_ms(info.next_run_time)  # type: ignore[arg-type]
-    await stay_alive(workers, 4.2)
+    await wait_for_occurrences(workers, client, "steady", 3)
 
     server.stop(stop_signal)
     down_at = int(time.time() * 1000)
@@ -92,9 +94,14 @@ async def test_redis_outage_mid_run_loses_no_worker_and_runs_no_occurrence_twice
     up_at = int(time.time() * 1000)
     assert alive(workers) == [None, None]
 
-    resumed = await wait_for_record(workers, client, "steady", timeout=8.0, after_ms=up_at)
+    resumed = await wait_for_record(workers, client, "steady", after_ms=up_at)
     resume_delay = (resumed["end"] - up_at) / 1000
-    await stay_alive(workers, 5.0)
+
+    async def four_after_the_outage() -> bool:
+        runs = per_occurrence(await workers.records(client), "steady")
+        return len([o for o in runs if o > up_at]) >= 4
+
+    await workers.until(four_after_the_outage, "4 occurrences ran after Redis came back")
     async with app_for(server.url) as app:
         steady = await app.bus.get_task("steady")
         await app.bus.cancel_task("steady")
@@ -114,7 +121,6 @@ async def test_redis_outage_mid_run_loses_no_worker_and_runs_no_occurrence_twice
     assert len(before) >= 3, "the task did not run before the outage"
     assert before == list(range(first, max(before) + 1, INTERVAL_MS)), "missing before outage"
     assert all((o - first) % INTERVAL_MS == 0 for o in runs), "an occurrence is off the grid"
-    assert resume_delay < 5.0, f"resumed only {resume_delay:.2f} s after Redis came back"
     tail = [o for o in after if o > up_at]
     assert len(tail) >= 4, f"only {len(tail)} occurrences after Redis came back"
     assert tail == list(range(min(tail), max(tail) + 1, INTERVAL_MS)), "not resumed on the grid"

@@ -24,7 +24,7 @@ from cml_jobs import (
     ScheduledTaskDescriptor,
 )
 from cml_jobs._timing import to_ms
-from cml_jobs.stores._base import Decision, NewTask
+from cml_jobs.stores import Decision, Finish, NewTask
 from cml_jobs.stores.redis import RedisScheduleStore
 from cml_jobs.testing import ManualClock, run_due
 from tests.reliability.conftest import (
@@ -300,8 +300,9 @@ async def test_stop_recurrence_leaves_no_run_after_the_stop(
 async def test_a_claimed_occurrence_cannot_start_once_its_task_stopped(
     redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
-    """The store's side of StopRecurrence: a next occurrence claimed before the stop can
-    no longer start after it (its fence died with the task)."""
+    """The store's side of StopRecurrence: a next occurrence claimed before the stop is no
+    longer valid after it (its fence died with the task): its lease cannot be renewed, so
+    its worker stops it, and its outcome cannot be recorded."""
     store = RedisScheduleStore(redis_client, prefix=key_prefix)
     clock = ManualClock()
     now = clock.now()
@@ -309,13 +310,12 @@ async def test_a_claimed_occurrence_cannot_start_once_its_task_stopped(
     descriptor = RecurrentTaskDescriptor(id="s", name="RecordingJob", interval=1, max_instances=2)
     await store.add(NewTask("s", descriptor.model_dump_json(), now, now), replace=False)
     lease = now + timedelta(seconds=30)
-    [first] = await store.claim(
-        [Decision("s", now, now, now + step, None, 2)], now=now, lease_until=lease
-    )
+    [first] = await store.claim([Decision("s", now, now, now + step, None, 2)], lease_until=lease)
     [second] = await store.claim(
-        [Decision("s", now + step, now + step, now + 2 * step, None, 2)], now=now, lease_until=lease
+        [Decision("s", now + step, now + step, now + 2 * step, None, 2)], lease_until=lease
     )
     assert first.run is not None and second.run is not None
-    assert await store.finish(first.run, Outcome.STOPPED, now=now, end_task=True)
-    assert await store.start(second.run, now=now, lease_until=lease) is None
+    assert await store.finish([Finish(first.run, Outcome.STOPPED, end_task=True)]) == [True]
+    assert await store.extend([second.run], lease_until=lease) == [False]
+    assert await store.finish([Finish(second.run, Outcome.SUCCEEDED)]) == [False]
     assert await store.get("s") is None

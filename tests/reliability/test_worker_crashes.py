@@ -101,8 +101,12 @@ async def test_a_run_claimed_by_a_worker_that_died_before_starting_it_is_rerun(
     workers.start(1)
     await workers.wait_ready(redis_client)
     async with app_for(redis_url, key_prefix) as app:
+        # Due in 2 s: the doomed worker below claims it first, before the live one could.
+        start_at = app.clock.now() + timedelta(seconds=2)
         info = await app.bus.schedule_task(
-            RecurrentTaskDescriptor(id="claimed", name="RecordingJob", interval=60)
+            RecurrentTaskDescriptor(
+                id="claimed", name="RecordingJob", interval=60, start_at=start_at
+            )
         )
         due = info.next_run_time
         assert due is not None
@@ -111,7 +115,7 @@ async def test_a_run_claimed_by_a_worker_that_died_before_starting_it_is_rerun(
         now = app.clock.now()
         decision = Decision("claimed", due, due, due + timedelta(minutes=1), None)
         lease_until = now + timedelta(seconds=LEASE_S)
-        [claim] = await store.claim([decision], now=now, lease_until=lease_until)
+        [claim] = await store.claim([decision], lease_until=lease_until)
         assert claim.run is not None
         expires_at = to_ms(lease_until)
 
@@ -136,9 +140,9 @@ async def test_a_run_claimed_by_a_worker_that_died_before_starting_it_is_rerun(
 async def test_a_late_write_from_a_lost_run_is_rejected_by_its_fence(
     redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
-    """Once a lost run is re-issued, everything its old fence tries (start, heartbeat,
-    finish) is refused and changes nothing; the new fence's outcome is the one recorded."""
-    from cml_jobs.stores._base import NewTask
+    """Once a lost run is re-issued, everything its old fence tries (heartbeat, finish) is
+    refused and changes nothing; the new fence's outcome is the one recorded."""
+    from cml_jobs.stores import Finish, NewTask
 
     store = RedisScheduleStore(redis_client, prefix=key_prefix)
     clock = ManualClock()
@@ -146,24 +150,24 @@ async def test_a_late_write_from_a_lost_run_is_rejected_by_its_fence(
     descriptor = RecurrentTaskDescriptor(id="fenced", name="RecordingJob", interval=60)
     await store.add(NewTask("fenced", descriptor.model_dump_json(), now, now), replace=False)
     decision = Decision("fenced", now, now, now + timedelta(minutes=1), None)
-    [claim] = await store.claim([decision], now=now, lease_until=now + timedelta(seconds=3))
+    [claim] = await store.claim([decision], lease_until=now + timedelta(seconds=3))
     old = claim.run
     assert old is not None
     later = clock.advance(seconds=4)
-    [new] = await store.reclaim_expired(
+    [reissued] = await store.reclaim_expired(
         now=later, lease_until=later + timedelta(seconds=3), limit=9
     )
+    new = reissued.run
     assert (new.attempt, new.fence > old.fence) == (2, True)
 
     refused = (
-        await store.start(old, now=later, lease_until=later + timedelta(seconds=3)),
         await store.extend([old], lease_until=later + timedelta(seconds=3)),
-        await store.finish(old, Outcome.FAILED, now=later, error="late"),
+        await store.finish([Finish(old, Outcome.FAILED, "late")]),
     )
     before = await store.get("fenced")
-    accepted = await store.finish(new, Outcome.SUCCEEDED, now=later)
+    [accepted] = await store.finish([Finish(new, Outcome.SUCCEEDED)])
     after = await store.get("fenced")
-    assert refused == (None, [False], False)
+    assert refused == ([False], [False])
     assert before is not None and before.counts == {} and before.last_error is None
     assert accepted and after is not None
     assert after.counts == {Outcome.SUCCEEDED.value: 1}

@@ -73,6 +73,12 @@ end
 local function is_task(key)
   return redis.call('TYPE', key).ok == 'hash'
 end
+local function fields_of(key, ...)
+  -- HMGET, or nil when the key holds something other than a hash (not a task)
+  local values = redis.pcall('HMGET', key, ...)
+  if values.err then return nil end
+  return values
+end
 """
 
 # ARGV: prefix, id, descriptor, due, ready, replace, trace ("" for none)
@@ -134,7 +140,7 @@ local out = {}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local key = ARGV[1] .. id
-  local v = is_task(key) and redis.call('HMGET', key, 'due_at', 'descriptor', 'trace')
+  local v = fields_of(key, 'due_at', 'descriptor', 'trace')
   if v and v[2] and not tonumber(v[1]) then
     -- a due time that is not a number (tampered with) can never be planned
     park(key, id, 'stored due_at is not a time: ' .. tostring(v[1]))
@@ -163,33 +169,46 @@ return redis.call('HGETALL', key)
 CLAIM = """
 local function claim(id, expected, run_at, next_due, next_ready, max_instances, missed, reason)
   local key = ARGV[1] .. id
-  if not is_task(key) then return 'gone', 0 end
-  local st = redis.call('HMGET', key, 'descriptor', 'paused', 'parked', 'due_at', 'running')
-  if not st[1] or st[2] or st[3] then return 'gone', 0 end
+  local st = fields_of(key, 'descriptor', 'paused', 'parked', 'due_at', 'running', 'n:skipped',
+    'n:missed')
+  if not st or not st[1] or st[2] or st[3] then return 'gone', 0 end
   if st[4] ~= expected then return 'raced', 0 end
   if reason ~= '' then  -- "!" followed by the reason
     park(key, id, string.sub(reason, 2))
     return 'parked', 0
   end
   local running = tonumber(st[5]) or 0
-  local status, fence = 'advanced', 0
+  local status, fence, changed = 'advanced', 0, {}
   if run_at ~= '' and running < tonumber(max_instances) then
     status = 'claimed'
-    fence = new_run(key, id, run_at, 1, ARGV[2])
-    redis.call('HSET', key, 'running', running + 1)
+    fence = redis.call('INCR', KEYS[3])
+    running = running + 1
+    changed = {'r:' .. fence, run_at .. '|1', 'running', running}
+    redis.call('ZADD', KEYS[2], ARGV[2], run_member(fence, id))
   elseif run_at ~= '' then
     status = 'skipped'
-    redis.call('HSET', key, 'last_outcome', 'skipped')
-    count(key, 'n:skipped', 1)
+    changed = {'last_outcome', 'skipped', 'n:skipped', (tonumber(st[6]) or 0) + 1}
   end
   if tonumber(missed) > 0 then
-    count(key, 'n:missed', tonumber(missed))
-    if status == 'advanced' then redis.call('HSET', key, 'last_outcome', 'missed') end
+    changed[#changed + 1] = 'n:missed'
+    changed[#changed + 1] = (tonumber(st[7]) or 0) + tonumber(missed)
+    if status == 'advanced' then
+      changed[#changed + 1] = 'last_outcome'; changed[#changed + 1] = 'missed'
+    end
   end
-  schedule(key, id, next_due, next_ready, false)
-  if next_due == '' and status ~= 'claimed' and running == 0 then
-    drop_task(key, id, true)  -- a one-time task whose occurrence was missed has ended
+  if next_due == '' then
+    redis.call('ZREM', KEYS[1], id)
+    if running == 0 then  -- a one-time task whose occurrence was missed has ended
+      redis.call('DEL', key)
+      return status, fence
+    end
+    redis.call('HDEL', key, 'due_at')
+  else
+    changed[#changed + 1] = 'due_at'; changed[#changed + 1] = next_due
+    if next_ready == '' then next_ready = next_due end
+    redis.call('ZADD', KEYS[1], next_ready, id)
   end
+  if #changed > 0 then redis.call('HSET', key, unpack(changed)) end
   return status, fence
 end
 local out = {}
@@ -209,7 +228,8 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT'
   local old = bar and tonumber(string.sub(m, 1, bar - 1))
   local id = bar and string.sub(m, bar + 1)
   local key = id and ARGV[1] .. id
-  local run = old and is_task(key) and redis.call('HGET', key, 'r:' .. old)
+  local run = old and redis.pcall('HGET', key, 'r:' .. old)
+  if type(run) ~= 'string' then run = nil end
   redis.call('ZREM', KEYS[2], m)  -- also when the run's task is gone, or m is malformed
   local rbar = run and string.find(run, '|', 1, true)
   if rbar then
@@ -233,8 +253,7 @@ EXTEND = """
 local out = {}
 for i = 3, #ARGV, 2 do
   local id, fence = ARGV[i], ARGV[i + 1]
-  local key = ARGV[1] .. id
-  if is_task(key) and redis.call('HEXISTS', key, 'r:' .. fence) == 1 then
+  if redis.pcall('HEXISTS', ARGV[1] .. id, 'r:' .. fence) == 1 then
     redis.call('ZADD', KEYS[2], ARGV[2], run_member(fence, id))
     out[#out + 1] = 1
   else
@@ -249,22 +268,28 @@ return out
 FINISH = """
 local function finish(id, fence, outcome, err, has_error, end_task, started_at)
   local key = ARGV[1] .. id
-  if not is_task(key) or release(key, id, fence) == 0 then return 0 end
-  if started_at ~= '' then redis.call('HSET', key, 'last_run_at', started_at) end
+  local released = redis.pcall('HDEL', key, 'r:' .. fence)
+  if released ~= 1 then return 0 end  -- a stale fence, or the key is not a task
+  redis.call('ZREM', KEYS[2], run_member(fence, id))
+  if has_error ~= '1' then err = '' end  -- '' reads as no error
+  local changed = {}
+  if started_at ~= '' then changed = {'last_run_at', started_at} end
   if outcome == 'parked' then
-    if has_error ~= '1' then err = 'parked' end
-    park(key, id, err)
+    if #changed > 0 then redis.call('HSET', key, unpack(changed)) end
+    park(key, id, err ~= '' and err or 'parked')
     return 1
   end
-  local running = count(key, 'running', -1)
-  local st = redis.call('HMGET', key, 'due_at', 'parked')
+  local st = redis.call('HMGET', key, 'due_at', 'parked', 'running', 'n:' .. outcome)
+  local running = (tonumber(st[3]) or 1) - 1
   if end_task == '1' or (running <= 0 and not st[1] and not st[2]) then
     drop_task(key, id, end_task ~= '1')  -- ended: nothing left to record on it
     return 1
   end
-  if has_error ~= '1' then err = '' end  -- '' reads as no error
-  redis.call('HSET', key, 'last_outcome', outcome, 'last_error', err)
-  count(key, 'n:' .. outcome, 1)
+  for _, v in ipairs({'running', running, 'last_outcome', outcome, 'last_error', err,
+      'n:' .. outcome, (tonumber(st[4]) or 0) + 1}) do
+    changed[#changed + 1] = v
+  end
+  redis.call('HSET', key, unpack(changed))
   return 1
 end
 local out = {}

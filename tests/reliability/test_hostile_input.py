@@ -294,8 +294,9 @@ async def test_no_run_starts_after_a_successful_cancel(
 ) -> None:
     """100 one-time tasks, each cancelled within +-10 ms of its due time while 2 workers
     claim them, and 3 tasks cancelled 1 s into a 3 s run. A cancel returns how many runs
-    had started: after one that returned 0, no run of its task starts; the runs it counted
-    did start, and the cancelled long runs are stopped."""
+    were under way (claimed): after one that returned 0, no run of its task starts; no
+    task starts more runs than its cancel counted (a counted run may be stopped before its
+    body), and the cancelled long runs are stopped."""
     workers: WorkerFleet = workers_factory(redis_url, key_prefix)
     workers.start(2)
     await workers.wait_ready(redis_client)
@@ -364,8 +365,9 @@ async def test_no_run_starts_after_a_successful_cancel(
         f"finished; runs started after a cancel that reported none under way: {len(late)}"
     )
     assert late == [], f"started after a cancel that reported no run under way: {late}"
-    assert all(started_tasks[task] == n for task, n in reported.items()), (
-        f"a cancel counted a run that never started: {reported} vs {started_tasks}"
+    assert all(started_tasks[task] <= n for task, n in reported.items()), (
+        f"a cancelled task started more runs than its cancel counted: {reported} vs "
+        f"{started_tasks}"
     )
     assert set(races) | set(ran_uncancelled) == set(dues), "a task neither ran nor was cancelled"
     assert all(under_way[f"long-{i}"] == 1 for i in range(3)), "a long run not reported"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,10 +14,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from cml_jobs import RecurrentTaskDescriptor
+from cml_jobs import BackgroundTaskScheduler, RecurrentTaskDescriptor
 from cml_jobs._descriptors import encode_descriptor
 from cml_jobs.stores import NewTask, TaskState
 from cml_jobs.stores.redis import RedisScheduleStore
+from cml_jobs.testing import ManualClock
 from cml_jobs.worker._health import DEFAULT_GRACE, overdue_tasks
 from tests.workers import ROOT, fleet
 
@@ -53,9 +56,9 @@ def test_a_task_counts_as_overdue_only_past_its_own_grace() -> None:
     assert found[1].late_by == timedelta(seconds=11)
 
 
-def _check(*args: str) -> subprocess.CompletedProcess[str]:
+def _check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CLI), "check", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+        [str(CLI), "check", *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
     )
 
 
@@ -134,3 +137,115 @@ def test_python_dash_m_cml_jobs_check_is_the_same_command() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0 and "liveness probe" in result.stdout
+
+
+async def _scheduled_long_ago(redis_url: str, key_prefix: str, **tasks: float | None) -> None:
+    """Schedule one task per keyword (id -> its misfire_grace_time) from an app whose clock
+    stood 10 minutes back, with no worker: each is now 9 minutes overdue."""
+    clock = ManualClock(datetime.now(timezone.utc) - timedelta(minutes=10))
+    app = BackgroundTaskScheduler.configure(
+        redis_url=redis_url,
+        modules=["tests.fixtures.recording"],
+        key_prefix=key_prefix,
+        clock=clock,
+    )
+    async with app:
+        for task_id, grace in tasks.items():
+            await app.bus.schedule_task(
+                RecurrentTaskDescriptor(
+                    id=task_id, name="RecordingJob", interval=60, misfire_grace_time=grace
+                )
+            )
+
+
+@pytest.mark.redis
+async def test_grace_sets_how_late_a_task_without_its_own_grace_may_be(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A task 9 min overdue with misfire_grace_time=None: overdue under the default 60 s
+    and under --grace 300, not under --grace 600. A task with its own grace of 1 h is
+    judged by that, whatever --grace says."""
+    await _scheduled_long_ago(redis_url, key_prefix, no_grace=None, own_grace=3600)
+    args = ("--redis-url", redis_url, "--key-prefix", key_prefix, "--no-worker")
+    default, strict, lenient = await asyncio.gather(
+        asyncio.to_thread(_check, *args),
+        asyncio.to_thread(_check, *args, "--grace", "300"),
+        asyncio.to_thread(_check, *args, "--grace", "600"),
+    )
+    assert default.returncode == 1 and "(grace 60 s)" in default.stdout, default.stdout
+    assert strict.returncode == 1 and "(grace 300 s)" in strict.stdout, strict.stdout
+    for result in (default, strict):
+        assert "overdue tasks: 1" in result.stdout and "  no_grace: due " in result.stdout
+    assert lenient.returncode == 0, lenient.stdout
+    assert "overdue tasks: 0" in lenient.stdout and "healthy" in lenient.stdout
+
+
+@pytest.mark.redis
+async def test_check_reads_its_redis_prefix_and_queue_from_the_environment(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    """With no flags, cml-jobs check uses CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and
+    CML_JOBS_QUEUE; flags given anyway win over them."""
+    await _scheduled_long_ago(redis_url, key_prefix, stuck=30)
+    queue = f"{key_prefix}queue"
+    await redis_client.set(f"{queue}:health-check", "a worker's line", px=16_000)
+    env = {
+        **os.environ,
+        "CML_JOBS_REDIS_URL": redis_url,
+        "CML_JOBS_KEY_PREFIX": key_prefix,
+        "CML_JOBS_QUEUE": queue,
+    }
+    from_env = await asyncio.to_thread(_check, env=env)
+    assert from_env.returncode == 1, from_env.stdout + from_env.stderr
+    assert "workers: alive (a worker's line)" in from_env.stdout
+    assert "overdue tasks: 1" in from_env.stdout and "  stuck: due " in from_env.stdout
+
+    elsewhere = {**env, "CML_JOBS_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}
+    flags = ("--redis-url", redis_url, "--key-prefix", f"{key_prefix}other:")
+    overridden = await asyncio.to_thread(_check, *flags, env=elsewhere)
+    assert overridden.returncode == 0, overridden.stdout + overridden.stderr
+    assert "redis: ok" in overridden.stdout and "overdue tasks: 0" in overridden.stdout
+
+
+def _arq_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLI.with_name("arq")), "--check", "cml_jobs.WorkerSettings"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+@pytest.mark.redis
+async def test_arq_check_fails_without_a_worker(redis_url: str, key_prefix: str) -> None:
+    """``arq --check cml_jobs.WorkerSettings`` exits 1 when no worker polls the queue."""
+    env = {**os.environ, "CML_JOBS_REDIS_URL": redis_url, "CML_JOBS_QUEUE": f"{key_prefix}q"}
+    result = await asyncio.to_thread(_arq_check, env)
+    assert result.returncode == 1, result.stdout + result.stderr
+
+
+@pytest.mark.redis
+async def test_a_worker_is_no_longer_seen_16_s_after_it_died(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    """A live worker's health-check key lives at most 16 s (it refreshes it every 15 s);
+    after a kill -9 the key runs out, and cml-jobs check and arq --check both exit 1."""
+    with fleet(redis_url, key_prefix) as workers:
+        workers.start(1)
+        await workers.wait_ready(redis_client)
+        health_key = f"{workers.queue}:health-check"
+        assert 0 < await redis_client.pttl(health_key) <= 16_000
+        assert workers.stop(signal.SIGKILL) == [-signal.SIGKILL]
+    async with asyncio.timeout(30):
+        while True:
+            if not await redis_client.exists(health_key):
+                break
+            await asyncio.sleep(0.2)
+    args = ("--redis-url", redis_url, "--key-prefix", key_prefix, "--queue", workers.queue)
+    check, arq = await asyncio.gather(
+        asyncio.to_thread(_check, *args), asyncio.to_thread(_arq_check, workers.env())
+    )
+    assert check.returncode == 1 and "workers: NONE" in check.stdout, check.stdout
+    assert arq.returncode == 1, arq.stdout + arq.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -13,8 +14,12 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 from opentelemetry.trace import SpanKind, StatusCode
 
 from cml_jobs import (
@@ -23,10 +28,9 @@ from cml_jobs import (
     RecurrentTaskDescriptor,
     ScheduledTaskDescriptor,
 )
-from cml_jobs._telemetry import _DURATION_BUCKETS, _LAG_BUCKETS
 from cml_jobs.stores import Run, ScheduleStore
-from cml_jobs.testing import ManualClock, run_due
-from tests.fixtures.behaviour_jobs import OneShotJob, ScriptedJob
+from cml_jobs.testing import InMemoryScheduleStore, ManualClock, run_due
+from tests.fixtures.behaviour_jobs import GatedJob, OneShotJob, ScriptedJob
 from tests.otel_sdk import Sdk, attrs, delta, fresh_sdk
 
 JOBS = ["tests.fixtures.behaviour_jobs", "tests.fixtures.telemetry_jobs"]
@@ -89,19 +93,21 @@ def job(name: str, **extra: str) -> frozenset[tuple[str, str]]:
 
 
 async def _skip_one(scheduler: BackgroundTaskScheduler, clock: ManualClock) -> None:
-    """One occurrence skipped: the previous run of its task still goes on."""
-    started = asyncio.Event()
-    scheduler.subscribe(
-        lambda e: e.kind is EventKind.STARTED and e.task_id == "busy" and started.set()
+    """An occurrence of GatedJob comes due while the previous run waits at its gate (and
+    still holds its lease: the interval is shorter than the lease)."""
+    GatedJob.reset()
+    await scheduler.bus.schedule_task(
+        RecurrentTaskDescriptor(id="busy", name="GatedJob", interval=10)
     )
-    await scheduler.bus.schedule_task(scripted("busy", "hang"))
-    clock.advance(seconds=60)
-    holding = asyncio.create_task(run_due(scheduler))
-    await asyncio.wait_for(started.wait(), 30)
-    clock.advance(seconds=60)
-    assert [e.kind for e in await run_due(scheduler)] == [EventKind.SKIPPED]
-    await scheduler.bus.cancel_task("busy")  # stops the hanging run; nothing is recorded
-    await asyncio.wait_for(holding, 30)
+    clock.advance(seconds=10)
+    running = asyncio.create_task(run_due(scheduler))
+    async with asyncio.timeout(10):
+        await GatedJob.waiting.wait()
+        clock.advance(seconds=10)
+        assert [e.kind for e in await run_due(scheduler)] == [EventKind.SKIPPED]
+        GatedJob.gate.set()
+        await running
+    await scheduler.bus.cancel_task("busy")
 
 
 async def _every_outcome(scheduler: BackgroundTaskScheduler, clock: ManualClock) -> None:
@@ -134,7 +140,8 @@ async def test_every_instrument_counts_runs_that_succeed_fail_time_out_are_misse
 
     runs = {key[1]: n for key, n in changed.items() if key[0] == "cml_jobs.runs"}
     assert runs == {
-        outcome("ScriptedJob", "skipped"): 1,
+        outcome("GatedJob", "skipped"): 1,
+        outcome("GatedJob", "succeeded"): 1,
         outcome("ScriptedJob", "succeeded"): 1,
         outcome("ScriptedJob", "failed", error__type="RuntimeError"): 1,
         outcome("ScriptedJob", "timed_out", error__type="TimeoutError"): 1,
@@ -142,13 +149,15 @@ async def test_every_instrument_counts_runs_that_succeed_fail_time_out_are_misse
     }
     durations = {k[1]: n for k, n in changed.items() if k[0] == "cml_jobs.run.duration"}
     assert durations == {
+        outcome("GatedJob", "succeeded"): 1,
         outcome("ScriptedJob", "succeeded"): 1,
         outcome("ScriptedJob", "failed", error__type="RuntimeError"): 1,
         outcome("ScriptedJob", "timed_out", error__type="TimeoutError"): 1,
     }
-    assert changed[("cml_jobs.schedule.lag", job("ScriptedJob"))] == 4  # the busy run too
+    assert changed[("cml_jobs.schedule.lag", job("ScriptedJob"))] == 3
     assert changed[("cml_jobs.retries", job("ScriptedJob", error__type="RuntimeError"))] == 1
     assert ("cml_jobs.runs.active", job("ScriptedJob")) not in changed  # back to zero
+    assert ("cml_jobs.runs.active", job("GatedJob")) not in changed
     gauge = {k[1]: n for k, n in otel.points().items() if k[0] == "cml_jobs.tasks"}
     assert gauge == {
         attrs(cml_jobs__task__state="scheduled"): 3,
@@ -158,26 +167,68 @@ async def test_every_instrument_counts_runs_that_succeed_fail_time_out_are_misse
     }
 
 
-async def test_instruments_have_their_units_and_second_buckets(
+OBSERVABILITY = (ROOT / "docs" / "observability.md").read_text()
+_KINDS = {"histogram": Histogram, "counter": Sum, "up-down counter": Sum, "observable gauge": Gauge}
+
+
+def documented_instruments() -> dict[str, tuple[str, str, str]]:
+    """docs/observability.md's metrics table: instrument -> (kind, unit, meaning)."""
+    rows = re.findall(
+        r"^\| `(cml_jobs\.[a-z._]+)` \| ([a-z -]+) \| `([^`]+)` \| [^|]* \| (.+) \|$",
+        OBSERVABILITY,
+        re.MULTILINE,
+    )
+    return {name: (kind, unit, meaning) for name, kind, unit, meaning in rows}
+
+
+def documented_buckets(name: str) -> tuple[float, float]:
+    """The first and last bucket boundaries the docs state for a histogram, in seconds."""
+    meaning = documented_instruments()[name][2]
+    found = re.search(r"buckets (\d+) (ms|s|min) … (\d+) (ms|s|min)", meaning)
+    assert found, f"no bucket range documented for {name}"
+    scale = {"ms": 0.001, "s": 1, "min": 60}
+    return float(found[1]) * scale[found[2]], float(found[3]) * scale[found[4]]
+
+
+async def test_every_instrument_is_documented_with_its_kind_and_unit(
     scheduler: BackgroundTaskScheduler, clock: ManualClock, otel: Sdk
 ) -> None:
-    """Durations and lag are in seconds with explicit buckets; counts have curly units."""
+    """Each instrument the runs feed has the kind and unit docs/observability.md gives it
+    (durations and lag in seconds; counts in curly units)."""
     await _every_outcome(scheduler, clock)
+    documented = documented_instruments()
     found = otel.metrics()
-    units = {name: metric.unit for name, metric in found.items()}
-    assert units == {
-        "cml_jobs.run.duration": "s",
-        "cml_jobs.schedule.lag": "s",
-        "cml_jobs.runs": "{occurrence}",
-        "cml_jobs.runs.active": "{run}",
-        "cml_jobs.retries": "{retry}",
-        "cml_jobs.tasks": "{task}",
-    }
-    [duration, *_] = found["cml_jobs.run.duration"].data.data_points
-    assert list(duration.explicit_bounds) == _DURATION_BUCKETS
-    assert _DURATION_BUCKETS[0] == 0.005 and _DURATION_BUCKETS[-1] == 600
-    [lag, *_] = found["cml_jobs.schedule.lag"].data.data_points
-    assert list(lag.explicit_bounds) == _LAG_BUCKETS
+    assert (
+        {
+            "cml_jobs.run.duration",
+            "cml_jobs.runs",
+            "cml_jobs.runs.active",
+            "cml_jobs.schedule.lag",
+            "cml_jobs.retries",
+            "cml_jobs.tasks",
+        }
+        <= set(found)
+        <= set(documented)
+    )
+    for name, metric in found.items():
+        kind, unit, _ = documented[name]
+        assert metric.unit == unit, name
+        assert isinstance(metric.data, _KINDS[kind]), name
+        if isinstance(metric.data, Sum):
+            assert metric.data.is_monotonic is (kind == "counter"), name
+
+
+@pytest.mark.parametrize("name", ["cml_jobs.run.duration", "cml_jobs.schedule.lag"])
+async def test_histograms_have_the_bucket_range_the_docs_state(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock, otel: Sdk, name: str
+) -> None:
+    """Run duration: buckets 5 ms ... 10 min; schedule lag: 1 ms ... 60 s (as documented),
+    in increasing order, not the SDK's millisecond defaults."""
+    await _every_outcome(scheduler, clock)
+    [point, *_] = otel.metrics()[name].data.data_points
+    bounds = list(point.explicit_bounds)
+    assert (bounds[0], bounds[-1]) == documented_buckets(name)
+    assert bounds == sorted(set(bounds))
 
 
 async def test_no_metric_carries_a_task_id(
@@ -291,6 +342,265 @@ async def test_the_trace_context_travels_in_the_arq_payload(
     [payload] = pool.payloads
     assert payload["c"] == trace
     assert any_scheduler.runtime.codec.decode(str(payload["d"])) == task.descriptor
+
+
+def process_spans(otel: Sdk, task_id: str | None = None) -> list[Any]:
+    """The finished run spans (CONSUMER), of one task if given, oldest first."""
+    spans = [s for s in otel.spans.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    return [s for s in spans if task_id is None or s.attributes["cml_jobs.task.id"] == task_id]
+
+
+def documented(span: Any) -> dict[str, Any]:
+    """A span's attributes, without the one docs/observability.md does not list."""
+    return {k: v for k, v in span.attributes.items() if k != "messaging.operation.type"}
+
+
+async def test_the_create_span_is_a_child_of_the_callers_span(
+    scheduler: BackgroundTaskScheduler, otel: Sdk
+) -> None:
+    """Scheduling inside the app's span (e.g. an HTTP request) makes the PRODUCER span
+    ``create {job}`` its child, with the documented attributes."""
+    with trace.get_tracer("the-app").start_as_current_span("POST /workers") as request:
+        await scheduler.bus.schedule_task(scripted("w1"))
+    [create] = [s for s in otel.spans.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    assert create.name == "create ScriptedJob"
+    assert create.parent is not None
+    assert create.parent.span_id == request.get_span_context().span_id
+    assert create.context.trace_id == request.get_span_context().trace_id
+    assert documented(create) == {
+        "messaging.system": "cml_jobs",
+        "messaging.destination.name": "ScriptedJob",
+        "messaging.operation.name": "create",
+        "cml_jobs.task.id": "w1",
+    }
+
+
+async def test_each_retry_attempt_has_a_span_of_its_own(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock, otel: Sdk
+) -> None:
+    """A run that fails twice then succeeds gives three ``process`` spans, attempts 1, 2,
+    3, each linked to the create span; the failed ones are ERROR with error.type."""
+    await scheduler.bus.schedule_task(
+        scripted("flaky", "fail_twice", max_retries=3, retry_backoff=0.001)
+    )
+    clock.advance(seconds=60)
+    await run_due(scheduler)
+    [create] = [s for s in otel.spans.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    spans = process_spans(otel, "flaky")
+    assert [documented(s) for s in spans] == [
+        {
+            "messaging.system": "cml_jobs",
+            "messaging.destination.name": "ScriptedJob",
+            "messaging.operation.name": "process",
+            "cml_jobs.task.id": "flaky",
+            "cml_jobs.run.attempt": attempt,
+            **({"error.type": "RuntimeError"} if attempt < 3 else {}),
+        }
+        for attempt in (1, 2, 3)
+    ]
+    assert [s.name for s in spans] == ["process ScriptedJob"] * 3
+    assert [s.status.status_code for s in spans] == [
+        StatusCode.ERROR,
+        StatusCode.ERROR,
+        StatusCode.UNSET,
+    ]
+    for span in spans:
+        [link] = span.links
+        assert link.context.span_id == create.context.span_id
+
+
+async def test_a_run_cancelled_during_configure_has_a_span_marked_cancelled(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock, otel: Sdk
+) -> None:
+    """A cancel that lands while the job is being configured stops the run under way: its
+    span carries cml_jobs.run.cancelled = true, and the body never ran."""
+    GatedJob.reset()
+    await scheduler.bus.schedule_task(
+        RecurrentTaskDescriptor(id="g", name="GatedJob", data={"where": "configure"}, interval=60)
+    )
+    clock.advance(seconds=60)
+    running = asyncio.create_task(run_due(scheduler))
+    async with asyncio.timeout(10):
+        await GatedJob.waiting.wait()
+        assert await scheduler.bus.cancel_task("g") == 1
+        GatedJob.gate.set()
+        await running
+    [span] = process_spans(otel, "g")
+    assert span.attributes["cml_jobs.run.cancelled"] is True
+    assert GatedJob.ran == []
+
+
+async def test_runs_active_counts_a_run_while_it_goes_on(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock, otel: Sdk
+) -> None:
+    """cml_jobs.runs.active is 1 higher for the job while its run goes on, and back after."""
+    key = ("cml_jobs.runs.active", job("GatedJob"))
+    GatedJob.reset()
+    await scheduler.bus.schedule_task(RecurrentTaskDescriptor(id="g", name="GatedJob", interval=60))
+    clock.advance(seconds=60)
+    before = otel.points().get(key, 0)
+    running = asyncio.create_task(run_due(scheduler))
+    async with asyncio.timeout(10):
+        await GatedJob.waiting.wait()
+        assert otel.points()[key] == before + 1
+        GatedJob.gate.set()
+        await running
+    assert otel.points()[key] == before
+
+
+async def test_stopped_runs_are_counted_with_their_duration(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock, otel: Sdk
+) -> None:
+    """A run ending in StopRecurrence counts as 'stopped' (no error.type); its span is not
+    an error."""
+    before = otel.points()
+    await scheduler.bus.schedule_task(scripted("ends", "stop"))
+    clock.advance(seconds=60)
+    await run_due(scheduler)
+    changed = delta(before, otel.points())
+    assert changed[("cml_jobs.runs", outcome("ScriptedJob", "stopped"))] == 1
+    assert changed[("cml_jobs.run.duration", outcome("ScriptedJob", "stopped"))] == 1
+    [span] = process_spans(otel, "ends")
+    assert span.status.status_code is not StatusCode.ERROR
+    assert "error.type" not in span.attributes
+
+
+async def test_a_task_parked_for_a_job_no_worker_has_is_counted_under_its_job(
+    otel: Sdk,
+) -> None:
+    """A worker that lacks the job parks the task after unknown_job_grace; cml_jobs.runs
+    counts it as 'parked' under the job's name."""
+    clock = ManualClock()
+    store = InMemoryScheduleStore()
+    before = otel.points()
+    app = BackgroundTaskScheduler.configure(
+        modules=JOBS, store=store, clock=clock, run_worker=False
+    )
+    old_worker = BackgroundTaskScheduler.configure(
+        modules=["tests.fixtures.telemetry_jobs"],  # no ScriptedJob here
+        store=store,
+        clock=clock,
+        run_worker=False,
+        unknown_job_grace=timedelta(seconds=10),
+    )
+    async with app, old_worker:
+        await app.bus.schedule_task(scripted("orphan"))
+        clock.advance(seconds=60 + 11)  # within misfire_grace_time, past the job grace
+        events = await run_due(old_worker)
+        assert [e.kind for e in events] == [EventKind.PARKED]
+        task = await app.bus.get_task("orphan")
+        assert task.parked_reason is not None and "'ScriptedJob'" in task.parked_reason
+    changed = delta(before, otel.points())
+    assert changed[("cml_jobs.runs", outcome("ScriptedJob", "parked"))] == 1
+
+
+@pytest.mark.redis
+async def test_a_task_with_an_unreadable_descriptor_is_counted_as_parked_under_unknown(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str, otel: Sdk
+) -> None:
+    """A descriptor overwritten in Redis with garbage: the task is parked, and counted
+    under messaging.destination.name = 'unknown'."""
+    clock = ManualClock()
+    app = BackgroundTaskScheduler.configure(
+        redis_url=redis_url, modules=JOBS, key_prefix=key_prefix, clock=clock, run_worker=False
+    )
+    async with app:
+        await app.bus.schedule_task(scripted("tampered"))
+        written = await redis_client.hset(f"{key_prefix}task:tampered", "descriptor", "{not json")
+        assert written == 0  # the field existed: the layout is the one the Redis store uses
+        before = otel.points()
+        clock.advance(seconds=60)
+        events = await run_due(app)
+        assert [(e.kind, e.task_id) for e in events] == [(EventKind.PARKED, "tampered")]
+        assert (await app.bus.get_task("tampered")).parked_reason is not None
+    changed = delta(before, otel.points())
+    assert changed == {("cml_jobs.runs", outcome("unknown", "parked")): 1}
+
+
+def lag_sum(otel: Sdk, job_name: str) -> tuple[float, int]:
+    """Sum and count of the cml_jobs.schedule.lag histogram for one job."""
+    metric = otel.metrics().get("cml_jobs.schedule.lag")
+    for point in metric.data.data_points if metric else []:
+        if dict(point.attributes or {}).get("messaging.destination.name") == job_name:
+            return point.sum, point.count
+    return 0.0, 0
+
+
+async def test_schedule_lag_leaves_out_the_jitter(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock, otel: Sdk
+) -> None:
+    """An occurrence delayed by its jitter and run as soon as it is ready records a lag
+    near 0, not the jitter: lag measures whether the system keeps up."""
+    step = timedelta(milliseconds=250)
+    await scheduler.bus.schedule_task(
+        RecurrentTaskDescriptor(id="spread", name="TracedJob", interval=3600, jitter=60)
+    )
+    before = lag_sum(otel, "TracedJob")
+    clock.advance(seconds=3600)
+    started = []
+    for _ in range(int(60 / step.total_seconds()) + 1):
+        started = [e for e in await run_due(scheduler) if e.kind is EventKind.STARTED]
+        if started:
+            break
+        clock.advance(step)
+    [start] = started
+    assert start.occurrence_at is not None
+    assert start.at - start.occurrence_at > 10 * step  # the jitter did delay it
+    total, count = lag_sum(otel, "TracedJob")
+    assert count - before[1] == 1
+    assert 0 <= total - before[0] < step.total_seconds()
+
+
+@pytest.mark.redis
+async def test_a_store_that_lost_its_data_is_counted_and_logged_once(
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    key_prefix: str,
+    otel: Sdk,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every key of the store gone (Redis restarted without persistence): the in-app
+    worker's dispatcher notices, logs an ERROR and adds 1 to cml_jobs.store.resets, once."""
+    app = BackgroundTaskScheduler.configure(
+        redis_url=redis_url,
+        modules=JOBS,
+        key_prefix=key_prefix,
+        queue_name=f"{key_prefix}queue",
+        run_worker=True,
+        poll_interval=timedelta(milliseconds=100),
+    )
+    key = ("cml_jobs.store.resets", frozenset())
+    every_200_ms = RecurrentTaskDescriptor(id="r", name="ScriptedJob", interval=0.2)
+    async with app:
+        events = app.events()
+        await app.bus.schedule_task(every_200_ms)
+        await _runs_of(events, "r", 1)  # the dispatcher has looked at the store
+        before = otel.points().get(key, 0)
+        with caplog.at_level(logging.ERROR, logger="cml_jobs.dispatch"):
+            lost = [k async for k in redis_client.scan_iter(match=f"{key_prefix}*")]
+            await redis_client.delete(*lost)
+            async with asyncio.timeout(30):
+                while True:
+                    if otel.points().get(key, 0) != before:
+                        break
+                    await asyncio.sleep(0.05)
+            # The app declares its task again. Six runs 0.2 s apart span a second, so the
+            # dispatcher has looked at the store again since: it counts nothing new.
+            await app.bus.schedule_task(every_200_ms)
+            await _runs_of(events, "r", 6)
+    assert otel.points()[key] == before + 1
+    [record] = [r for r in caplog.records if "lost its data" in r.getMessage()]
+    assert record.levelno == logging.ERROR and record.name == "cml_jobs.dispatch"
+
+
+async def _runs_of(events: AsyncIterator[Any], task_id: str, count: int) -> None:
+    """Wait (30 s at most) for ``count`` successful runs of ``task_id``."""
+    runs = 0
+    async with asyncio.timeout(30):
+        async for event in events:
+            runs += event.kind is EventKind.SUCCEEDED and event.task_id == task_id
+            if runs == count:
+                return
 
 
 async def test_one_log_line_per_outcome_with_redacted_data(

@@ -80,6 +80,11 @@ async def test_one_worker_runs_each_occurrence_once_on_the_grid(
         await _occurrences(workers, redis_client, "grid", 20)
         listed = {t.id: t for t in await app.list_tasks()}
         ran_by_then = _per_occurrence(await workers.records(redis_client), "grid")
+        next_run = to_ms(listed["grid"].next_run_time)  # type: ignore[arg-type]
+        # Ahead of the first occurrence, on the grid, and no more than one interval from
+        # now (the occurrence after the last one claimed).
+        assert first < next_run <= to_ms(app.clock.now()) + INTERVAL_MS
+        assert (next_run - first) % INTERVAL_MS == 0
         await app.bus.cancel_task("grid")
         cancelled_at = to_ms(app.clock.now())
         await _occurrences(workers, redis_client, "control", 2, after_ms=cancelled_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ class Settings:
 
     Attributes:
         redis_url: ``memory://`` (the embedded default: one process, nothing kept) or a
-            ``redis://`` / ``rediss://`` URL shared by the app and its workers.
+            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers.
         modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
         container: a dependency-injector container, handed to jobs' ``configure``.
         key_prefix: prefix of every Redis key cml-jobs writes.
@@ -94,8 +95,11 @@ class Settings:
                 continue
             try:
                 changes[name] = parse(raw)
-            except (ValueError, ImportError, AttributeError) as exc:
-                raise ConfigurationError(f"{variable}={raw!r} is not valid: {exc}") from exc
+            except (ValueError, OverflowError, ImportError, AttributeError) as exc:
+                # A URL's password never reaches the message (nor the logs it ends up in).
+                raise ConfigurationError(
+                    f"{variable}={_redacted(raw)!r} is not valid: {exc}"
+                ) from exc
         return cls().with_changes(**changes)
 
 
@@ -106,7 +110,7 @@ def _redacted(url: str) -> str:
 
 def _seconds(raw: str) -> timedelta:
     value = float(raw)
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ValueError("expected a positive number of seconds")
     return timedelta(seconds=value)
 
@@ -116,6 +120,27 @@ def _positive_int(raw: str) -> int:
     if value <= 0:
         raise ValueError("expected a positive whole number")
     return value
+
+
+_URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+_DISPATCH_MODES = ("local", "queue")
+
+
+def _redis_url(raw: str) -> str:
+    scheme, separator, _ = raw.partition("://")
+    if not separator or scheme not in _URL_SCHEMES:
+        raise ValueError(
+            "expected a URL such as redis://host:6379/0 (schemes: "
+            + ", ".join(f"{name}://" for name in _URL_SCHEMES)
+            + ")"
+        )
+    return raw
+
+
+def _dispatch(raw: str) -> str:
+    if raw not in _DISPATCH_MODES:
+        raise ValueError(f"expected one of {_DISPATCH_MODES!r}")
+    return raw
 
 
 def _modules(raw: str) -> tuple[str, ...]:
@@ -139,7 +164,7 @@ def load_object(path: str) -> Any:
 
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "CML_JOBS_REDIS_URL": ("redis_url", str, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_REDIS_URL": ("redis_url", _redis_url, "Redis URL (redis://, rediss://, unix://)"),
     "CML_JOBS_MODULES": ("modules", _modules, "comma-separated modules to scan for jobs"),
     "CML_JOBS_CONTAINER": (
         "container",
@@ -172,7 +197,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
     ),
     "CML_JOBS_DISPATCH": (
         "dispatch",
-        str,
+        _dispatch,
         "local (run claimed occurrences in the claiming worker) or queue (default local)",
     ),
     "CML_JOBS_SIGNING_KEY": (

@@ -27,10 +27,12 @@ HANDOFF_DELAY = timedelta(seconds=1)
 
 @dataclass(frozen=True)
 class Choice:
-    """A decision, with the descriptor it was made from (None when it parks the task)."""
+    """A decision, with the descriptor it was made from (None when it parks or leaves the
+    task) and the task's job name, when it could be read ("" otherwise)."""
 
     decision: Decision
     descriptor: TaskDescriptor | None
+    job_name: str = ""
 
 
 class Decider:
@@ -66,8 +68,8 @@ class Decider:
         try:
             check_data(self.registry.get(descriptor.name), descriptor.data)
         except InvalidTaskDataError as exc:
-            return _park(task, f"data no longer fits the job: {exc}")
-        return Choice(_decision(descriptor, task, now), descriptor)
+            return _park(task, f"data no longer fits the job: {exc}", descriptor.name)
+        return Choice(_decision(descriptor, task, now), descriptor, descriptor.name)
 
     def _unknown_job(self, task: DueTask, job_name: str, now: datetime) -> Choice:
         waited = now - task.due_at
@@ -76,6 +78,7 @@ class Decider:
                 task,
                 f"no worker has run job {job_name!r} for {waited.total_seconds():.0f} s; "
                 "deploy a worker whose modules include it, then reschedule the task",
+                job_name,
             )
         # Leave the occurrence as it is, ready a little later: a worker that has the job
         # claims it meanwhile (its lateness still counts from the occurrence).
@@ -85,11 +88,12 @@ class Decider:
             task.task_id,
         )
         later = Decision(task.task_id, task.due_at, None, task.due_at, now + HANDOFF_DELAY)
-        return Choice(later, None)
+        return Choice(later, None, job_name)
 
 
-def _park(task: DueTask, reason: str) -> Choice:
-    return Choice(Decision(task.task_id, task.due_at, None, None, park_reason=reason), None)
+def _park(task: DueTask, reason: str, job_name: str = "") -> Choice:
+    decision = Decision(task.task_id, task.due_at, None, None, park_reason=reason)
+    return Choice(decision, None, job_name)
 
 
 def _decision(descriptor: TaskDescriptor, task: DueTask, now: datetime) -> Decision:

@@ -198,7 +198,7 @@ class Dispatcher:
             decision, descriptor = choice.decision, choice.descriptor
             if result.status is ClaimStatus.PARKED:
                 parked += 1
-                self._parked(decision)
+                self._parked(decision, choice.job_name)
             if descriptor is None or result.status in (ClaimStatus.RACED, ClaimStatus.GONE):
                 continue
             claimed += result.status is ClaimStatus.CLAIMED
@@ -217,11 +217,12 @@ class Dispatcher:
                 self._count(EventKind.SKIPPED, Outcome.SKIPPED, decision, descriptor, 1)
         return TickReport(claimed=claimed, missed=missed, skipped=skipped, parked=parked)
 
-    def _parked(self, decision: Decision) -> None:
+    def _parked(self, decision: Decision, job_name: str) -> None:
         logger.error("task %r parked: %s", decision.task_id, decision.park_reason)
-        _telemetry.record_outcome("unknown", Outcome.PARKED)
+        _telemetry.record_outcome(job_name or "unknown", Outcome.PARKED)
         at, due, reason = self.clock.now(), decision.expected_due_at, decision.park_reason
-        self.hub.emit(TaskEvent(EventKind.PARKED, decision.task_id, "", at, due, error=reason))
+        event = TaskEvent(EventKind.PARKED, decision.task_id, job_name, at, due, error=reason)
+        self.hub.emit(event)
 
     def _count(
         self,

@@ -7,6 +7,7 @@ import contextlib
 import enum
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -137,7 +138,8 @@ class EventHub:
 
     def __init__(self, buffer: int = 1000) -> None:
         self._callbacks: list[EventCallback] = []
-        self._queues: list[asyncio.Queue[TaskEvent]] = []
+        # Weak: an iterator its owner dropped without closing stops receiving events.
+        self._iterators: weakref.WeakSet[_EventIterator] = weakref.WeakSet()
         self._buffer = buffer
         self.dropped = 0
 
@@ -149,15 +151,12 @@ class EventHub:
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback)
 
-    async def events(self) -> AsyncIterator[TaskEvent]:
-        """Iterate over events from now on, until the iteration is abandoned."""
-        queue: asyncio.Queue[TaskEvent] = asyncio.Queue(self._buffer)
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
+    def events(self) -> AsyncIterator[TaskEvent]:
+        """An async iterator over the events emitted from this call on, until it is closed
+        (``aclose()``) or dropped."""
+        iterator = _EventIterator(self, self._buffer)
+        self._iterators.add(iterator)
+        return iterator
 
     def emit(self, event: TaskEvent) -> None:
         """Hand ``event`` to every observer."""
@@ -166,9 +165,41 @@ class EventHub:
                 callback(event)
             except Exception:
                 logger.exception("event observer %r failed on %s", callback, event.kind.value)
-        for queue in self._queues:
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                    self.dropped += 1
-            queue.put_nowait(event)
+        for iterator in list(self._iterators):
+            if not iterator.offer(event):
+                self.dropped += 1
+
+    def _discard(self, iterator: _EventIterator) -> None:
+        self._iterators.discard(iterator)
+
+
+class _EventIterator:
+    """What ``EventHub.events`` returns: its own bounded backlog of events.
+
+    Registered when created (not when first awaited, as an async generator would be), so
+    events emitted between ``events()`` and the first ``anext`` are not lost.
+    """
+
+    def __init__(self, hub: EventHub, size: int) -> None:
+        self._hub = hub
+        self._queue: asyncio.Queue[TaskEvent] = asyncio.Queue(size)
+
+    def __aiter__(self) -> _EventIterator:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        return await self._queue.get()
+
+    def offer(self, event: TaskEvent) -> bool:
+        """Queue ``event``, dropping the oldest when full. False when one was dropped."""
+        dropped = False
+        if self._queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+                dropped = True
+        self._queue.put_nowait(event)
+        return not dropped
+
+    async def aclose(self) -> None:
+        """Stop receiving events."""
+        self._hub._discard(self)

@@ -97,11 +97,6 @@ class Executor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finishes = Batcher(store.finish, finish_window)
 
-    @property
-    def active(self) -> int:
-        """Runs executing now in this process."""
-        return len(self._active)
-
     def room(self) -> int:
         """How many more runs this process may start now (``max_concurrency`` in all)."""
         return max(self.max_concurrency - len(self._busy), 0)
@@ -192,6 +187,10 @@ class Executor:
                 return _Result(Outcome.SUCCEEDED, attempt=attempt)
             except StopRecurrence as stop:
                 return _Result(Outcome.STOPPED, stop, attempt)
+            except asyncio.CancelledError:
+                if run.fence in self._revoked:
+                    span.set_attribute("cml_jobs.run.cancelled", True)
+                raise
             except asyncio.TimeoutError as exc:
                 _telemetry.mark_failed(span, exc)
                 return _Result(Outcome.TIMED_OUT, exc, attempt)

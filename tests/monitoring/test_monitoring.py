@@ -8,9 +8,17 @@ from datetime import timedelta
 
 import pytest
 import redis.asyncio
+from botocore.exceptions import HTTPClientError
 
-from cml_jobs import Outcome, TaskEvent
-from cml_jobs.monitoring import CMLWorker, WorkerStatus, monitoring_task_id
+from cml_jobs import BackgroundTaskScheduler, Outcome, TaskEvent
+from cml_jobs.monitoring import (
+    CMLWorker,
+    InMemoryWorkerRepository,
+    MonitoringSettings,
+    WorkerStatus,
+    build_monitoring_container,
+    monitoring_task_id,
+)
 from cml_jobs.stores.redis import RedisScheduleStore
 from cml_jobs.testing import run_due
 from tests.monitoring.conftest import (
@@ -109,6 +117,7 @@ async def test_an_aws_error_fails_the_run_and_the_next_occurrence_still_runs(
     """Unreachable AWS: retried inside the run, then a failed run; the schedule goes on."""
     async with open_monitoring(settings_for(closed_port_url(), attempts=2)) as monitoring:
         await monitoring.add_worker("w1", "i-0123456789abcdef0")
+        start = monitoring.clock.now()
         await monitoring.monitor.start_monitoring_worker_async("w1")
         monitoring.clock.advance(seconds=INTERVAL)
         events = await run_due(monitoring.scheduler)
@@ -117,7 +126,8 @@ async def test_an_aws_error_fails_the_run_and_the_next_occurrence_still_runs(
         assert [r.message for r in caplog.records if "retry 1" in r.message] != []
         assert await next_run(monitoring) == ["started", "failed"]
         task = await monitoring.scheduler.bus.get_task(monitoring_task_id("w1"))
-        assert task.last_outcome is Outcome.FAILED and task.next_run_time is not None
+        assert task.last_outcome is Outcome.FAILED and task.counts == {"failed": 2}
+        assert task.next_run_time == start + timedelta(seconds=3 * INTERVAL)  # still on its grid
         worker = await monitoring.repository.get_by_id_async("w1")
         assert worker is not None and worker.status is WorkerStatus.RUNNING
 
@@ -168,3 +178,56 @@ async def test_the_raw_redis_descriptor_holds_only_the_worker_id(
         assert raw is not None
         assert json.loads(raw)["data"] == {"worker_id": "w1"}
         assert await next_run(monitoring) == ["started", "succeeded"]
+
+
+def put_in_state(instance_id: str, name: str, code: int) -> None:
+    """Put a moto instance in an EC2 state moto never shows by itself (it terminates at
+    once): the server runs in this process, so its backend is at hand."""
+    from moto.backends import get_backend
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    instance = get_backend("ec2")[DEFAULT_ACCOUNT_ID][REGION].get_instance(instance_id)
+    instance._state.name, instance._state.code = name, code
+
+
+async def test_an_instance_shutting_down_ends_the_task_as_terminated(
+    monitoring: Monitoring, aws: Aws
+) -> None:
+    """EC2 state 'shutting-down' is already terminal: the worker is marked TERMINATED and
+    its task ends in that run."""
+    instance_id = aws.run_instance()
+    await monitoring.add_worker("w1", instance_id)
+    await monitoring.monitor.start_monitoring_worker_async("w1")
+    assert await next_run(monitoring) == ["started", "succeeded"]
+    put_in_state(instance_id, "shutting-down", 32)
+    [status] = aws.ec2.describe_instance_status(
+        InstanceIds=[instance_id], IncludeAllInstances=True
+    )["InstanceStatuses"]
+    assert status["InstanceState"]["Name"] == "shutting-down"
+    assert await next_run(monitoring) == ["started", "stopped"]
+    assert await monitoring.scheduler.list_tasks() == []
+    worker = await monitoring.repository.get_by_id_async("w1")
+    assert worker is not None and worker.status is WorkerStatus.TERMINATED
+    assert monitoring.changes[-1].changed == ("status",)
+
+
+async def test_the_aws_clients_are_opened_at_start_and_closed_at_stop(
+    settings: MonitoringSettings, aws: Aws
+) -> None:
+    """The container's EC2 and CloudWatch clients are open (and usable) while the
+    scheduler runs, before any run needs them, and closed when it stops."""
+    container = build_monitoring_container(settings, InMemoryWorkerRepository())
+    scheduler = BackgroundTaskScheduler.configure(
+        container=container, modules=["cml_jobs.monitoring"], run_worker=False
+    )
+    async with scheduler:
+        assert container.ec2_client.initialized and container.cloudwatch_client.initialized
+        ec2, cloudwatch = await container.ec2_client(), await container.cloudwatch_client()
+        assert "Reservations" in await ec2.describe_instances()
+        assert "Metrics" in await cloudwatch.list_metrics()
+    assert not container.ec2_client.initialized
+    assert not container.cloudwatch_client.initialized
+    with pytest.raises(HTTPClientError):  # its HTTP session is closed
+        await ec2.describe_instances()
+    with pytest.raises(HTTPClientError):
+        await cloudwatch.list_metrics()

@@ -366,8 +366,7 @@ async def test_no_run_starts_after_a_successful_cancel(
     )
     assert late == [], f"started after a cancel that reported no run under way: {late}"
     assert all(started_tasks[task] <= n for task, n in reported.items()), (
-        f"a cancelled task started more runs than its cancel counted: {reported} vs "
-        f"{started_tasks}"
+        f"a cancelled task started more runs than its cancel counted: {reported} vs {started_tasks}"
     )
     assert set(races) | set(ran_uncancelled) == set(dues), "a task neither ran nor was cancelled"
     assert all(under_way[f"long-{i}"] == 1 for i in range(3)), "a long run not reported"

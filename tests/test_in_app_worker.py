@@ -163,7 +163,8 @@ async def test_a_run_outlasting_the_drain_timeout_is_released_and_re_run_at_the_
     where: dict[str, Any],
 ) -> None:
     """drain_timeout=0.2 s and a run that does not end: stop cancels and releases the run,
-    which is not recorded; the next start re-runs that occurrence at once, as attempt 2."""
+    announced as interrupted and not recorded; the next start re-runs that occurrence at
+    once, as attempt 2."""
     GatedJob.reset()
     first = BackgroundTaskScheduler.configure(
         modules=JOBS, run_worker=True, drain_timeout=timedelta(milliseconds=200), **FAST, **where
@@ -174,7 +175,10 @@ async def test_a_run_outlasting_the_drain_timeout_is_released_and_re_run_at_the_
         await first.stop()
     assert GatedJob.ran == []
     [started] = [e for e in seen if e.kind is EventKind.STARTED]
-    assert [e.kind for e in seen if e.task_id == "draining"][-1] is EventKind.STARTED
+    assert [e.kind for e in seen if e.task_id == "draining"][-2:] == [
+        EventKind.STARTED,
+        EventKind.INTERRUPTED,
+    ]
     task = await _recorded(where)
     assert (task.last_outcome, task.counts) == (None, {})
 

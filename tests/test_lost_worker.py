@@ -2,14 +2,16 @@
 its lease, as the next attempt; a run whose worker was lost three times in a row is
 recorded as failed instead of re-run.
 
-A "lost worker" here is a ``run_due`` whose job never comes back (it waits at a gate) and
-that renews no lease: exactly what another worker sees of a killed or frozen one. Time is
-a ``ManualClock``; nothing sleeps.
+A "lost worker" here is a scheduler of its own (a second process, sharing the store and
+the clock) whose ``run_due`` never comes back (its job waits at a gate), so it renews no
+lease: exactly what another worker sees of a killed or frozen one. Time is a
+``ManualClock``; nothing sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 
@@ -30,6 +32,17 @@ LEASE = timedelta(seconds=10)
 INTERVAL = timedelta(hours=1)
 
 
+def _worker(store: ScheduleStore, clock: ManualClock) -> BackgroundTaskScheduler:
+    """A scheduler that plays one worker process over the shared store."""
+    return BackgroundTaskScheduler.configure(
+        modules=["tests.fixtures.behaviour_jobs"],
+        store=store,
+        clock=clock,
+        run_worker=False,
+        lease=LEASE,
+    )
+
+
 async def _arrival() -> None:
     """Wait until a run reaches the job's gate, then re-arm the signal for the next one."""
     async with asyncio.timeout(10):
@@ -45,14 +58,8 @@ async def test_a_run_whose_worker_is_lost_three_times_is_recorded_failed_not_run
     The lost runs' late outcomes are refused."""
     GatedJob.reset()
     clock = ManualClock()
-    scheduler = BackgroundTaskScheduler.configure(
-        modules=["tests.fixtures.behaviour_jobs"],
-        store=store,
-        clock=clock,
-        run_worker=False,
-        lease=LEASE,
-    )
-    async with scheduler:
+    scheduler = _worker(store, clock)
+    async with scheduler, contextlib.AsyncExitStack() as workers:
         starts: list[TaskEvent] = []
         scheduler.subscribe(lambda e: starts.append(e) if e.kind is EventKind.STARTED else None)
         begin = clock.now()
@@ -62,7 +69,9 @@ async def test_a_run_whose_worker_is_lost_three_times_is_recorded_failed_not_run
         clock.advance(INTERVAL)
         lost = []
         for attempt in (1, 2, 3):
-            lost.append(asyncio.create_task(run_due(scheduler)))  # never reports back
+            doomed = await workers.enter_async_context(_worker(store, clock))
+            doomed.subscribe(lambda e: starts.append(e) if e.kind is EventKind.STARTED else None)
+            lost.append(asyncio.create_task(run_due(doomed)))  # never reports back
             await _arrival()
             assert [e.attempt for e in starts] == list(range(1, attempt + 1))
             clock.advance(LEASE + timedelta(seconds=1))  # its lease runs out
@@ -103,19 +112,13 @@ async def test_a_run_whose_worker_is_lost_once_is_re_run_as_attempt_2_and_record
     run's outcome is the one recorded."""
     GatedJob.reset()
     clock = ManualClock()
-    scheduler = BackgroundTaskScheduler.configure(
-        modules=["tests.fixtures.behaviour_jobs"],
-        store=store,
-        clock=clock,
-        run_worker=False,
-        lease=LEASE,
-    )
-    async with scheduler:
+    scheduler, doomed = _worker(store, clock), _worker(store, clock)
+    async with scheduler, doomed:
         await scheduler.bus.schedule_task(
             RecurrentTaskDescriptor(id="once-lost", name="GatedJob", interval=INTERVAL)
         )
         clock.advance(INTERVAL)
-        lost = asyncio.create_task(run_due(scheduler))
+        lost = asyncio.create_task(run_due(doomed))
         await _arrival()
         clock.advance(LEASE / 2)
         assert await run_due(scheduler) == []  # the lease still holds: nothing to re-run

@@ -145,7 +145,7 @@ async def test_a_worker_process_and_the_health_check_reach_redis_over_a_unix_soc
             )
             async with asyncio.timeout(60):
                 while not await workers.records(unix_client):
-                    workers._check_alive()
+                    workers.check_alive()
                     await asyncio.sleep(0.05)
             check = await asyncio.to_thread(
                 subprocess.run,

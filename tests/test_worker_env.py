@@ -47,7 +47,7 @@ async def until(
     """Poll ``check`` until it returns something, failing if a worker exits meanwhile."""
     async with asyncio.timeout(timeout):
         while True:
-            workers._check_alive()
+            workers.check_alive()
             found = await check()
             if found is not None:
                 return found

@@ -226,13 +226,14 @@ class Executor:
         stopped = result.outcome is Outcome.STOPPED
         error = None if stopped else summary(result.error)
         finish = Finish(run, result.outcome, error, end_task=stopped, started_at=started_at)
-        if not await self._finishes.submit(finish):
+        if not await self._finishes.submit(finish):  # a late outcome: no event, no count
             logger.info(
                 "outcome of task %r (fence %d) not recorded: the task was cancelled or its "
                 "run re-issued meanwhile",
                 run.task_id,
                 run.fence,
             )
+            return
         self._reporter.outcome(
             run,
             descriptor,

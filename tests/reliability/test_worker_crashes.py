@@ -74,7 +74,13 @@ async def test_a_run_killed_mid_way_is_rerun_after_its_lease_with_attempt_2(
             return [r for r in await workers.records(redis_client) if r["attempt"] == 2]
 
         [record] = await workers.until(rerun, "the killed run was re-run")
-        state = await app.bus.get_task("slow")
+
+        async def recorded() -> TaskInfo | None:
+            # The job writes its record just before it returns; its outcome follows.
+            state = await app.bus.get_task("slow")
+            return state if state.counts.get(Outcome.SUCCEEDED.value) else None
+
+        state = await workers.until(recorded, "the re-run's outcome was recorded")
         await app.bus.cancel_task("slow")
     assert [p.poll() for p in workers.processes] == [None]
 

@@ -107,14 +107,12 @@ async def _start_gated_run(scheduler: BackgroundTaskScheduler) -> list[TaskEvent
     returned list keeps receiving the scheduler's events."""
     seen: list[TaskEvent] = []
     scheduler.subscribe(seen.append)
-    await scheduler.bus.schedule_task(
-        RecurrentTaskDescriptor(
-            id="draining",
-            name="GatedJob",
-            interval=3600,
-            start_at=scheduler.clock.now() + timedelta(milliseconds=200),
-        )
+    start_at = scheduler.clock.now() + timedelta(seconds=1)
+    info = await scheduler.bus.schedule_task(
+        RecurrentTaskDescriptor(id="draining", name="GatedJob", interval=3600, start_at=start_at)
     )
+    # Kept to the millisecond; a later first run would mean the schedule call came too late.
+    assert info.next_run_time == start_at.replace(microsecond=start_at.microsecond // 1000 * 1000)
     async with asyncio.timeout(30):
         await GatedJob.waiting.wait()
     return seen

@@ -71,7 +71,7 @@ async def test_a_worker_runs_no_more_than_max_jobs_at_once_and_claims_in_batches
         ) as workers:
             workers.start(1)
             await workers.wait_ready(redis_client)
-            start_at = scheduler.clock.now() + timedelta(seconds=1)
+            start_at = scheduler.clock.now() + timedelta(seconds=2)
             for n in range(tasks):
                 info = await scheduler.bus.schedule_task(
                     RecurrentTaskDescriptor(

@@ -24,10 +24,16 @@ from cml_jobs import (
     RecurrentTaskDescriptor,
     ScheduledTaskDescriptor,
     TaskExistsError,
+    TaskInfo,
     TaskNotFoundError,
 )
 from cml_jobs._timing import to_ms
-from tests.reliability.conftest import app_for, per_occurrence, stay_alive
+from tests.reliability.conftest import (
+    app_for,
+    per_occurrence,
+    stay_alive,
+    wait_for_occurrences,
+)
 from tests.workers import WorkerFleet
 
 pytestmark = [pytest.mark.reliability, pytest.mark.redis]
@@ -108,8 +114,17 @@ async def test_hostile_descriptors_in_redis_are_parked_and_never_executed(
         )
         await redis_client.set("arq:job:evil", pickle.dumps(_Exploit(marker)))
         await redis_client.zadd(workers.queue, {"evil": now})
-        await stay_alive(workers, 6)
-        tasks = {t.id: t for t in await app.list_tasks()}
+
+        async def all_handled() -> dict[str, Any] | None:
+            # Every hostile task parked, the queued pickle taken off the queue by a worker
+            # (so it was looked at), and the valid task run on.
+            tasks = {t.id: t for t in await app.list_tasks()}
+            parked = all(tasks[i].parked_reason for i in hostile if i in tasks)
+            consumed = await redis_client.zscore(workers.queue, "evil") is None
+            runs = per_occurrence(await workers.records(redis_client), "good")
+            return tasks if parked and consumed and len(runs) >= 4 else None
+
+        tasks = await workers.until(all_handled, "hostile tasks parked, the pickle consumed")
         await app.bus.cancel_task("good")
     assert workers.stop() == [0, 0]
 
@@ -120,18 +135,22 @@ async def test_hostile_descriptors_in_redis_are_parked_and_never_executed(
     print(f"good: {len(runs)} occurrences, {sum(runs.values())} runs; marker {marker.exists()}")
     assert not marker.exists(), "a pickle was executed"
     assert sorted(parked) == sorted(hostile), "a hostile task vanished"
-    assert all(parked.values()), f"not parked: {[i for i, r in parked.items() if not r]}"
+    unexplained = {i: r for i, r in parked.items() if "descriptor" not in str(r)}
+    assert unexplained == {}, f"parked without saying the descriptor is bad: {unexplained}"
+    assert all(tasks[i].counts == {"parked": 1} for i in hostile), "parked more than once"
     assert set(runs.values()) == {1} and len(runs) >= 4, runs
     assert tasks["good"].parked_reason is None
     assert tasks["year-9999"].parked_reason is None, "a valid far-future task was parked"
 
 
-async def test_malformed_store_fields_do_not_stop_dispatching(
+async def test_malformed_store_fields_are_parked_or_dropped_and_dispatching_goes_on(
     redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
 ) -> None:
-    """Store fields corrupted in place (a due_at that is not a number, a task without a
-    descriptor, a runs entry without a fence, a due score past year 9999): workers keep
-    running a valid task once per occurrence."""
+    """Store entries corrupted in place while workers run: a due_at that is not a number
+    is parked with a reason that says so; a runs entry without a fence is dropped; a due
+    time past year 9999 is read as the latest time there is; a task whose descriptor is
+    gone shows as unreadable. No worker exits, and the valid task beside them goes on
+    running once per occurrence."""
     workers: WorkerFleet = workers_factory(redis_url, key_prefix)
     workers.start(2)
     await workers.wait_ready(redis_client)
@@ -139,7 +158,7 @@ async def test_malformed_store_fields_do_not_stop_dispatching(
         await app.bus.schedule_task(
             RecurrentTaskDescriptor(id="good", name="RecordingJob", interval=1)
         )
-        await stay_alive(workers, 2)
+        await wait_for_occurrences(workers, redis_client, "good", 2)
         now = to_ms(app.clock.now())
         valid = json.dumps(_valid("x")).encode()
         await _write_task(redis_client, key_prefix, "text-due", valid, now)
@@ -149,24 +168,45 @@ async def test_malformed_store_fields_do_not_stop_dispatching(
         await redis_client.zadd(f"{key_prefix}runs", {"garbage": 0})
         await _write_task(redis_client, key_prefix, "far", valid, 253402300800000)  # 10000 AD
         corrupted_at = to_ms(app.clock.now())
-        await stay_alive(workers, 5)
+        # The store reads what was written as tasks: the corruption is where the workers
+        # look, not in keys nobody reads.
+        listed = {t.id for t in await app.list_tasks()}
+        assert {"text-due", "no-descriptor", "far"} <= listed, listed
+
+        async def handled() -> dict[str, TaskInfo] | None:
+            tasks = {t.id: t for t in await app.list_tasks()}
+            dropped = await redis_client.zscore(f"{key_prefix}runs", "garbage") is None
+            runs = per_occurrence(await workers.records(redis_client), "good")
+            ran_on = len([o for o in runs if o > corrupted_at]) >= 3
+            return tasks if tasks["text-due"].parked_reason and dropped and ran_on else None
+
+        tasks = await workers.until(handled, "the bad due_at parked, the bad run dropped")
         await app.bus.cancel_task("good")
     errors = [
         line
         for p in workers.processes
         for line in workers.stderr(p).splitlines()
-        if "Error" in line
+        if "Error" in line or "ERROR" in line
     ]
     codes = workers.stop()
 
     runs = per_occurrence(await workers.records(redis_client), "good")
     after = [o for o in runs if o > corrupted_at]
+    for task_id in ("text-due", "no-descriptor", "far"):
+        task = tasks[task_id]
+        print(f"{task_id}: parked {task.parked_reason!r}, next {task.next_run_time}, {task.counts}")
     print(f"good: {len(runs)} occurrences, {len(after)} after the corruption")
     print(f"exit codes {codes}; errors logged:")
     print("\n".join(sorted(set(errors))))
     assert codes == [0, 0]
+    reason = tasks["text-due"].parked_reason
+    assert reason is not None and "due_at" in reason and "soon" in reason, reason
+    assert tasks["text-due"].counts == {"parked": 1}
+    far = tasks["far"]
+    assert far.parked_reason is None and far.next_run_time is not None
+    assert far.next_run_time.year == 9999, far.next_run_time
+    assert (tasks["no-descriptor"].descriptor, tasks["no-descriptor"].name) == (None, "")
     assert set(runs.values()) == {1}
-    assert len(after) >= 3, "dispatching stopped after the corruption"
 
 
 async def test_oversized_or_non_json_data_is_refused_and_nothing_is_written(

@@ -273,12 +273,12 @@ async def test_concurrent_scheduling_stores_one_task_and_an_ended_id_is_reusable
                     scheduled_at=app.clock.now() + timedelta(seconds=0.2),
                 )
             )
-            async with asyncio.timeout(5):  # until it has run and its task has ended
-                while True:
-                    ran = len(await workers.records(redis_client)) > len(ends)
-                    if ran and "again" not in {t.id for t in await app.list_tasks()}:
-                        break
-                    await asyncio.sleep(0.02)
+
+            async def ran_and_ended() -> bool:
+                ran = len(await workers.records(redis_client)) > len(ends)
+                return ran and "again" not in {t.id for t in await app.list_tasks()}
+
+            await workers.until(ran_and_ended, "the one-time task ran and ended")
             ends.append(time.perf_counter() - scheduled)
     assert workers.stop() == [0]
 

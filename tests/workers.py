@@ -174,6 +174,13 @@ class WorkerFleet:
                 err = self.stderr(process)[-3000:]
                 raise AssertionError(f"worker exited with {process.returncode}:\n{err}")
 
+    def forget(self, process: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        """Take out of the fleet a worker the test has signalled to end (killed, stopped),
+        so its exit is no failure; wait for it and return its exit code. Its stderr stays
+        readable until ``stop``."""
+        self.processes.remove(process)
+        return process.wait(timeout)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> list[int]:
         """Signal every worker and wait for it; returns their exit codes."""
         for process in self.processes:
@@ -201,4 +208,4 @@ def fleet(redis_url: str, prefix: str, **settings: str) -> Iterator[WorkerFleet]
     try:
         yield workers
     finally:
-        workers.stop(signal.SIGKILL) if workers.processes else None
+        workers.stop(signal.SIGKILL)

@@ -184,8 +184,7 @@ def workers_factory() -> Iterator[Any]:
 
     yield make
     for workers in fleets:
-        if workers.processes:
-            workers.stop(signal.SIGKILL)
+        workers.stop(signal.SIGKILL)  # also lets go of the logs of workers already gone
 
 
 def app_for(url: str, prefix: str = PREFIX, **settings: Any) -> BackgroundTaskScheduler:

@@ -64,8 +64,10 @@ async def until(
     timeout: float = DEADLINE_S,
     *,
     alive: Callable[[], None] | None = None,
+    every: float = 0.05,
 ) -> T:
-    """Poll ``check`` until it returns something truthy, and return that.
+    """Poll ``check`` every ``every`` seconds until it returns something truthy, and
+    return that.
 
     Fails (with ``what``) when ``timeout`` seconds pass first, and at once when ``alive``
     raises (a worker exited).
@@ -78,7 +80,7 @@ async def until(
             return found
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
 
 
 @dataclass

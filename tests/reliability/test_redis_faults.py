@@ -2,7 +2,8 @@
 
 Each test runs its own ``redis-server`` on a free port, stops it and starts it again on
 the same port, and checks that no worker process exits and that every occurrence of a
-1 s recurrent task runs at most once (and on the grid again once Redis is back).
+1 s recurrent task has one outcome (and that the task runs on the grid again once Redis is
+back).
 Outages last as long as the scenario says; every other wait is for a condition, with a
 deadline. Assertions are figures computed from the runs the jobs recorded; how soon the
 workers resumed is printed, not asserted: the grid with no gap is the behaviour.
@@ -68,12 +69,14 @@ async def test_workers_started_before_redis_wait_for_it_and_run_once_per_occurre
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
-async def test_redis_outage_mid_run_loses_no_worker_and_runs_no_occurrence_twice(
+async def test_redis_outage_mid_run_loses_no_worker_and_records_each_occurrence_once(
     server_factory: Any, client_factory: Any, workers_factory: Any, stop_signal: int
 ) -> None:
     """Redis (AOF, fsync always) goes away for 7 s while two workers run a 1 s task: no
-    worker exits; once Redis is back the task runs again on its grid, and no occurrence —
-    before, during or after the outage — runs twice."""
+    worker exits; once Redis is back the task runs again on its grid; every occurrence —
+    before, during or after the outage — has exactly one outcome recorded. A job body runs
+    twice only where docs/reliability.md allows it: it was going when Redis went away, so
+    its worker was cut off for longer than the lease, and it was re-run."""
     server: RedisServer = server_factory(persist=True)
     await server.start()
     client = client_factory(server.url)
@@ -110,14 +113,21 @@ async def test_redis_outage_mid_run_loses_no_worker_and_runs_no_occurrence_twice
 
     records = await workers.records(client)
     runs = per_occurrence(records, "steady")
+    twice = {o for o, n in runs.items() if n > 1}
+    cut_off = {r["occurrence"] for r in records if r["end"] < down_at}
+    rerun = {r["occurrence"] for r in records if r["attempt"] > 1}
+    assert steady.next_run_time is not None
+    due = (to_ms(steady.next_run_time) - first) // INTERVAL_MS
     before = sorted(o for o in runs if o < down_at)
     after = sorted(o for o in runs if o >= down_at)
     print(
         f"outage {(up_at - down_at) / 1000:.1f} s; resumed {resume_delay:.2f} s after; "
         f"{len(before)} occurrences before, {len(after)} from the outage on: "
-        f"{[(o - first) // INTERVAL_MS for o in after]}"
+        f"{[(o - first) // INTERVAL_MS for o in after]}; bodies run again after being cut "
+        f"off: {len(twice)}"
     )
-    assert set(runs.values()) == {1}, f"duplicates: {[o for o, n in runs.items() if n > 1]}"
+    assert sum(steady.counts.values()) + steady.running == due, (steady.counts, due)
+    assert max(runs.values()) <= 2 and twice <= cut_off & rerun, f"duplicates: {sorted(twice)}"
     assert len(before) >= 3, "the task did not run before the outage"
     assert before == list(range(first, max(before) + 1, INTERVAL_MS)), "missing before outage"
     assert all((o - first) % INTERVAL_MS == 0 for o in runs), "an occurrence is off the grid"

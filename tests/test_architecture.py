@@ -253,3 +253,13 @@ def test_layers_import_each_other_only_through_public_modules(rule: str) -> None
 def test_the_layer_rules_catch_a_crossing(found: Import, broken: bool) -> None:
     """Each kind of crossing the layer rules exist for is caught, and public imports pass."""
     assert any(rule(found) for rule in LAYER_RULES.values()) is broken
+
+
+def test_a_worker_without_a_container_does_not_load_dependency_injector() -> None:
+    """dependency-injector (and what it pulls in) is loaded only by apps that give a
+    container: a worker process without one stays that much smaller."""
+    probe = "import sys, cml_jobs.worker; print('dependency_injector' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False"]

@@ -16,7 +16,7 @@ import cml_jobs
 # Imported by cml_jobs/__init__.py for its own use, not part of the API.
 NOT_API = {"annotations", "TYPE_CHECKING", "Any"}
 # Built on first access by the module's __getattr__, so absent from vars() until then.
-LAZY = {"WorkerSettings", "worker_settings"}
+LAZY = {"ServiceProvider", "WorkerSettings", "worker_settings"}
 # Built at run time by type() from the environment; documented in cml_jobs/__init__.py.
 DOCUMENTED_IN_SOURCE_ONLY = {"WorkerSettings"}
 PUBLIC_MODULES = [

@@ -18,7 +18,6 @@ from cml_jobs._descriptors import (
     ScheduledTaskDescriptor,
     TaskDescriptor,
 )
-from cml_jobs._di import ServiceProvider
 from cml_jobs._events import EventKind, TaskEvent
 from cml_jobs._jobs import (
     BackgroundJob,
@@ -48,6 +47,8 @@ from cml_jobs.exceptions import (
 from cml_jobs.stores import Outcome
 
 if TYPE_CHECKING:
+    from cml_jobs._di import ServiceProvider
+
     WorkerSettings: type
     """The arq settings of a worker configured from ``CML_JOBS_*`` environment variables:
     ``arq cml_jobs.WorkerSettings``."""
@@ -108,4 +109,9 @@ def __getattr__(name: str) -> Any:
         from cml_jobs.worker import worker_settings as build
 
         return build
+    if name == "ServiceProvider":
+        # dependency-injector (and what it pulls in) loads only for apps that use it.
+        from cml_jobs._di import ServiceProvider
+
+        return ServiceProvider
     raise AttributeError(f"module 'cml_jobs' has no attribute {name!r}")

@@ -16,7 +16,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from cml_jobs.stores._base import Outcome
+from cml_jobs._outcome import Outcome
 
 __all__ = [
     "mark_failed",

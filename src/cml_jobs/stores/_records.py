@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cml_jobs._outcome import Outcome
+
 __all__ = [
     "ClaimResult",
     "ClaimStatus",
@@ -23,19 +25,6 @@ __all__ = [
     "Run",
     "TaskState",
 ]
-
-
-class Outcome(str, enum.Enum):
-    """How an occurrence ended."""
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    MISSED = "missed"
-    SKIPPED = "skipped"
-    STOPPED = "stopped"
-    CANCELLED = "cancelled"
-    PARKED = "parked"
 
 
 @dataclass(frozen=True)

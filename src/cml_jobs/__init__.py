@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cml_jobs._bulk import BulkScheduleResult
 from cml_jobs._bus import BackgroundTasksBus, TaskInfo
 from cml_jobs._config import Settings
 from cml_jobs._descriptors import (
@@ -42,6 +43,7 @@ from cml_jobs.exceptions import (
     StoreUnavailableError,
     TaskExistsError,
     TaskNotFoundError,
+    TasksRefusedError,
     UnknownJobError,
 )
 from cml_jobs.stores import Outcome
@@ -60,6 +62,7 @@ __all__ = [
     "BackgroundJob",
     "BackgroundTaskScheduler",
     "BackgroundTasksBus",
+    "BulkScheduleResult",
     "Clock",
     "CmlJobsError",
     "ConfigurationError",
@@ -89,6 +92,7 @@ __all__ = [
     "TaskExistsError",
     "TaskInfo",
     "TaskNotFoundError",
+    "TasksRefusedError",
     "UnknownJobError",
     "WorkerSettings",
     "backgroundjob",

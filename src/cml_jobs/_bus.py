@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import replace as replace_fields
 from datetime import datetime
 
 from cml_jobs import _telemetry
+from cml_jobs._bulk import BulkScheduleResult, BulkWriter
 from cml_jobs._codec import DescriptorCodec
 from cml_jobs._descriptors import (
     MAX_DESCRIPTOR_BYTES,
@@ -16,70 +17,17 @@ from cml_jobs._descriptors import (
 )
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._registry import JobRegistry
+from cml_jobs._task_info import PLAIN, TaskInfo
 from cml_jobs._timing import Clock
 from cml_jobs._triggers import first_occurrence, grid_point_at_or_after, ready_at
 from cml_jobs.exceptions import (
-    InvalidDescriptorError,
     InvalidTriggerError,
     PayloadTooLargeError,
     TaskNotFoundError,
 )
-from cml_jobs.stores._base import NewTask, Outcome, ScheduleStore, TaskState
+from cml_jobs.stores._base import NewTask, ScheduleStore, TaskState
 
 __all__ = ["BackgroundTasksBus", "TaskInfo"]
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """A scheduled task as ``list_tasks`` and ``get_task`` show it.
-
-    Attributes:
-        id: the task id.
-        name: the job name ("" if the stored descriptor is unreadable).
-        descriptor: the task's descriptor, or None if the stored one is invalid.
-        next_run_time: the next occurrence, or None (paused, parked, or running its last).
-        last_run_time: when the latest run started.
-        last_outcome: how the latest occurrence ended.
-        last_error: a summary of the latest failure.
-        paused: paused with ``pause_task``.
-        parked_reason: why the task was parked, or None.
-        running: runs going on now.
-        counts: occurrences per outcome.
-    """
-
-    id: str
-    name: str
-    descriptor: TaskDescriptor | None
-    next_run_time: datetime | None
-    last_run_time: datetime | None = None
-    last_outcome: Outcome | None = None
-    last_error: str | None = None
-    paused: bool = False
-    parked_reason: str | None = None
-    running: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_state(cls, state: TaskState, codec: DescriptorCodec | None = None) -> TaskInfo:
-        """Build from the store's record, read with ``codec`` (plain JSON by default)."""
-        try:
-            descriptor: TaskDescriptor | None = (codec or _PLAIN).decode(state.descriptor_json)
-        except InvalidDescriptorError:
-            descriptor = None
-        live = not state.paused and state.parked_reason is None
-        return cls(
-            id=state.task_id,
-            name=descriptor.name if descriptor else "",
-            descriptor=descriptor,
-            next_run_time=state.due_at if live else None,
-            last_run_time=state.last_run_at,
-            last_outcome=state.last_outcome,
-            last_error=state.last_error,
-            paused=state.paused,
-            parked_reason=state.parked_reason,
-            running=state.running,
-            counts=state.counts,
-        )
 
 
 class BackgroundTasksBus:
@@ -106,10 +54,13 @@ class BackgroundTasksBus:
     ) -> None:
         self._store = store
         self._registry = registry
-        self._codec = codec or _PLAIN
+        self._codec = codec or PLAIN
         self._clock = clock
         self._hub = hub
         self._on_scheduled = on_scheduled
+        self._bulk = BulkWriter(
+            store=store, hub=hub, clock=clock, prepare=self._prepare, on_scheduled=on_scheduled
+        )
 
     async def schedule_task(self, descriptor: TaskDescriptor, *, replace: bool = False) -> TaskInfo:
         """Validate ``descriptor`` and schedule it. Nothing is written if it is refused.
@@ -131,13 +82,10 @@ class BackgroundTasksBus:
             PayloadTooLargeError: the descriptor exceeds ``MAX_DESCRIPTOR_BYTES``.
             TaskExistsError: a different task has this id and ``replace`` is False.
         """
-        self._registry.validate(descriptor)
-        now = self._clock.now()
-        due_at = self._first_due(descriptor, now)
-        encoded = self._encoded(descriptor)
+        task = self._prepare(descriptor, self._clock.now())
+        due_at = task.due_at
         with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
-            ready = ready_at(descriptor, due_at)
-            task = NewTask(descriptor.id, encoded, due_at, ready, trace_context)
+            task = replace_fields(task, trace_context=trace_context)
             added = await self._store.add(task, replace=replace)
         if not added:  # the same task was already there: show it as it is
             return await self.get_task(descriptor.id)
@@ -145,6 +93,52 @@ class BackgroundTasksBus:
         # As the store keeps it (to the millisecond), without reading it back.
         next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
         return TaskInfo(descriptor.id, descriptor.name, descriptor, next_run)
+
+    async def schedule_tasks(
+        self,
+        descriptors: Iterable[TaskDescriptor],
+        *,
+        replace: bool = False,
+        batch_size: int = 1000,
+    ) -> BulkScheduleResult:
+        """Validate every descriptor, then schedule them in batches of ``batch_size``, each
+        written in one atomic store call. A batch that holds a refused descriptor writes
+        nothing; the other batches are written. Tasks already scheduled with the same
+        descriptor are left as they are.
+
+        Args:
+            descriptors: the tasks, each with its own id.
+            replace: replace different tasks that have the same ids.
+            batch_size: descriptors per store call.
+
+        Returns:
+            The ids scheduled and those already scheduled unchanged.
+
+        Raises:
+            TasksRefusedError: some descriptors were refused (invalid, as ``schedule_task``
+                would refuse them; an id given twice; or, without ``replace``, an id held
+                by a different task, which refuses that task alone); its ``result`` names
+                each one with its error, and the valid ones held back with them.
+        """
+        items = list(descriptors)
+        return await self._bulk.schedule(items, replace=replace, batch_size=batch_size)
+
+    async def cancel_tasks(
+        self, task_ids: Iterable[str], *, batch_size: int = 1000
+    ) -> dict[str, int | None]:
+        """Remove many tasks, ``batch_size`` per atomic store call (see ``cancel_task``).
+
+        Returns:
+            Per id, how many of its runs were under way; None for an id with no task.
+        """
+        return await self._bulk.cancel(list(task_ids), batch_size=batch_size)
+
+    def _prepare(self, descriptor: TaskDescriptor, now: datetime) -> NewTask:
+        """Check a descriptor and build the task the store adds (without trace context)."""
+        self._registry.validate(descriptor)
+        due_at = self._first_due(descriptor, now)
+        encoded = self._encoded(descriptor)
+        return NewTask(descriptor.id, encoded, due_at, ready_at(descriptor, due_at))
 
     def _encoded(self, descriptor: TaskDescriptor) -> str:
         encoded = self._codec.encode(descriptor)
@@ -256,9 +250,6 @@ class BackgroundTasksBus:
 
     def _emit(self, kind: EventKind, task_id: str, name: str, at: datetime | None) -> None:
         self._hub.emit(TaskEvent(kind, task_id, name, self._clock.now(), at))
-
-
-_PLAIN = DescriptorCodec()
 
 
 def _count(tasks: list[TaskInfo]) -> dict[str, int]:

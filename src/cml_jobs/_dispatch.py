@@ -11,7 +11,6 @@ whoever wins, and the claim decides that the run starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +20,6 @@ from typing import Protocol
 from cml_jobs import _telemetry
 from cml_jobs._codec import DescriptorCodec
 from cml_jobs._decide import Choice, Decider
-from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._execution import Assignment
 from cml_jobs._registry import JobRegistry
@@ -115,15 +113,18 @@ class Dispatcher:
         self._reclaim_after: datetime | None = None
         self._next_ready: datetime | None = None  # as of the last tick
         self._generation: str | None = None
+        self._sleeper: asyncio.Future[None] | None = None  # the sleep a wake cuts short
 
     def wake(self) -> None:
         """Tick now: something earlier than the next known due time was scheduled."""
         self._wake.set()
+        if self._sleeper is not None:
+            self._sleeper.cancel()
 
     def slot_freed(self) -> None:
         """A run ended; tick now only if the last tick left due work for lack of room."""
         if self._starved:
-            self._wake.set()
+            self.wake()
 
     async def tick(self) -> TickReport:
         """Claim what is due now, as much as the sink has room for, and submit it."""
@@ -211,36 +212,38 @@ class Dispatcher:
                     decision.missed,
                     decision.expected_due_at.isoformat(),
                 )
-                self._count(EventKind.MISSED, Outcome.MISSED, decision, descriptor, decision.missed)
+                self._count(
+                    EventKind.MISSED, Outcome.MISSED, decision, descriptor.name, decision.missed
+                )
             if result.status is ClaimStatus.SKIPPED:
                 skipped += 1
-                self._count(EventKind.SKIPPED, Outcome.SKIPPED, decision, descriptor, 1)
+                self._count(EventKind.SKIPPED, Outcome.SKIPPED, decision, descriptor.name, 1)
         return TickReport(claimed=claimed, missed=missed, skipped=skipped, parked=parked)
 
     def _parked(self, decision: Decision, job_name: str) -> None:
         logger.error("task %r parked: %s", decision.task_id, decision.park_reason)
         _telemetry.record_outcome(job_name or "unknown", Outcome.PARKED)
-        at, due, reason = self.clock.now(), decision.expected_due_at, decision.park_reason
-        event = TaskEvent(EventKind.PARKED, decision.task_id, job_name, at, due, error=reason)
-        self.hub.emit(event)
+        at, due, why = self.clock.now(), decision.expected_due_at, decision.park_reason
+        self.hub.emit(TaskEvent(EventKind.PARKED, decision.task_id, job_name, at, due, error=why))
 
-    def _count(
-        self,
-        kind: EventKind,
-        outcome: Outcome,
-        decision: Decision,
-        descriptor: TaskDescriptor,
-        count: int,
-    ) -> None:
-        _telemetry.record_outcome(descriptor.name, outcome, count=count)
-        at, due = self.clock.now(), decision.expected_due_at
-        self.hub.emit(TaskEvent(kind, decision.task_id, descriptor.name, at, due, count=count))
+    def _count(self, kind: EventKind, outcome: Outcome, d: Decision, job: str, n: int) -> None:
+        _telemetry.record_outcome(job, outcome, count=n)
+        at, due = self.clock.now(), d.expected_due_at
+        self.hub.emit(TaskEvent(kind, d.task_id, job, at, due, count=n))
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Tick until ``stopping`` is set, sleeping until the next due time in between.
 
         Store failures are logged and retried with backoff; they never end the loop.
         """
+        watch = asyncio.ensure_future(stopping.wait())  # one waiter for the loop's life
+        watch.add_done_callback(lambda _: self.wake())
+        try:
+            await self._loop(stopping)
+        finally:
+            watch.cancel()
+
+    async def _loop(self, stopping: asyncio.Event) -> None:
         backoff = 0.1
         while not stopping.is_set():
             try:
@@ -264,27 +267,24 @@ class Dispatcher:
     def _delay(self) -> float:
         # The last tick learnt when the next task is ready; a task scheduled since then
         # in this process wakes us, one scheduled elsewhere is seen within poll_interval.
+        # Waking a quarter of the lookahead early claims that task before it is due: the
+        # tick's round trips do not make it late.
         longest = self.poll_interval.total_seconds()
         if self._next_ready is None:
             return longest
-        wait = (self._next_ready - self.clock.now()).total_seconds()
+        wait = (self._next_ready - self.clock.now() - self.lookahead / 4).total_seconds()
         return min(max(wait, 0.0), longest)
 
     async def _sleep(self, seconds: float, stopping: asyncio.Event) -> None:
-        if self._wake.is_set():
+        if self._wake.is_set() or stopping.is_set():
             return
-        waits = [
-            asyncio.ensure_future(self.clock.sleep(seconds)),
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(stopping.wait()),
-        ]
+        # One future per sleep: ``wake`` (and ``stopping``, through it) cancels it.
+        self._sleeper = sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([sleeper])
         finally:
-            for waiter in waits:
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+            self._sleeper = None
+            sleeper.cancel()
 
 
 def _assignments(

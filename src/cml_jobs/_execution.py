@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Assignment", "Executor"]
 
 logger = logging.getLogger("cml_jobs.runs")
+_NO_TIME = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ class Executor:
         self._active[run.fence] = (run, task)
         try:
             early = -lateness(assignment.descriptor, run.occurrence_at, self.clock.now())
-            await self.clock.sleep(early.total_seconds())  # claimed within the lookahead
+            if early > _NO_TIME:  # claimed within the lookahead (no loop turn otherwise)
+                await self.clock.sleep(early.total_seconds())
             await self._run(assignment)
         except asyncio.CancelledError:
             if run.fence not in self._revoked:
@@ -182,8 +184,10 @@ class Executor:
                         EventKind.STARTED, run, name, data=self._reporter.data(descriptor)
                     )
                 body = job.run_every if isinstance(job, RecurrentBackgroundJob) else job.run_at  # type: ignore[attr-defined]
-                timeout = descriptor.timeout.total_seconds() if descriptor.timeout else None
-                await asyncio.wait_for(body(), timeout)
+                if descriptor.timeout is None:
+                    await body()
+                else:
+                    await asyncio.wait_for(body(), descriptor.timeout.total_seconds())
                 return _Result(Outcome.SUCCEEDED, attempt=attempt)
             except StopRecurrence as stop:
                 return _Result(Outcome.STOPPED, stop, attempt)
@@ -234,14 +238,9 @@ class Executor:
                 run.fence,
             )
             return
+        attempt, failed = result.attempt, error is not None
         self._reporter.outcome(
-            run,
-            descriptor,
-            result.outcome,
-            result.error,
-            attempt=result.attempt,
-            duration=duration,
-            failed=error is not None,
+            run, descriptor, result.outcome, result.error, attempt, duration, failed=failed
         )
 
     async def _give_back(self, assignment: Assignment) -> None:

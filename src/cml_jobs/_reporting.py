@@ -132,9 +132,9 @@ class RunReporter:
         descriptor: TaskDescriptor,
         outcome: Outcome,
         error: BaseException | None,
-        *,
         attempt: int,
         duration: timedelta | None,
+        *,
         failed: bool,
     ) -> None:
         """Count, log and announce how a run ended."""

@@ -11,6 +11,7 @@ Our exception hierarchy::
     │   │   ├── InvalidTaskDataError . data that does not fit the job's constructor, or is not JSON
     │   │   └── PayloadTooLargeError . a descriptor above the size limit
     │   ├── TaskExistsError .......... a task with that id exists and replace=False
+    │   ├── TasksRefusedError ........ (also ValueError) schedule_tasks refused some descriptors
     │   └── ServiceNotFoundError ..... (also LookupError) get_required_service found no provider,
     │                                  or several
     ├── TaskNotFoundError ............ (also LookupError) no task with that id
@@ -21,6 +22,11 @@ Every message names the bad value and says what to do about it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cml_jobs._bulk import BulkScheduleResult
 
 __all__ = [
     "CmlJobsError",
@@ -35,6 +41,7 @@ __all__ = [
     "StoreUnavailableError",
     "TaskExistsError",
     "TaskNotFoundError",
+    "TasksRefusedError",
     "UnknownJobError",
 ]
 
@@ -73,6 +80,19 @@ class PayloadTooLargeError(InvalidDescriptorError):
 
 class TaskExistsError(ConfigurationError):
     """A task with this id is already scheduled and ``replace=True`` was not given."""
+
+
+class TasksRefusedError(ConfigurationError, ValueError):
+    """``schedule_tasks`` refused some descriptors; the batches that held them wrote nothing.
+
+    Attributes:
+        result: what was done with every descriptor: ``result.refused`` maps each refused
+            id to its error, ``result.held_back`` lists the valid ids of those batches.
+    """
+
+    def __init__(self, message: str, result: BulkScheduleResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class ServiceNotFoundError(ConfigurationError, LookupError):

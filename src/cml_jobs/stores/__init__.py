@@ -23,12 +23,15 @@ from cml_jobs.stores._base import (
     ScheduleStore,
     TaskState,
 )
+from cml_jobs.stores._bulk import AddResult, BulkScheduleStore
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
 if TYPE_CHECKING:
     from cml_jobs.stores.redis import RedisScheduleStore
 
 __all__ = [
+    "AddResult",
+    "BulkScheduleStore",
     "ClaimResult",
     "ClaimStatus",
     "ClaimedRun",

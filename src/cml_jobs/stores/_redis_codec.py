@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from cml_jobs.stores._bulk import AddResult
 from cml_jobs.stores._records import (
     ClaimedRun,
     ClaimResult,
@@ -18,12 +19,15 @@ from cml_jobs.stores._records import (
     Decision,
     DueTask,
     Finish,
+    NewTask,
     Outcome,
     Run,
     TaskState,
 )
 
 __all__ = [
+    "add_args",
+    "add_result",
     "claim_result",
     "decision_args",
     "due_tasks",
@@ -113,6 +117,25 @@ def task_state(task_id: str, fields: Mapping[str, str]) -> TaskState:
         counts={k[2:]: _count(v) for k, v in fields.items() if k.startswith("n:") and _count(v)},
         trace_context=fields.get("trace"),
     )
+
+
+def add_args(task: NewTask, replace: bool) -> list[str]:
+    """The ADD script's arguments for one task: id, descriptor, due, ready, replace, trace."""
+    if "|" in task.task_id:
+        raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
+    flag = "1" if replace else "0"
+    times = [ms(task.due_at), ms(task.ready_at)]
+    return [task.task_id, task.descriptor_json, *times, flag, task.trace_context or ""]
+
+
+_ADDED = {1: AddResult.WRITTEN, 0: AddResult.UNCHANGED, -1: AddResult.CONFLICT}
+
+
+def add_result(code: object) -> AddResult:
+    """What the ADD script's answer (1, 0 or -1) says; anything else is the store's error."""
+    if isinstance(code, Exception):
+        raise code
+    return _ADDED[int(text(code))]
 
 
 def fence_pairs(runs: Sequence[Run]) -> list[str]:

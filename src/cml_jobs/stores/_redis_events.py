@@ -76,7 +76,9 @@ class EventPublisher:
         self.key = stream_key(prefix)
         self.maxlen = maxlen
         self.linger = linger
-        self._pending: deque[str] = deque(maxlen=buffer)
+        # Events, encoded at flush time as one JSON array: one json.dumps per entry
+        # rather than one per event, and none on a run's path.
+        self._pending: deque[TaskEvent] = deque(maxlen=buffer)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set: everything published has been written
@@ -87,7 +89,7 @@ class EventPublisher:
         """Queue ``event`` for the stream (an ``EventHub`` callback)."""
         if len(self._pending) == self._pending.maxlen:
             self.dropped += 1
-        self._pending.append(event.to_json())
+        self._pending.append(event)
         self._idle.clear()
         self._ready.set()
 
@@ -127,7 +129,10 @@ class EventPublisher:
     async def _flush(self) -> None:
         while self._pending:
             batch = [self._pending.popleft() for _ in range(min(len(self._pending), _BATCH))]
-            entry: dict[Any, Any] = {"events": "[" + ",".join(batch) + "]"}
+            events = [event.to_dict() for event in batch]
+            entry: dict[Any, Any] = {
+                "events": json.dumps(events, separators=(",", ":"), default=str)
+            }
             try:
                 await self._client.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
             except BaseException:

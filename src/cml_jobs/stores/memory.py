@@ -25,6 +25,7 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
+from cml_jobs.stores._bulk import AddResult
 
 __all__ = ["InMemoryScheduleStore"]
 
@@ -57,7 +58,7 @@ class _Task:
 
 
 class InMemoryScheduleStore:
-    """A ``ScheduleStore`` in plain dicts."""
+    """A ``ScheduleStore`` (and ``BulkScheduleStore``) in plain dicts."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, _Task] = {}
@@ -68,14 +69,25 @@ class InMemoryScheduleStore:
     # -- tasks -------------------------------------------------------------------------
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
-        existing = self._tasks.get(task.task_id)
-        if existing is not None and existing.descriptor_json == task.descriptor_json:
-            return False
-        if existing is not None and not replace:
+        result = self._add(task, replace)
+        if result is AddResult.CONFLICT:
             raise TaskExistsError(
                 f"a different task with id {task.task_id!r} is already scheduled; "
                 "pass replace=True to replace it, or cancel it first"
             )
+        return result is AddResult.WRITTEN
+
+    async def add_many(
+        self, tasks: Sequence[NewTask], *, replace: bool
+    ) -> builtins.list[AddResult]:
+        return [self._add(task, replace) for task in tasks]
+
+    def _add(self, task: NewTask, replace: bool) -> AddResult:
+        existing = self._tasks.get(task.task_id)
+        if existing is not None and existing.descriptor_json == task.descriptor_json:
+            return AddResult.UNCHANGED
+        if existing is not None and not replace:
+            return AddResult.CONFLICT
         self._drop(task.task_id)
         self._tasks[task.task_id] = _Task(
             descriptor_json=task.descriptor_json,
@@ -83,7 +95,7 @@ class InMemoryScheduleStore:
             ready_at=_ms(task.ready_at),
             trace_context=task.trace_context,
         )
-        return True
+        return AddResult.WRITTEN
 
     async def remove(self, task_id: str) -> int | None:
         task = self._tasks.get(task_id)
@@ -92,6 +104,9 @@ class InMemoryScheduleStore:
         under_way = len(task.runs)
         self._drop(task_id)
         return under_way
+
+    async def remove_many(self, task_ids: Sequence[str]) -> builtins.list[int | None]:
+        return [await self.remove(task_id) for task_id in task_ids]
 
     async def get(self, task_id: str) -> TaskState | None:
         task = self._tasks.get(task_id)

@@ -58,7 +58,10 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
+from cml_jobs.stores._bulk import AddResult
 from cml_jobs.stores._redis_codec import (
+    add_args,
+    add_result,
     claim_result,
     decision_args,
     due_tasks,
@@ -103,13 +106,27 @@ __all__ = [
     "tls_options",
 ]
 
+
+def _each(body: str, stride: int) -> str:
+    """A script that runs a one-task script's ``body`` for each ``stride`` arguments after
+    the prefix, in one atomic call, and returns its results in a list (the bulk calls
+    reuse the one-task scripts as they are: inside ``one``, ARGV is the task's own)."""
+    return (
+        f"local function one(ARGV)\n{body}\nend\nlocal out = {{}}\n"
+        f"for i = 2, #ARGV, {stride} do\n"
+        f"  out[#out + 1] = one({{ARGV[1], unpack(ARGV, i, i + {stride - 1})}})\n"
+        "end\nreturn out\n"
+    )
+
+
 # An app's calls fail after this many retries with StoreUnavailableError, unlike a
 # worker's, which wait for Redis for as long as it takes.
 _APP_RETRIES = 3
 
 
 class RedisScheduleStore:
-    """A ``ScheduleStore`` on Redis, shared by every process that uses the same prefix.
+    """A ``ScheduleStore`` and ``BulkScheduleStore`` on Redis, shared by every process that
+    uses the same prefix.
 
     Args:
         redis: any ``redis.asyncio.Redis`` (arq's ``ArqRedis`` included), with or
@@ -123,7 +140,9 @@ class RedisScheduleStore:
         self._keys = [f"{prefix}due", f"{prefix}runs", f"{prefix}fence", f"{prefix}generation"]
         script = self._redis.register_script
         self._add = script(LIB + ADD)
+        self._add_many = script(LIB + _each(ADD, 6))
         self._remove = script(LIB + REMOVE)
+        self._remove_many = script(LIB + _each(REMOVE, 1))
         self._set_paused = script(LIB + SET_PAUSED)
         self._poll = script(LIB + POLL)
         self._get = script(GET)
@@ -138,14 +157,7 @@ class RedisScheduleStore:
         return self._redis
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
-        if "|" in task.task_id:
-            raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
-        times = (ms(task.due_at), ms(task.ready_at))
-        replacing = "1" if replace else "0"
-        trace = task.trace_context or ""
-        written = await self._call(
-            self._add, task.task_id, task.descriptor_json, *times, replacing, trace
-        )
+        written = await self._call(self._add, *add_args(task, replace))
         if written == -1:
             raise TaskExistsError(
                 f"a different task with id {task.task_id!r} is already scheduled; "
@@ -153,9 +165,23 @@ class RedisScheduleStore:
             )
         return bool(written)
 
+    async def add_many(
+        self, tasks: Sequence[NewTask], *, replace: bool
+    ) -> builtins.list[AddResult]:
+        if not tasks:
+            return []
+        args = [arg for task in tasks for arg in add_args(task, replace)]
+        return [add_result(code) for code in await self._call(self._add_many, *args)]
+
     async def remove(self, task_id: str) -> int | None:
         started = int(await self._call(self._remove, task_id))
         return None if started < 0 else started
+
+    async def remove_many(self, task_ids: Sequence[str]) -> builtins.list[int | None]:
+        if not task_ids:
+            return []
+        counts = [int(n) for n in await self._call(self._remove_many, *task_ids)]
+        return [None if n < 0 else n for n in counts]
 
     async def get(self, task_id: str) -> TaskState | None:
         flat = await self._call(self._get, task_id)

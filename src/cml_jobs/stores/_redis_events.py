@@ -39,7 +39,7 @@ logger = logging.getLogger("cml_jobs.events")
 #: Entries the stream keeps (approximately: Redis trims whole macro-nodes); an entry holds
 #: the events one flush wrote, from one to a few hundred.
 DEFAULT_MAXLEN = 10_000
-_BATCH = 500
+_BATCH = 2000  # events per entry: enough to keep up with bulk scheduling
 
 
 def stream_key(prefix: str) -> str:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
@@ -108,14 +109,14 @@ __all__ = [
 
 
 def _each(body: str, stride: int) -> str:
-    """A script that runs a one-task script's ``body`` for each ``stride`` arguments after
-    the prefix, in one atomic call, and returns its results in a list (the bulk calls
-    reuse the one-task scripts as they are: inside ``one``, ARGV is the task's own)."""
+    """A script that runs a one-task script's ``body`` (its ARGV: the prefix, then the
+    task's) for each task of a batch in one atomic call, and lists the results. ARGV[2] is
+    the batch as JSON: one argument, where redis-py would pack each value in Python."""
+    task = ", ".join(f"t[{k}]" for k in range(1, stride + 1))
     return (
         f"local function one(ARGV)\n{body}\nend\nlocal out = {{}}\n"
-        f"for i = 2, #ARGV, {stride} do\n"
-        f"  out[#out + 1] = one({{ARGV[1], unpack(ARGV, i, i + {stride - 1})}})\n"
-        "end\nreturn out\n"
+        "for _, t in ipairs(cjson.decode(ARGV[2])) do\n"
+        f"  out[#out + 1] = one({{ARGV[1], {task}}})\nend\nreturn out\n"
     )
 
 
@@ -170,8 +171,8 @@ class RedisScheduleStore:
     ) -> builtins.list[AddResult]:
         if not tasks:
             return []
-        args = [arg for task in tasks for arg in add_args(task, replace)]
-        return [add_result(code) for code in await self._call(self._add_many, *args)]
+        batch = json.dumps([add_args(task, replace) for task in tasks])
+        return [add_result(code) for code in await self._call(self._add_many, batch)]
 
     async def remove(self, task_id: str) -> int | None:
         started = int(await self._call(self._remove, task_id))
@@ -180,7 +181,8 @@ class RedisScheduleStore:
     async def remove_many(self, task_ids: Sequence[str]) -> builtins.list[int | None]:
         if not task_ids:
             return []
-        counts = [int(n) for n in await self._call(self._remove_many, *task_ids)]
+        batch = json.dumps([[task_id] for task_id in task_ids])
+        counts = [int(n) for n in await self._call(self._remove_many, batch)]
         return [None if n < 0 else n for n in counts]
 
     async def get(self, task_id: str) -> TaskState | None:

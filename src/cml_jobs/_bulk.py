@@ -8,6 +8,8 @@ script call per batch); a batch that holds a refused descriptor writes nothing.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,12 +96,23 @@ class BulkWriter:
             for i in range(0, len(descriptors), batch_size)
         ]
         result = BulkScheduleResult()
-        for batch in batches:
-            if batch.refused:
-                result.refused.update(batch.refused)
-                result.held_back.extend(i for i in batch.ids if i not in batch.refused)
-            else:
-                await self._write(batch, replace, result)
+        # Two batches in flight: one is packed and sent while the store writes the one
+        # before; their answers are recorded in order.
+        flying: deque[asyncio.Future[tuple[list[NewTask], list[str], list[AddResult]]]] = deque()
+        try:
+            for batch in batches:
+                if batch.refused:
+                    result.refused.update(batch.refused)
+                    result.held_back.extend(i for i in batch.ids if i not in batch.refused)
+                    continue
+                flying.append(asyncio.ensure_future(self._write(batch, replace)))
+                if len(flying) > 1:
+                    self._record(*await flying.popleft(), result)
+            while flying:
+                self._record(*await flying.popleft(), result)
+        finally:
+            for left in flying:
+                left.cancel()
         if result.refused:
             raise TasksRefusedError(_refusal(result, len(descriptors)), result)
         return result
@@ -126,15 +139,25 @@ class BulkWriter:
             batch.names.append(descriptor.name)
         return batch
 
-    async def _write(self, batch: _Batch, replace: bool, result: BulkScheduleResult) -> None:
+    async def _write(
+        self, batch: _Batch, replace: bool
+    ) -> tuple[list[NewTask], list[str], list[AddResult]]:
         with _telemetry.schedule_batch_span(len(batch.tasks)) as trace:
             tasks = [
                 NewTask(t.task_id, t.descriptor_json, t.due_at, t.ready_at, trace)
                 for t in batch.tasks
             ]
-            answers = await self._add(tasks, replace)
+            return tasks, batch.names, await self._add(tasks, replace)
+
+    def _record(
+        self,
+        tasks: list[NewTask],
+        names: list[str],
+        answers: list[AddResult],
+        result: BulkScheduleResult,
+    ) -> None:
         at = self.clock.now()
-        for task, name, answer in zip(tasks, batch.names, answers, strict=True):
+        for task, name, answer in zip(tasks, names, answers, strict=True):
             if answer is AddResult.WRITTEN:
                 result.scheduled.append(task.task_id)
                 self.hub.emit(TaskEvent(EventKind.SCHEDULED, task.task_id, name, at, task.due_at))

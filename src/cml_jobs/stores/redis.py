@@ -181,9 +181,8 @@ class RedisScheduleStore:
     async def remove_many(self, task_ids: Sequence[str]) -> builtins.list[int | None]:
         if not task_ids:
             return []
-        batch = json.dumps([[task_id] for task_id in task_ids])
-        counts = [int(n) for n in await self._call(self._remove_many, batch)]
-        return [None if n < 0 else n for n in counts]
+        counts = await self._call(self._remove_many, json.dumps([[i] for i in task_ids]))
+        return [None if int(n) < 0 else int(n) for n in counts]
 
     async def get(self, task_id: str) -> TaskState | None:
         flat = await self._call(self._get, task_id)

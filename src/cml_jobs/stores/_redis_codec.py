@@ -39,6 +39,7 @@ __all__ = [
     "opt_ms",
     "pairs",
     "reissued",
+    "removed",
     "task_state",
     "text",
 ]
@@ -136,6 +137,14 @@ def add_result(code: object) -> AddResult:
     if isinstance(code, Exception):
         raise code
     return _ADDED[int(text(code))]
+
+
+def removed(count: object) -> int | None:
+    """What the REMOVE script's answer says: runs under way, or None for no task."""
+    if isinstance(count, Exception):
+        raise count
+    n = int(text(count))
+    return None if n < 0 else n
 
 
 def fence_pairs(runs: Sequence[Run]) -> list[str]:

@@ -74,6 +74,7 @@ from cml_jobs.stores._redis_codec import (
     opt_ms,
     pairs,
     reissued,
+    removed,
     task_state,
     text,
 )
@@ -109,9 +110,8 @@ __all__ = [
 
 
 def _each(body: str, stride: int) -> str:
-    """A script that runs a one-task script's ``body`` (its ARGV: the prefix, then the
-    task's) for each task of a batch in one atomic call, and lists the results. ARGV[2] is
-    the batch as JSON: one argument, where redis-py would pack each value in Python."""
+    """A script running a one-task script's ``body`` (ARGV: prefix, then the task's) per
+    task of ARGV[2], the batch as JSON (one argument: redis-py packs each in Python)."""
     task = ", ".join(f"t[{k}]" for k in range(1, stride + 1))
     return (
         f"local function one(ARGV)\n{body}\nend\nlocal out = {{}}\n"
@@ -182,7 +182,7 @@ class RedisScheduleStore:
         if not task_ids:
             return []
         counts = await self._call(self._remove_many, json.dumps([[i] for i in task_ids]))
-        return [None if int(n) < 0 else int(n) for n in counts]
+        return [removed(n) for n in counts]
 
     async def get(self, task_id: str) -> TaskState | None:
         flat = await self._call(self._get, task_id)

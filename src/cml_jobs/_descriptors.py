@@ -10,7 +10,7 @@ import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -31,6 +31,11 @@ from cml_jobs.exceptions import (
     InvalidTaskDataError,
     InvalidTriggerError,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from cml_jobs._descriptor_args import CronArgs, RecurrentArgs, ScheduledArgs
 
 __all__ = [
     "MAX_DESCRIPTOR_BYTES",
@@ -75,6 +80,7 @@ Seconds = Annotated[
 ]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 JsonData = Annotated[dict[str, JsonValue], AfterValidator(_finite_json)]
+
 
 _TRIGGER_FIELDS = frozenset({"interval", "cron", "timezone", "scheduled_at", "start_at", "jitter"})
 
@@ -157,6 +163,10 @@ class RecurrentTaskDescriptor(_Descriptor):
     kind: Literal["recurrent"] = "recurrent"  # type: ignore[misc]
     interval: Seconds = Field(description="Time between occurrences (timedelta or seconds).")
 
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[RecurrentArgs]) -> None: ...
+
     @field_validator("interval")
     @classmethod
     def _positive_interval(cls, value: timedelta) -> timedelta:
@@ -173,6 +183,10 @@ class ScheduledTaskDescriptor(_Descriptor):
     kind: Literal["scheduled"] = "scheduled"  # type: ignore[misc]
     scheduled_at: UtcDatetime = Field(description="When to run (aware datetime).")
 
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[ScheduledArgs]) -> None: ...
+
 
 class CronTaskDescriptor(_Descriptor):
     """A task on a cron expression, evaluated in ``timezone``.
@@ -187,6 +201,10 @@ class CronTaskDescriptor(_Descriptor):
     kind: Literal["cron"] = "cron"  # type: ignore[misc]
     cron: str = Field(description="A cron expression, e.g. '*/5 * * * *'.")
     timezone: str = Field(default="UTC", description="An IANA timezone name, e.g. 'Europe/Paris'.")
+
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[CronArgs]) -> None: ...
 
     @field_validator("cron")
     @classmethod

@@ -204,7 +204,7 @@ def _type_problems(cls: type[BackgroundJob], data: Mapping[str, Any]) -> str | N
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(part) for part in (name, *error["loc"]))
-            problems.append(f"{where}: {error['msg']} (got {value!r:.80})")
+            problems.append(f"{where}: {error['msg']} (got {error['input']!r:.80})")
     return "; ".join(problems) or None
 
 

@@ -25,6 +25,7 @@ from cml_jobs import (
 STOCK = {"sku-1": 3}  # stands in for your database
 
 
+# --8<-- [start:recurrent]
 @backgroundjob(task_type="recurrent")
 class RestockJob(RecurrentBackgroundJob):
     """Every occurrence takes one item; the task ends when the shelf is empty."""
@@ -38,8 +39,14 @@ class RestockJob(RecurrentBackgroundJob):
         print(f"{self.context.task_id}: {left} left (attempt {self.context.attempt})")
         if left == 0:
             raise StopRecurrence(f"{self.sku} is sold out")  # no more occurrences
+        if left < self.warn_below:
+            print(f"{self.sku} is running low")
 
 
+# --8<-- [end:recurrent]
+
+
+# --8<-- [start:scheduled]
 @backgroundjob(task_type="scheduled", name="send-report")  # tasks use this name
 class ReportJob(ScheduledBackgroundJob):
     redact_data = frozenset({"recipient"})  # shown as [redacted] in logs and events
@@ -49,6 +56,9 @@ class ReportJob(ScheduledBackgroundJob):
 
     async def run_at(self, *args: Any, **kwargs: Any) -> None:
         print(f"report sent, intended for {self.context.occurrence_at:%H:%M:%S.%f}")
+
+
+# --8<-- [end:scheduled]
 
 
 async def main() -> None:

@@ -23,6 +23,7 @@ from cml_jobs import (
 )
 
 
+# --8<-- [start:logging]
 class JsonFormatter(logging.Formatter):
     """Run outcomes as JSON: the fields cml-jobs puts on the record as `record.cml_jobs`."""
 
@@ -31,6 +32,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps({"level": record.levelname, **fields}, default=str)
 
 
+# --8<-- [end:logging]
+
+
+# --8<-- [start:job]
 @backgroundjob(task_type="recurrent")
 class ProbeJob(RecurrentBackgroundJob):
     redact_data = frozenset({"token_ref"})  # hidden in log lines and events
@@ -41,6 +46,9 @@ class ProbeJob(RecurrentBackgroundJob):
     async def run_every(self, *args: Any, **kwargs: Any) -> None:
         if self.context.attempt == 1:
             raise ConnectionError(f"{self.url} did not answer")  # failed, then retried
+
+
+# --8<-- [end:job]
 
 
 async def main() -> None:

@@ -40,6 +40,7 @@ class ReminderJob(ScheduledBackgroundJob):
     async def run_at(self, *args: Any, **kwargs: Any) -> None: ...
 
 
+# --8<-- [start:interval]
 # Every 5 minutes, on the grid start_at + k * 5 min: no drift, whatever a run takes.
 every_five_minutes = RecurrentTaskDescriptor(
     id="sync-acme",
@@ -49,7 +50,9 @@ every_five_minutes = RecurrentTaskDescriptor(
     start_at=datetime(2030, 1, 1, 9, 0, tzinfo=PARIS),  # first occurrence; aware
     jitter=timedelta(seconds=20),  # spread many tasks on one grid over 20 s
 )
+# --8<-- [end:interval]
 
+# --8<-- [start:cron]
 # Cron, in a timezone: 02:30 Paris time on weekdays, through daylight-saving changes.
 nightly = CronTaskDescriptor(
     id="sync-acme-nightly",
@@ -60,7 +63,9 @@ nightly = CronTaskDescriptor(
     misfire_grace_time=timedelta(hours=1),  # up to 1 h late still runs; later: missed
     coalesce=True,  # several missed occurrences: one catch-up run (the default)
 )
+# --8<-- [end:cron]
 
+# --8<-- [start:once]
 # Once, at an aware datetime (any timezone; stored in UTC).
 reminder = ScheduledTaskDescriptor(
     id="remind-u42",
@@ -69,7 +74,9 @@ reminder = ScheduledTaskDescriptor(
     scheduled_at=datetime(2030, 1, 2, 8, 0, tzinfo=PARIS),
     misfire_grace_time=None,  # however late the workers get to it, it still runs
 )
+# --8<-- [end:once]
 
+# --8<-- [start:policy]
 # How each run is handled: a timeout, retries with backoff, overlapping runs.
 slow_and_flaky = RecurrentTaskDescriptor(
     id="sync-globex",
@@ -81,8 +88,10 @@ slow_and_flaky = RecurrentTaskDescriptor(
     retry_backoff=2,  # ...after 2 s, 4 s and 8 s
     max_instances=2,  # a second run may start while one is still going (default 1)
 )
+# --8<-- [end:policy]
 
 
+# --8<-- [start:bus]
 async def main() -> None:
     scheduler = BackgroundTaskScheduler.configure(modules=[__name__], run_worker=False)
     async with scheduler:
@@ -98,6 +107,9 @@ async def main() -> None:
         await bus.cancel_task("remind-u42")  # gone; returns how many runs were under way
         for info in await scheduler.list_tasks():
             print(f"{info.id:<18} next run at {info.next_run_time:%Y-%m-%d %H:%M:%S} UTC")
+
+
+# --8<-- [end:bus]
 
 
 if __name__ == "__main__":

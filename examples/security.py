@@ -23,6 +23,7 @@ from cml_jobs import (
 )
 
 
+# --8<-- [start:secret]
 class SecretStore:  # your vault or secret manager; here, the environment
     async def get(self, reference: str) -> str:
         scheme, _, name = reference.partition(":")
@@ -49,6 +50,10 @@ class ChargeJob(ScheduledBackgroundJob):
         print(f"charged {self.account_id} with a key of {len(api_key)} characters")
 
 
+# --8<-- [end:secret]
+
+
+# --8<-- [start:production]
 def production_scheduler() -> BackgroundTaskScheduler:
     return BackgroundTaskScheduler.configure(
         Container(),
@@ -57,6 +62,9 @@ def production_scheduler() -> BackgroundTaskScheduler:
         redis_url=os.environ["CML_JOBS_REDIS_URL"],  # rediss://cml-app:...@redis.internal:6380/0
         signing_key=os.environ["CML_JOBS_SIGNING_KEY"],  # the workers have the same key
     )
+
+
+# --8<-- [end:production]
 
 
 async def main() -> None:

@@ -16,7 +16,7 @@ from cml_jobs import BackgroundTaskScheduler, ConfigurationError
 from tests.fixtures import seed_snippets
 
 ROOT = Path(__file__).resolve().parent.parent
-SNIPPETS = ROOT / "tests" / "fixtures" / "seed_snippets.py"
+SNIPPETS = ROOT / "tests/fixtures/seed_snippets.py"
 
 
 @pytest.fixture

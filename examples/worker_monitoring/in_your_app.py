@@ -29,3 +29,4 @@ async def start_monitoring() -> None:
         monitoring = WorkerMonitoringScheduler(scheduler.bus, repository, interval=300)
         await monitoring.discover_async()  # a task for every active worker that has none
         await monitoring.start_monitoring_worker_async("worker-456")  # or one at a time
+        ...  # the app runs; leaving the block stops the scheduler

@@ -170,7 +170,7 @@ def check_data(cls: type[BackgroundJob], data: Mapping[str, Any]) -> None:
     if problem is not None:
         expected = ", ".join(p.name for p in params) or "no arguments"
         raise InvalidTaskDataError(
-            f"data {dict(data)!r} does not fit {cls.__name__}({expected}): {problem}; "
+            f"data {dict(data)!r:.200} does not fit {cls.__name__}({expected}): {problem}; "
             "data holds exactly the job's constructor arguments, as JSON values"
         )
 

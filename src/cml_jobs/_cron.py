@@ -1,0 +1,160 @@
+"""Cron expressions: the forms cml-jobs accepts, and their times across daylight saving.
+
+Times are found on the zone's wall clock (naive local times, so an "every 2 hours" field
+steps local hours, whatever the offset), then mapped to UTC by Vixie cron's rules, which
+Debian's cron and cronsim follow:
+
+- An expression whose minute or hour field starts with ``*`` is a *wildcard* expression:
+  it follows the wall clock. A wall time skipped by a spring-forward does not happen; a
+  wall time repeated by a fall-back happens twice, once on each pass.
+- Any other expression names *fixed* times: a fixed time in a skipped range runs at the
+  first instant after the gap (keeping its seconds); a fixed time in a repeated range
+  runs once, on the first pass.
+
+Pure: callers pass every time; nothing reads the clock.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from cronsim import CronSim, CronSimError
+
+__all__ = ["check_cron", "cron_after"]
+
+_UTC = timezone.utc
+_SECOND = timedelta(seconds=1)
+_YEAR = re.compile(r"(?<![0-9])[0-9]{4}(?![0-9])")  # 4 digits: a year, never a cron value
+_FIELDS = "expected 5 fields (minute hour day month weekday), or 6 with seconds first"
+
+
+def check_cron(expression: str) -> None:
+    """Raise ``ValueError`` naming the expression when cml-jobs does not accept it.
+
+    Accepted: 5 fields (minute hour day month weekday), or 6 with a leading seconds field.
+    """
+    fields = expression.split()
+    if len(fields) == 7 or (len(fields) == 6 and _YEAR.search(fields[5])):
+        raise ValueError(_year_field_problem(expression, fields))
+    if len(fields) not in (5, 6):
+        raise ValueError(f"{expression!r} is not a cron expression: {_FIELDS}")
+    try:
+        if len(fields) == 6:
+            _check_seconds_field(fields[0])
+        CronSim(expression, datetime(2000, 1, 1))
+    except (CronSimError, ValueError) as exc:
+        raise ValueError(f"{expression!r} is not a valid cron expression: {exc}") from exc
+
+
+def _year_field_problem(expression: str, fields: list[str]) -> str:
+    """Explain that a year field (Quartz style) is not cron, and what to write instead."""
+    position = len(fields)
+    year = fields[-1]
+    kept = " ".join(field.replace("?", "*") for field in fields[:-1])
+    years = sorted(int(text) for text in _YEAR.findall(year))
+    bounds = (
+        f" with start_at={years[0]}-01-01T00:00 and end_at={years[-1]}-12-31T23:59:59 "
+        "(in the task's timezone)"
+        if years
+        else ""
+    )
+    return (
+        f"{expression!r} is not a cron expression: {_FIELDS}; its {position}th field "
+        f"{year!r} is a year (Quartz style), and cron has no year field: use {kept!r}{bounds}"
+    )
+
+
+def _check_seconds_field(field: str) -> None:
+    """Refuse a seconds field that is not ``*``, ``*/N``, ``a``, ``a-b/N`` or a list of them."""
+    for part in field.split(","):
+        base, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if base == "*":
+            low, high = 0, 59
+        else:
+            low_text, _, high_text = base.partition("-")
+            low = int(low_text)
+            high = int(high_text) if high_text else (59 if step_text else low)
+        if not (0 <= low <= high <= 59) or step < 1:
+            raise ValueError(f"seconds field {field!r}: values are 0-59, steps at least 1")
+
+
+def cron_after(expression: str, zone_name: str, after: datetime) -> datetime | None:
+    """The first time strictly after ``after`` at which ``expression`` fires in the zone.
+
+    Returns None when there is none before the end of the calendar (year 9999), or in the
+    50 years cronsim looks ahead.
+    """
+    zone = ZoneInfo(zone_name)
+    fields = expression.split()
+    fixed = not (fields[-5].startswith("*") or fields[-4].startswith("*"))
+    best: datetime | None = None
+    limit: datetime | None = None
+    try:
+        local = after.astimezone(zone).replace(tzinfo=None, microsecond=0)
+        start = local - _look_back(after, zone, fixed) - _SECOND
+        # A later wall time maps to an earlier instant only inside a repeated range: keep
+        # looking until no wall time left can map before the best instant found.
+        for wall in CronSim(expression, start):
+            if limit is not None and wall > limit:
+                break
+            for at in _instants(wall, zone, fixed):
+                if at > after and (best is None or at < best):
+                    best, limit = at, _latest_wall_before(at, zone)
+    except OverflowError:  # the calendar ends (years 1 and 9999)
+        pass
+    return best
+
+
+def _look_back(after: datetime, zone: ZoneInfo, fixed: bool) -> timedelta:
+    """How far before the wall time of ``after`` a wall time that maps after it can lie."""
+    local = after.astimezone(zone)
+    offset = local.utcoffset()
+    assert offset is not None
+    second_pass = local.replace(fold=1).utcoffset()
+    assert second_pass is not None
+    if local.fold == 0 and second_pass < offset:  # first pass of a repeated range
+        return offset - second_pass
+    if fixed:  # just after a gap, whose fixed times run in its first minute
+        before = (after - timedelta(minutes=1)).astimezone(zone).utcoffset()
+        assert before is not None
+        return max(offset - before, timedelta(0))
+    return timedelta(0)
+
+
+def _latest_wall_before(at: datetime, zone: ZoneInfo) -> datetime:
+    """The latest wall time that can still map to an instant before ``at``."""
+    local = at.astimezone(zone)
+    wall = local.replace(tzinfo=None)
+    if local.fold == 1:  # on the second pass, first-pass times up to `repeat` later are earlier
+        first_pass, second_pass = local.replace(fold=0).utcoffset(), local.utcoffset()
+        assert first_pass is not None and second_pass is not None
+        return wall + (first_pass - second_pass)
+    return wall
+
+
+def _instants(wall: datetime, zone: ZoneInfo, fixed: bool) -> tuple[datetime, ...]:
+    """The instants at which a matching wall time fires, by the rules above."""
+    first = wall.replace(tzinfo=zone).astimezone(_UTC)
+    second = wall.replace(tzinfo=zone, fold=1).astimezone(_UTC)
+    if first == second:
+        return (first,)
+    if first < second:  # repeated by a fall-back
+        return (first,) if fixed else (first, second)
+    if not fixed:  # skipped by a spring-forward
+        return ()
+    return (_transition(second, first, zone) + timedelta(seconds=wall.second),)
+
+
+def _transition(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
+    """The instant in ``(before, after]`` at which the zone's offset changes."""
+    target = after.astimezone(zone).utcoffset()
+    while after - before > _SECOND:
+        middle = before + timedelta(seconds=int((after - before).total_seconds()) // 2)
+        if middle.astimezone(zone).utcoffset() == target:
+            after = middle
+        else:
+            before = middle
+    return after

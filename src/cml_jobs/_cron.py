@@ -90,45 +90,72 @@ def cron_after(expression: str, zone_name: str, after: datetime) -> datetime | N
     zone = ZoneInfo(zone_name)
     fields = expression.split()
     fixed = not (fields[-5].startswith("*") or fields[-4].startswith("*"))
-    best: datetime | None = None
-    limit: datetime | None = None
     try:
-        local = after.astimezone(zone).replace(tzinfo=None, microsecond=0)
-        start = local - _look_back(after, zone, fixed) - _SECOND
-        # A later wall time maps to an earlier instant only inside a repeated range: keep
-        # looking until no wall time left can map before the best instant found.
-        for wall in CronSim(expression, start):
-            if limit is not None and wall > limit:
-                break
-            for at in _instants(wall, zone, fixed):
-                if at > after and (best is None or at < best):
-                    best, limit = at, _latest_wall_before(at, zone)
+        local = after.astimezone(zone)
+        wall = local.replace(tzinfo=None, microsecond=0)
+        found = [_scan(expression, zone, fixed, after, wall - _gap_behind(after, zone, fixed))]
+        repeat = _repeat_ahead(local)
+        if repeat and not fixed:  # wall times already shown once come again after `after`
+            found.append(_second_pass(expression, zone, after, wall, repeat))
     except OverflowError:  # the calendar ends (years 1 and 9999)
-        pass
+        return None
+    return min((at for at in found if at is not None), default=None)
+
+
+def _scan(
+    expression: str, zone: ZoneInfo, fixed: bool, after: datetime, start: datetime
+) -> datetime | None:
+    """The earliest instant after ``after`` of the wall times from ``start`` on."""
+    best = limit = None
+    after_on_first_pass = bool(_repeat_ahead(after.astimezone(zone)))
+    # A later wall time maps to an earlier instant only inside a repeated range: keep
+    # looking until no wall time left can map before the best instant found.
+    for wall in CronSim(expression, start - _SECOND):
+        if limit is not None and wall > limit:
+            break
+        for at in _instants(wall, zone, fixed):
+            if at > after and (best is None or at < best):
+                best, limit = at, _latest_wall_before(at, zone, after_on_first_pass)
     return best
 
 
-def _look_back(after: datetime, zone: ZoneInfo, fixed: bool) -> timedelta:
-    """How far before the wall time of ``after`` a wall time that maps after it can lie."""
-    local = after.astimezone(zone)
-    offset = local.utcoffset()
-    assert offset is not None
-    second_pass = local.replace(fold=1).utcoffset()
-    assert second_pass is not None
-    if local.fold == 0 and second_pass < offset:  # first pass of a repeated range
-        return offset - second_pass
-    if fixed:  # just after a gap, whose fixed times run in its first minute
-        before = (after - timedelta(minutes=1)).astimezone(zone).utcoffset()
-        assert before is not None
-        return max(offset - before, timedelta(0))
-    return timedelta(0)
+def _second_pass(
+    expression: str, zone: ZoneInfo, after: datetime, wall: datetime, repeat: timedelta
+) -> datetime | None:
+    """``after`` is on the first pass of a repeated range: the second pass of the first
+    wall time of that range, up to ``wall``, that the expression matches."""
+    change = _transition(after, after + repeat, zone)
+    start = change.astimezone(zone).replace(tzinfo=None)  # where the range starts
+    for candidate in CronSim(expression, start - _SECOND):
+        if candidate > wall:
+            return None
+        return candidate.replace(tzinfo=zone, fold=1).astimezone(_UTC)
+    return None
 
 
-def _latest_wall_before(at: datetime, zone: ZoneInfo) -> datetime:
+def _repeat_ahead(local: datetime) -> timedelta:
+    """How long the range repeated later is, when ``local`` is on its first pass (else 0)."""
+    offset, second_pass = local.utcoffset(), local.replace(fold=1).utcoffset()
+    assert offset is not None and second_pass is not None
+    return offset - second_pass if local.fold == 0 and second_pass < offset else timedelta(0)
+
+
+def _gap_behind(after: datetime, zone: ZoneInfo, fixed: bool) -> timedelta:
+    """For a fixed expression just after a gap, whose fixed times run in its first minute:
+    how far back the gap's wall times go (else 0)."""
+    if not fixed:
+        return timedelta(0)
+    offset = after.astimezone(zone).utcoffset()
+    before = (after - timedelta(minutes=1)).astimezone(zone).utcoffset()
+    assert offset is not None and before is not None
+    return max(offset - before, timedelta(0))
+
+
+def _latest_wall_before(at: datetime, zone: ZoneInfo, after_on_first_pass: bool) -> datetime:
     """The latest wall time that can still map to an instant before ``at``."""
     local = at.astimezone(zone)
     wall = local.replace(tzinfo=None)
-    if local.fold == 1:  # on the second pass, first-pass times up to `repeat` later are earlier
+    if local.fold == 1 and after_on_first_pass:  # later first-pass times come earlier
         first_pass, second_pass = local.replace(fold=0).utcoffset(), local.utcoffset()
         assert first_pass is not None and second_pass is not None
         return wall + (first_pass - second_pass)

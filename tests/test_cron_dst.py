@@ -245,7 +245,12 @@ def test_common_expressions_across_each_change_match_a_brute_force_scan(
     ("expression", "zone", "after", "expected_at"),
     [
         # Lord Howe: 2025-04-06 02:00 LHDT (+11) becomes 01:30 LHST (+10:30).
-        ("*/15 23 * * sun", "Australia/Lord_Howe", at(2025, 4, 5, 15, 0, 1), at(2025, 4, 6, 12, 30)),
+        (
+            "*/15 23 * * sun",
+            "Australia/Lord_Howe",
+            at(2025, 4, 5, 15, 0, 1),
+            at(2025, 4, 6, 12, 30),
+        ),
         # 2026-04-05: 02:00 local comes once, after the repeated half hour (+10:30).
         ("0 */2 * * *", "Australia/Lord_Howe", at(2026, 4, 4, 15, 0, 1), at(2026, 4, 4, 15, 30)),
         # Santiago: 2025-09-07 00:00 (-04) becomes 01:00 (-03).

@@ -140,3 +140,64 @@ def test_a_one_time_task_has_no_end_at() -> None:
     """end_at belongs to recurring triggers; a one-time task refuses it."""
     with pytest.raises(InvalidTriggerError, match="end_at: Extra inputs are not permitted"):
         ScheduledTaskDescriptor(id="t", name="Job", scheduled_at=T0, end_at=T0)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("expression", "field", "instead"),
+    [
+        pytest.param(
+            "0 0 1 1 * 2030",
+            "6th field '2030'",
+            "use '0 0 1 1 *' with start_at=2030-01-01T00:00 and end_at=2030-12-31T23:59:59",
+            id="5-fields-and-a-year",
+        ),
+        pytest.param(
+            "0 0 12 * * ? 2030-2031",
+            "7th field '2030-2031'",
+            "use '0 0 12 * * *' with start_at=2030-01-01T00:00 and end_at=2031-12-31T23:59:59",
+            id="quartz-7-fields",
+        ),
+        pytest.param("0 0 12 * * * *", "7th field '*'", "use '0 0 12 * * *'", id="quartz-any-year"),
+    ],
+)
+def test_a_year_field_is_refused_naming_it_and_what_to_write_instead(
+    expression: str, field: str, instead: str
+) -> None:
+    """Cron has no year field: the error names the field and gives the equivalent."""
+    with pytest.raises(InvalidTriggerError) as caught:
+        cron(expression)
+    message = str(caught.value)
+    assert f"{field} is a year" in message
+    assert instead in message
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "*/5 9-17 * * mon-fri",  # names, ranges, steps
+        "0 0 L * *",  # last day of the month
+        "0 0 LW * *",  # last weekday of the month
+        "0 0 * * 5L",  # last Friday of the month
+        "0 0 * * mon#2",  # second Monday of the month
+        "0 0 1,15 jan,jul *",
+        "*/10 * * * * *",  # 6 fields: seconds first
+    ],
+)
+def test_the_documented_cron_forms_are_accepted(expression: str) -> None:
+    """Every form docs/guides/scheduling.md lists is accepted and has an occurrence."""
+    assert next_occurrence(cron(expression), T0) is not None
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        pytest.param("@daily", "expected 5 fields", id="nickname"),
+        pytest.param("0 0 ? * mon", "not a valid cron expression", id="question-mark"),
+        pytest.param("0 0 15W * *", "not a valid cron expression", id="nearest-weekday"),
+    ],
+)
+def test_forms_outside_cron_are_refused(expression: str, problem: str) -> None:
+    """Nicknames and Quartz's ? and W are not accepted: the error quotes the expression."""
+    with pytest.raises(InvalidTriggerError, match=re.escape(repr(expression))) as caught:
+        cron(expression)
+    assert problem in str(caught.value)

@@ -56,7 +56,7 @@ def _year_field_problem(expression: str, fields: list[str]) -> str:
     years = sorted(int(text) for text in _YEAR.findall(year))
     bounds = (
         f" with start_at={years[0]}-01-01T00:00 and end_at={years[-1]}-12-31T23:59:59 "
-        "(in the task's timezone)"
+        "(aware datetimes, in the task's timezone)"
         if years
         else ""
     )

@@ -268,3 +268,15 @@ def test_reported_dst_cases(
     """The cases found wrong on Lord Howe (30-minute change) and Santiago (midnight)."""
     descriptor = CronTaskDescriptor(id="t", name="Job", cron=expression, timezone=zone)
     assert next_occurrence(descriptor, after) == expected_at
+
+
+def test_restricted_day_of_month_and_day_of_week_run_on_either() -> None:
+    """'0 0 1 * mon' runs on the 1st and on every Monday, as the scheduling guide says."""
+    descriptor = CronTaskDescriptor(id="t", name="Job", cron="0 0 1 * mon")
+    found = [at(2029, 12, 31, 12)]
+    for _ in range(6):
+        following = next_occurrence(descriptor, found[-1])
+        assert following is not None
+        found.append(following)
+    days = [(1, 1), (1, 7), (1, 14), (1, 21), (1, 28), (2, 1)]  # Tuesday the 1st, Mondays
+    assert found[1:] == [at(2030, month, day) for month, day in days]

@@ -180,10 +180,11 @@ class BackgroundTasksBus:
         late = now - due_at
         if grace is not None and late > grace and next_occurrence(descriptor, due_at) is None:
             # Its only occurrence left is already missed: nothing would ever run.
+            which = "scheduled_at" if descriptor.kind == "scheduled" else "last occurrence"
             raise InvalidTriggerError(
-                f"task {descriptor.id!r} would never run: its last occurrence, "
-                f"{due_at.isoformat()!r}, is {late.total_seconds():.0f} s in the past, beyond "
-                f"misfire_grace_time ({grace.total_seconds():.0f} s); pick a future time"
+                f"task {descriptor.id!r} would never run: its {which}, {due_at.isoformat()!r}, "
+                f"is {late.total_seconds():.0f} s in the past, beyond misfire_grace_time "
+                f"({grace.total_seconds():.0f} s); pick a future time"
             )
         return due_at
 

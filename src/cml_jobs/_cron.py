@@ -1,8 +1,8 @@
 """Cron expressions: the forms cml-jobs accepts, and their times across daylight saving.
 
 Times are found on the zone's wall clock (naive local times, so an "every 2 hours" field
-steps local hours, whatever the offset), then mapped to UTC by Vixie cron's rules, which
-Debian's cron and cronsim follow:
+steps local hours, whatever the offset), then mapped to UTC by the rules of Vixie cron
+(Debian's cron):
 
 - An expression whose minute or hour field starts with ``*`` is a *wildcard* expression:
   it follows the wall clock. A wall time skipped by a spring-forward does not happen; a

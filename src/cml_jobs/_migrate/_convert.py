@@ -169,7 +169,7 @@ def _cron(job: Any, trigger: Any, common: dict[str, Any], now: datetime) -> Task
     try:
         expression = cron_expression(list(trigger.fields))
     except UnsupportedCron as exc:
-        raise _Refusal(f"cron trigger {trigger}: {exc}") from None
+        raise _Refusal(str(exc)) from None
     start = trigger.start_date if trigger.start_date and trigger.start_date > now else None
     descriptor = CronTaskDescriptor(
         **common, cron=expression, timezone=_zone_name(trigger.timezone), start_at=start

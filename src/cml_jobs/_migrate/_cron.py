@@ -51,8 +51,8 @@ def cron_expression(fields: list[Any]) -> str:
 def _both_days(by_name: dict[str, Any]) -> str:
     return (
         f"day={str(by_name['day'])!r} with day_of_week={str(by_name['day_of_week'])!r}: "
-        "APScheduler runs on days matching both, cron on days matching either; "
-        "split the job in two, or keep one of the fields"
+        "APScheduler runs on days matching both, cron on days matching either; keep one "
+        "of the fields in the cron and check the other in the job"
     )
 
 

@@ -4,11 +4,17 @@ apscheduler`, docs/guides/migrating-from-apscheduler.md)."""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.calendarinterval import CalendarIntervalTrigger
 from apscheduler.triggers.combining import AndTrigger, OrTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -187,3 +193,54 @@ def test_maps_name_callables_as_apscheduler_stores_them() -> None:
         "app.tasks:digest": "DigestJob",
         "app.jobs:Cleaner.run": "CleanupJob",
     }
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "apscheduler"
+
+
+def load_example(name: str) -> ModuleType:
+    """examples/apscheduler/<name>.py as the module ``apscheduler_<name>``."""
+    spec = importlib.util.spec_from_file_location(f"apscheduler_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_guides_before_and_after_examples_are_the_same_schedule() -> None:
+    """Converting the jobs of the guide's APScheduler app (before.py) gives exactly the
+    tasks of its cml-jobs version (after.py), the interval grid anchored where APScheduler
+    put it."""
+    before, after = load_example("before"), load_example("after")
+    scheduler = BackgroundScheduler(jobstores={"default": MemoryJobStore()}, timezone="UTC")
+    before.add_jobs(scheduler)
+    scheduler.start(paused=True)
+    try:
+        jobs = scheduler.get_jobs()
+    finally:
+        scheduler.shutdown(wait=False)
+    names = {"send_digest": "DigestJob", "clean_folder": "CleanupJob", "remind": "ReminderJob"}
+    mapping = {f"{before.__name__}:{func}": name for func, name in names.items()}
+    now = datetime.now(timezone.utc)
+    ours = {job.id: convert(job, mapping, now=now) for job in jobs}
+    descriptors = {i: r.descriptor for i, r in ours.items() if isinstance(r, Converted)}
+    digest = descriptors["digest"]
+    assert digest.start_at == ms(ours["digest"].next_run_time)  # type: ignore[union-attr]
+    descriptors["digest"] = digest.model_copy(update={"start_at": None})
+    assert descriptors == {task.id: task for task in after.TASKS}
+
+
+def ms(at: datetime | None) -> datetime | None:
+    return None if at is None else at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def test_the_guides_cml_jobs_example_runs() -> None:
+    """examples/apscheduler/after.py schedules, pauses, resumes, replaces, lists and
+    cancels its tasks in memory, and exits 0."""
+    result = subprocess.run(
+        [sys.executable, "after.py"], cwd=EXAMPLES, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = [line.split()[0] for line in result.stdout.splitlines()]
+    assert listed == ["cleanup", "digest", "remind-42"]

@@ -22,6 +22,7 @@ from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.redis import RedisJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from click.testing import CliRunner
 from sqlalchemy import create_engine, select
 
 from cml_jobs import (
@@ -33,6 +34,7 @@ from cml_jobs import (
     TaskEvent,
 )
 from cml_jobs._cli import main
+from cml_jobs._migrate._click import migrate_group
 from cml_jobs._migrate._load import redis_connect_args
 
 APP = "tests.fixtures.apscheduler_app"
@@ -282,3 +284,18 @@ def test_apply_without_the_workers_redis_is_refused(
     code = main(["migrate", "apscheduler", "--redis-url=redis://127.0.0.1:1/0", "--apply"])
     assert code == 2
     assert "set CML_JOBS_REDIS_URL" in capsys.readouterr().err
+
+
+async def test_the_click_command_runs_the_same_migration(
+    source: Source, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The click version of the command (for a click command line) takes the same options
+    and prints the same report as the argparse one."""
+    populate(source, lead=timedelta(minutes=5), extra=True)
+    code, report = await migrate(capsys, *source.args, *MAPS)
+    runner = CliRunner()
+    result = await asyncio.to_thread(
+        runner.invoke, migrate_group, ["apscheduler", *source.args, *MAPS, "--dry-run"]
+    )
+    assert (result.exit_code, json.loads(result.stdout)) == (code, report)
+    assert code == 1

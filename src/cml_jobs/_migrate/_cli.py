@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from cml_jobs._migrate._load import Source
 from cml_jobs._migrate._run import EXIT_ERROR, MigrateOptions, parse_mapping, run_migrate
 
-__all__ = ["add_migrate_parser", "run_from_args"]
+__all__ = ["DESCRIPTION", "add_migrate_parser", "run_from_args", "run_from_values"]
 
-_DESCRIPTION = """\
+DESCRIPTION = """\
 Read the jobs of an APScheduler 3 job store (through APScheduler's own RedisJobStore or
 SQLAlchemyJobStore), convert each to a cml-jobs task descriptor and print them as JSON.
 Nothing is written unless --apply is given, and then only if every job converts (or
@@ -28,7 +29,7 @@ def add_migrate_parser(commands: Any) -> None:
     migrate = commands.add_parser("migrate", help="move scheduled jobs from another scheduler")
     sources = migrate.add_subparsers(dest="migrate_from", required=True)
     parser = sources.add_parser(
-        "apscheduler", help="from an APScheduler 3 job store", description=_DESCRIPTION
+        "apscheduler", help="from an APScheduler 3 job store", description=DESCRIPTION
     )
     store = parser.add_argument_group("the APScheduler job store (one of)")
     store.add_argument("--redis-url", help="a RedisJobStore's Redis, redis://host:6379/0")
@@ -60,26 +61,43 @@ def add_migrate_parser(commands: Any) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``migrate apscheduler`` as parsed by the parser ``add_migrate_parser`` built."""
-    try:
-        mapping = parse_mapping(args.map)
-    except ValueError as exc:
-        print(f"cml-jobs: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    source = Source(
+    return run_from_values(
         redis_url=args.redis_url,
         jobs_key=args.jobs_key,
         run_times_key=args.run_times_key,
         sqlalchemy_url=args.sqlalchemy_url,
         tablename=args.tablename,
         tableschema=args.tableschema,
+        maps=args.map,
+        modules=args.modules,
+        apply=args.apply,
+        skip_unconvertible=args.skip_unconvertible,
     )
-    modules = tuple(part.strip() for part in args.modules.split(",") if part.strip())
+
+
+def run_from_values(
+    *, maps: Sequence[str], modules: str, apply: bool, skip_unconvertible: bool, **store: Any
+) -> int:
+    """Run ``migrate apscheduler`` from option values, whichever parser read them.
+
+    Args:
+        maps: the ``--map`` values, ``module:callable=JobName``.
+        modules: the ``--modules`` value, comma-separated ("" for ``CML_JOBS_MODULES``).
+        apply: ``--apply`` was given.
+        skip_unconvertible: ``--skip-unconvertible`` was given.
+        **store: the job store options, as ``Source`` fields.
+    """
+    try:
+        mapping = parse_mapping(maps)
+    except ValueError as exc:
+        print(f"cml-jobs: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return run_migrate(
         MigrateOptions(
-            source=source,
+            source=Source(**store),
             mapping=mapping,
-            apply=args.apply,
-            skip_unconvertible=args.skip_unconvertible,
-            modules=modules,
+            apply=apply,
+            skip_unconvertible=skip_unconvertible,
+            modules=tuple(part.strip() for part in modules.split(",") if part.strip()),
         )
     )

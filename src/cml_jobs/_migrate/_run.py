@@ -103,19 +103,20 @@ async def migrate(
         try:
             await _schedule(settings, converted)
         except (CmlJobsError, OSError) as exc:
-            _report(out, converted, refused, options, applied=False)
+            _report(out, converted, refused, options, applied=False, checked=True)
+            print("cml-jobs: some tasks may be written; running again is safe", file=sys.stderr)
             return _fail(exc)
-    _report(out, converted, refused, options, applied=write)
+    _report(out, converted, refused, options, applied=write, checked=bool(settings.modules))
     return EXIT_REFUSED if refused and not options.skip_unconvertible else EXIT_OK
 
 
 async def _load(source: Source) -> list[Any]:
-    try:
-        from cml_jobs._migrate._load import load_jobs
-    except ImportError as exc:
-        raise ImportError(f"{exc}; install the extra: pip install 'cml-jobs[apscheduler]'") from exc
+    from cml_jobs._migrate._load import load_jobs
+
     try:
         return await asyncio.to_thread(load_jobs, source)
+    except ImportError as exc:  # APScheduler, or the store's driver, is not installed
+        raise ImportError(f"{exc}; install the extra: pip install 'cml-jobs[apscheduler]'") from exc
     except ValueError:
         raise
     except Exception as exc:  # the driver's own errors: connection refused, bad password...
@@ -146,7 +147,13 @@ def _convert_all(
     jobs: list[Any], options: MigrateOptions, settings: Settings, now: datetime
 ) -> list[Converted | Refused]:
     registry = JobRegistry()
-    registry.scan(settings.modules)
+    try:
+        registry.scan(settings.modules)
+    except ImportError as exc:
+        raise ValueError(
+            f"cannot import the job modules {list(settings.modules)!r} ({exc}); check "
+            "CML_JOBS_MODULES or --modules"
+        ) from exc
     results = [
         job if isinstance(job, Refused) else convert(job, options.mapping, now=now) for job in jobs
     ]
@@ -193,6 +200,7 @@ def _report(
     options: MigrateOptions,
     *,
     applied: bool,
+    checked: bool,
 ) -> None:
     report = {
         "applied": applied,

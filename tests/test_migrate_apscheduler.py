@@ -299,3 +299,17 @@ async def test_the_click_command_runs_the_same_migration(
     )
     assert (result.exit_code, json.loads(result.stdout)) == (code, report)
     assert code == 1
+
+
+async def test_a_job_mapped_to_a_job_that_does_not_fit_is_refused(
+    source: Source, target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the job modules known, a task whose job is of the wrong kind (or whose kwargs
+    do not fit the job's constructor) is refused before anything is written."""
+    populate(source, lead=timedelta(minutes=5))
+    maps = [f"--map={APP}:send_digest=ReminderJob", *MAPS[1:]]
+    code, report = await migrate(capsys, *source.args, *maps, "--apply")
+    assert (code, report["applied"]) == (1, False)
+    reasons = {refused["job_id"]: refused["reason"] for refused in report["refused"]}
+    assert sorted(reasons) == ["digest", "monthly"]
+    assert "job 'ReminderJob' is a scheduled job (run_at)" in reasons["digest"]

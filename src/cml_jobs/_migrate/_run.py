@@ -216,6 +216,12 @@ def _report(
         print(f"cml-jobs: {len(refused)} APScheduler job(s) refused; {what}", file=sys.stderr)
     if not options.apply:
         print("cml-jobs: dry run, nothing written; pass --apply to schedule", file=sys.stderr)
+    if not checked:
+        print(
+            "cml-jobs: no job modules (CML_JOBS_MODULES or --modules), so the descriptors "
+            "were not checked against their jobs",
+            file=sys.stderr,
+        )
 
 
 def _shown(item: Converted) -> dict[str, Any]:

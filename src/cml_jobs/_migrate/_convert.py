@@ -29,7 +29,8 @@ __all__ = ["END_AT_SUPPORTED", "Converted", "Refused", "convert"]
 # ---------------------------------------------------------------------------------------
 # end_date -> end_at. cml-jobs descriptors cannot end at a date yet; when `end_at` lands on
 # RecurrentTaskDescriptor and CronTaskDescriptor, set this to True: the end date is then
-# carried over instead of refusing the job (see _end_at below, the one place that reads it).
+# carried over as `end_at` instead of refusing the job (_end_at below is the one place
+# that reads it).
 END_AT_SUPPORTED = False
 # ---------------------------------------------------------------------------------------
 
@@ -88,8 +89,8 @@ def convert(job: Any, mapping: Mapping[str, str], *, now: datetime) -> Converted
         name = _job_name(func_ref, mapping)
         if job.args:
             raise _Refusal(
-                f"positional args {tuple(job.args)!r}: a cml-jobs task passes only keyword data "
-                "to its job's constructor; re-add the job with kwargs= first"
+                f"positional args {tuple(job.args)!r:.80}: a cml-jobs task passes only keyword "
+                "data to its job's constructor; re-add the job with kwargs= first"
             )
         descriptor = _descriptor(job, name, now)
     except _Refusal as exc:
@@ -133,10 +134,10 @@ def _descriptor(job: Any, name: str, now: datetime) -> TaskDescriptor:
 
 
 def _options(job: Any, name: str, trigger: Any) -> dict[str, Any]:
-    _end_at(trigger)
     grace = job.misfire_grace_time
     jitter = getattr(trigger, "jitter", None)
     return {
+        **_end_at(trigger),
         "id": job.id,
         "name": name,
         "data": dict(job.kwargs),
@@ -147,14 +148,18 @@ def _options(job: Any, name: str, trigger: Any) -> dict[str, Any]:
     }
 
 
-def _end_at(trigger: Any) -> None:
-    """The one place where an end date is handled (see END_AT_SUPPORTED)."""
+def _end_at(trigger: Any) -> dict[str, Any]:
+    """The descriptor field for the trigger's end date: the one place where an end date is
+    handled (see END_AT_SUPPORTED)."""
     end = getattr(trigger, "end_date", None)
-    if end is not None and not END_AT_SUPPORTED:
+    if end is None:
+        return {}
+    if not END_AT_SUPPORTED:
         raise _Refusal(
             f"end_date={end.isoformat()!r}: end_at not supported in this version; "
             "remove the end date, or cancel the task yourself at that time"
         )
+    return {"end_at": end}
 
 
 def _interval(job: Any, trigger: Any, common: dict[str, Any]) -> TaskDescriptor:

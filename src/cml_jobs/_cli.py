@@ -20,6 +20,7 @@ from cml_jobs._descriptors import (
     ScheduledTaskDescriptor,
 )
 from cml_jobs._events import EventKind, TaskEvent
+from cml_jobs._migrate._cli import add_migrate_parser, run_from_args
 from cml_jobs._scheduler import BackgroundTaskScheduler
 from cml_jobs._timing import Clock, SystemClock
 
@@ -145,9 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_demo.add_argument("--seconds", type=float, default=10.0, help="how long to run")
     _add_check(commands)
+    add_migrate_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "check":
         return asyncio.run(check(args))
+    if args.command == "migrate":
+        return run_from_args(args)
     return asyncio.run(demo(args.redis_url, args.seconds))
 
 

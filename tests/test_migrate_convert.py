@@ -149,10 +149,6 @@ REFUSED = [
     (aps_job(CronTrigger(day=1, day_of_week="mon", timezone="UTC")), "matching both"),
     (aps_job(CronTrigger(day="1,last fri", timezone="UTC")), "weekday position"),
     (
-        aps_job(IntervalTrigger(hours=1, end_date=NOW + timedelta(days=1), timezone="UTC")),
-        "end_at not supported in this version",
-    ),
-    (
         aps_job(DateTrigger(NOW - timedelta(hours=1), timezone="UTC"), misfire_grace_time=60),
         "beyond misfire_grace_time",
     ),
@@ -174,9 +170,19 @@ def test_a_job_cml_jobs_cannot_express_is_refused_with_its_reason(
     assert reason in refusal(job)
 
 
-def test_end_dates_are_refused_until_descriptors_have_end_at() -> None:
-    """The switch for end_date -> end_at is off in this version (see _convert.py)."""
-    assert END_AT_SUPPORTED is False
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        IntervalTrigger(hours=1, start_date=NOW, end_date=NOW + timedelta(days=1), timezone="UTC"),
+        CronTrigger(hour=3, end_date=NOW + timedelta(days=1), timezone="UTC"),
+    ],
+    ids=["interval", "cron"],
+)
+def test_an_end_date_becomes_end_at(trigger: Any) -> None:
+    """APScheduler's end_date carries over as end_at: no occurrence after it."""
+    assert END_AT_SUPPORTED is True
+    descriptor = converted(aps_job(trigger)).descriptor
+    assert descriptor.end_at == NOW + timedelta(days=1)  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("pair", ["app.tasks=Job", "app.tasks:digest", ":digest=Job", "=Job"])

@@ -23,6 +23,7 @@ from pydantic import (
     PlainSerializer,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -76,7 +77,9 @@ Seconds = Annotated[
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 JsonData = Annotated[dict[str, JsonValue], AfterValidator(_finite_json)]
 
-_TRIGGER_FIELDS = frozenset({"interval", "cron", "timezone", "scheduled_at", "start_at", "jitter"})
+_TRIGGER_FIELDS = frozenset(
+    {"interval", "cron", "timezone", "scheduled_at", "start_at", "end_at", "jitter"}
+)
 
 
 class _Descriptor(BaseModel):
@@ -144,10 +147,29 @@ class _Descriptor(BaseModel):
         return value
 
 
-class RecurrentTaskDescriptor(_Descriptor):
+class _Recurring(_Descriptor):
+    end_at: UtcDatetime | None = Field(
+        default=None,
+        description="No occurrence after this time (aware datetime); the task then ends.",
+    )
+
+    @field_validator("end_at")
+    @classmethod
+    def _end_after_start(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("start_at")
+        if value is not None and start is not None and value < start:
+            raise ValueError(
+                f"end_at is before start_at ({start.isoformat()!r}): the task would never run"
+            )
+        return value
+
+
+class RecurrentTaskDescriptor(_Recurring):
     """A task that runs every ``interval``, on the grid ``start_at + k * interval``.
 
-    Without ``start_at`` the first occurrence is one interval after scheduling.
+    Without ``start_at`` the first occurrence is one interval after scheduling. The
+    interval is a whole number of milliseconds, the precision at which stores keep times.
+    With ``end_at``, no occurrence comes after it, and the task ends after its last run.
 
     Example:
         ``RecurrentTaskDescriptor(id="metrics-w1", name="WorkerMetricsCollectionJob",
@@ -164,6 +186,14 @@ class RecurrentTaskDescriptor(_Descriptor):
             raise ValueError(f"must be positive (got {value.total_seconds()!r} s)")
         if value < timedelta(milliseconds=1):
             raise ValueError(f"must be at least 1 ms (got {value.total_seconds()!r} s)")
+        if value.microseconds % 1000:
+            nearest = timedelta(milliseconds=round(value / timedelta(milliseconds=1)))
+            raise ValueError(
+                f"must be a whole number of milliseconds (got {value.total_seconds()!r} s), "
+                "the precision at which occurrences are stored; use "
+                f"{nearest.total_seconds()!r} s (timedelta(milliseconds="
+                f"{nearest // timedelta(milliseconds=1)}))"
+            )
         return value
 
 
@@ -174,14 +204,17 @@ class ScheduledTaskDescriptor(_Descriptor):
     scheduled_at: UtcDatetime = Field(description="When to run (aware datetime).")
 
 
-class CronTaskDescriptor(_Descriptor):
+class CronTaskDescriptor(_Recurring):
     """A task on a cron expression, evaluated in ``timezone``.
 
     Standard 5-field expressions (minute hour day month weekday); a 6-field expression
     starts with a seconds field (``"*/10 * * * * *"``: every 10 seconds).
 
-    Daylight-saving changes follow cron's rules: a time that does not exist that day runs
-    at the first minute after the gap; a time that occurs twice runs once.
+    Daylight-saving changes follow cron's rules: an expression whose minute or hour
+    field starts with ``*`` follows the wall clock (a skipped time does not happen, a
+    repeated one happens twice); other expressions name fixed times, which run at the
+    first minute after a gap and once in a repeated hour. There is no year field: bound
+    the years with ``start_at`` and ``end_at``, after which the task ends.
     """
 
     kind: Literal["cron"] = "cron"  # type: ignore[misc]

@@ -27,11 +27,9 @@ from cml_jobs.exceptions import InvalidDescriptorError
 __all__ = ["END_AT_SUPPORTED", "Converted", "Refused", "convert"]
 
 # ---------------------------------------------------------------------------------------
-# end_date -> end_at. cml-jobs descriptors cannot end at a date yet; when `end_at` lands on
-# RecurrentTaskDescriptor and CronTaskDescriptor, set this to True: the end date is then
-# carried over as `end_at` instead of refusing the job (_end_at below is the one place
-# that reads it).
-END_AT_SUPPORTED = False
+# end_date -> end_at: RecurrentTaskDescriptor and CronTaskDescriptor take `end_at`, so an
+# end date is carried over (_end_at below is the one place that reads this switch).
+END_AT_SUPPORTED = True
 # ---------------------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ every_five_minutes = RecurrentTaskDescriptor(
     data={"account_id": "acme"},
     interval=300,  # seconds, or timedelta(minutes=5)
     start_at=datetime(2030, 1, 1, 9, 0, tzinfo=PARIS),  # first occurrence; aware
+    end_at=datetime(2030, 12, 31, 18, 0, tzinfo=PARIS),  # last one; then the task ends
     jitter=timedelta(seconds=20),  # spread many tasks on one grid over 20 s
 )
 # --8<-- [end:interval]

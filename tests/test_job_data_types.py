@@ -20,7 +20,7 @@ from cml_jobs import (
     ScheduledTaskDescriptor,
     backgroundjob,
 )
-from cml_jobs._descriptor_args import CronArgs, RecurrentArgs, ScheduledArgs
+from cml_jobs._descriptor_types import CronArgs, RecurrentArgs, ScheduledArgs
 from cml_jobs.testing import ManualClock
 
 if TYPE_CHECKING:

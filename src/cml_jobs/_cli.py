@@ -138,7 +138,15 @@ def _add_check(commands: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cml-jobs`` command."""
-    parser = argparse.ArgumentParser(prog="cml-jobs", description=__doc__)
+    from cml_jobs import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cml-jobs",
+        description="cml-jobs: typed background jobs for asyncio apps. This command runs "
+        "the demo, the health check and migrations (also as: python -m cml_jobs); "
+        "workers run as: arq cml_jobs.WorkerSettings.",
+    )
+    parser.add_argument("--version", action="version", version=f"cml-jobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="run three demo tasks for a few seconds")
     run_demo.add_argument(

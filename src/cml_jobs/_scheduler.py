@@ -19,6 +19,7 @@ from cml_jobs._runtime import Engine, Runtime, open_runtime
 from cml_jobs._timing import Clock, SystemClock
 from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
 from cml_jobs.stores._base import ScheduleStore
+from cml_jobs.stores._ops import RunRecord, WorkerInfo
 
 __all__ = ["BackgroundTaskScheduler"]
 
@@ -182,6 +183,14 @@ class BackgroundTaskScheduler:
     async def list_tasks(self) -> list[TaskInfo]:
         """Every task, with its next and last run times (see ``TaskInfo``)."""
         return await self.bus.list_tasks()
+
+    async def get_history(self, task_id: str, limit: int = 100) -> list[RunRecord]:
+        """The task's latest runs, newest first (see ``BackgroundTasksBus.get_history``)."""
+        return await self.bus.get_history(task_id, limit)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers alive now (see ``BackgroundTasksBus.list_workers``)."""
+        return await self.bus.list_workers()
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for each lifecycle event in this process.

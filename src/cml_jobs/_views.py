@@ -17,6 +17,7 @@ from cml_jobs._descriptors import (
     ScheduledTaskDescriptor,
 )
 from cml_jobs._events import TaskEvent
+from cml_jobs.stores import RunRecord, WorkerInfo
 
 __all__ = [
     "STATES",
@@ -25,21 +26,25 @@ __all__ = [
     "event_line",
     "filter_tasks",
     "iso",
+    "run_json",
     "task_json",
     "task_state",
     "trigger_text",
+    "worker_json",
 ]
 
 #: What a task is doing, as filters and columns name it.
-STATES = ("scheduled", "paused", "parked", "running", "idle")
+STATES = ("scheduled", "paused", "parked", "running", "ended", "idle")
 
 #: Short names of the outcomes, for a counts column that fits a terminal.
 _SHORT = {"succeeded": "ok", "failed": "failed", "timed_out": "timeout", "missed": "missed"}
 
 
 def task_state(task: TaskInfo) -> str:
-    """Parked, else paused, else running, else scheduled (it has a next occurrence),
-    else idle (its last run is being recorded)."""
+    """Ended (kept for its history), else parked, else paused, else running, else
+    scheduled (it has a next occurrence), else idle (its last run is being recorded)."""
+    if task.ended_at is not None:
+        return "ended"
     if task.parked_reason is not None:
         return "parked"
     if task.paused:
@@ -130,9 +135,42 @@ def task_json(task: TaskInfo) -> dict[str, Any]:
         "last_error": task.last_error,
         "paused": task.paused,
         "parked_reason": task.parked_reason,
+        "note": task.note,
+        "ended_at": iso(task.ended_at),
         "running": task.running,
         "counts": dict(task.counts),
         "descriptor": descriptor.model_dump(mode="json") if descriptor else None,
+    }
+
+
+def run_json(run: RunRecord) -> dict[str, Any]:
+    """A history row as JSON: times ISO 8601, lateness and duration in seconds."""
+    return {
+        "occurrence_at": iso(run.occurrence_at),
+        "outcome": run.outcome.value,
+        "started_at": iso(run.started_at),
+        "ended_at": iso(run.ended_at),
+        "attempt": run.attempt,
+        "worker": run.worker,
+        "lateness": run.lateness.total_seconds() if run.lateness is not None else None,
+        "duration": run.duration.total_seconds() if run.duration is not None else None,
+        "error_type": run.error_type,
+        "error": run.error_message,
+    }
+
+
+def worker_json(worker: WorkerInfo) -> dict[str, Any]:
+    """A live worker as JSON."""
+    return {
+        "id": worker.id,
+        "host": worker.host,
+        "pid": worker.pid,
+        "version": worker.version,
+        "started_at": iso(worker.started_at),
+        "heartbeat_at": iso(worker.heartbeat_at),
+        "expires_at": iso(worker.expires_at),
+        "running": worker.running,
+        "max_jobs": worker.max_jobs,
     }
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import click
 
-from cml_jobs.cli._actions import cancel, pause, resume
+from cml_jobs.cli._actions import backfill, cancel, pause, resume, trigger, unpark
 from cml_jobs.cli._check import check
 from cml_jobs.cli._demo import demo
 from cml_jobs.cli._events import events
 from cml_jobs.cli._tasks import show, tasks
+from cml_jobs.cli._web import web
+from cml_jobs.cli._workers import workers
 
 __all__ = ["main"]
 
@@ -29,5 +31,7 @@ def main() -> None:
     """Typed background jobs for asyncio apps: look at and operate scheduled tasks."""
 
 
-for _command in (demo, check, tasks, show, pause, resume, cancel, events):
+_COMMANDS = (demo, check, tasks, show, workers, events, web)
+_ACTIONS = (pause, resume, trigger, cancel, unpark, backfill)
+for _command in (*_COMMANDS, *_ACTIONS):
     main.add_command(_command)

@@ -15,7 +15,7 @@ __all__ = ["check"]
 @click.command(
     help="Health check, fit for a liveness probe: exits 1 when unhealthy. "
     "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and CML_JOBS_QUEUE.",
-    short_help="exit 0 when Redis answers, a worker is alive and no task is overdue",
+    short_help="Exit 0 when Redis answers, a worker is alive and no task is overdue",
 )
 @click.option(
     "--grace",

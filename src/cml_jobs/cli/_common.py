@@ -115,6 +115,9 @@ def run(coroutine: Coroutine[Any, Any, int | None]) -> None:
     except CmlJobsError as exc:
         click.echo(f"cml-jobs: {exc}", err=True)
         sys.exit(1)
+    except ValueError as exc:  # the bus refused an argument (a window, a note)
+        click.echo(f"cml-jobs: {exc}", err=True)
+        sys.exit(2)
     sys.exit(code or 0)
 
 

@@ -23,7 +23,7 @@ from cml_jobs._timing import Clock
 __all__ = ["demo"]
 
 
-@click.command(short_help="run three demo tasks for a few seconds")
+@click.command(short_help="Run three demo tasks for a few seconds")
 @click.option(
     "--redis-url",
     default="memory://",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from cml_jobs import _views
@@ -102,21 +104,23 @@ def show(target: Target, task_id: str, upcoming: int, history: int, as_json: boo
 async def _show(target: Target, task_id: str, upcoming: int, history: int, as_json: bool) -> int:
     async with open_scheduler(target) as scheduler:
         task = await scheduler.bus.get_task(task_id)
-        now = scheduler.clock.now()
-        coming = await upcoming_section(scheduler, task, upcoming)
+        coming = await upcoming_section(scheduler, task_id, upcoming)
         runs = await history_section(scheduler, task_id, history)
     if as_json:
         print_json({**task_json(task), "upcoming": coming, "history": runs})
         return 0
-    click.echo(_describe(task, now))
+    click.echo(_describe(task))
     click.echo("\nupcoming:")
     click.echo("\n".join(f"  {at}" for at in coming) or "  none")
     click.echo("\nhistory (newest first):")
-    click.echo(_history_table(runs) if runs else "  none recorded")
+    if runs is None:
+        click.echo("  not kept by this store")
+    else:
+        click.echo(_history_table(runs) if runs else "  none recorded")
     return 0
 
 
-def _describe(task: TaskInfo, now: object) -> str:
+def _describe(task: TaskInfo) -> str:
     info = task_json(task)
     lines = [
         f"task      {task.id}",
@@ -129,6 +133,10 @@ def _describe(task: TaskInfo, now: object) -> str:
     ]
     if task.parked_reason:
         lines.append(f"parked    {task.parked_reason}")
+    if task.note:
+        lines.append(f"note      {task.note}")
+    if task.ended_at:
+        lines.append(f"ended     {info['ended_at']}")
     if task.last_error:
         lines.append(f"error     {task.last_error}")
     if task.descriptor is not None:
@@ -139,7 +147,7 @@ def _describe(task: TaskInfo, now: object) -> str:
     return "\n".join(lines)
 
 
-def _history_table(runs: list[dict[str, object]]) -> str:
+def _history_table(runs: list[dict[str, Any]]) -> str:
     headers = ["OCCURRENCE", "OUTCOME", "LATE", "DURATION", "ERROR"]
     rows = [
         [

@@ -79,9 +79,11 @@ class RunRecord:
     error_message: str | None = None
 
     def to_json(self) -> str:
-        """The row as compact JSON (times ISO 8601, spans in seconds), as stores keep it."""
+        """The row as compact JSON (times ISO 8601, spans in seconds), as stores keep it;
+        the error message cut to ``MAX_ERROR_BYTES``."""
         row: dict[str, Any] = asdict(self)
         row.update(
+            error_message=cut(self.error_message),
             outcome=self.outcome.value,
             occurrence_at=_iso(self.occurrence_at),
             ended_at=_iso(self.ended_at),

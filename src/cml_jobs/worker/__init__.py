@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from cml_jobs._config import Settings
+from cml_jobs._connect import history_options
 from cml_jobs._events import EventHub
 from cml_jobs._runtime import Engine, open_runtime
 from cml_jobs._timing import Clock, SystemClock
@@ -123,7 +124,7 @@ class _Lifecycle:
         ctx["cml_jobs_exit"] = stack = AsyncExitStack()
         hub = EventHub()
         await publish_events(hub, pool, settings.key_prefix, stack)
-        store = RedisScheduleStore(pool, prefix=settings.key_prefix)
+        store = RedisScheduleStore(pool, prefix=settings.key_prefix, **history_options(settings))
         runtime = await stack.enter_async_context(
             open_runtime(settings, store=store, clock=self.clock, hub=hub)
         )

@@ -140,7 +140,9 @@ async def test_tasks_json_matches_the_bus_and_the_table_is_readable(cluster: Clu
 
 
 async def test_show_prints_a_task_and_exits_1_for_an_unknown_one(cluster: Cluster) -> None:
-    """``show`` gives the descriptor and upcoming occurrences; an unknown id exits 1."""
+    """``show`` gives the descriptor, upcoming occurrences and the history; an unknown id
+    exits 1."""
+    await _settled(cluster)
     shown = await cluster.run("show", "once-03", "--json")
     assert shown.exit_code == 0, shown.output
     task = json.loads(shown.stdout)
@@ -151,6 +153,15 @@ async def test_show_prints_a_task_and_exits_1_for_an_unknown_one(cluster: Cluste
     every = json.loads((await cluster.run("show", "every-01", "--json", "--upcoming", "3")).stdout)
     coming = [datetime.fromisoformat(at) for at in every["upcoming"]]
     assert [b - a for a, b in itertools.pairwise(coming)] == [timedelta(seconds=1)] * 2
+
+    runs = every["history"]
+    assert runs and {run["outcome"] for run in runs} == {"succeeded"}
+    by_bus = await cluster.app.bus.get_history("every-01", 20)
+    assert [run["occurrence_at"] for run in runs][-5:] == [
+        run.occurrence_at.isoformat() for run in by_bus
+    ][-5:]
+    assert all(run["lateness"] >= 0 and run["duration"] >= 0 for run in runs)
+    assert "OCCURRENCE" in (await cluster.run("show", "every-01")).stdout
 
     text = await cluster.run("show", "once-03")
     assert "task      once-03" in text.stdout and '"scheduled_at":' in text.stdout
@@ -166,7 +177,17 @@ async def test_pause_resume_and_cancel_change_the_task(cluster: Cluster) -> None
     """The actions act through the bus: the app sees each change; unknown ids exit 1."""
     paused = await cluster.run("pause", "every-05", "--note", "investigating")
     assert paused.exit_code == 0, paused.output
-    assert (await cluster.app.bus.get_task("every-05")).paused
+    assert (await cluster.app.bus.get_task("every-05")).note == "investigating"
+    listed = json.loads((await cluster.run("tasks", "--state", "paused", "--json")).stdout)
+    assert any(t["id"] == "every-05" and t["note"] == "investigating" for t in listed)
+    triggered = json.loads((await cluster.run("trigger", "every-05", "--json")).stdout)
+    extra = datetime.fromisoformat(triggered["result"])
+
+    async def ran() -> bool:
+        history = await cluster.app.bus.get_history("every-05", 5)
+        return any(run.occurrence_at == extra for run in history)
+
+    await cluster.workers.until(ran, "the triggered run is in the history")
     assert (await cluster.run("resume", "every-05")).exit_code == 0
     assert not (await cluster.app.bus.get_task("every-05")).paused
     cancelled = await cluster.run("cancel", "once-01", "--json")
@@ -174,6 +195,22 @@ async def test_pause_resume_and_cancel_change_the_task(cluster: Cluster) -> None
     with pytest.raises(TaskNotFoundError):
         await cluster.app.bus.get_task("once-01")
     assert (await cluster.run("pause", "no-such-task")).exit_code == 1
+    still_broken = await cluster.run("unpark", "broken-0")
+    assert still_broken.exit_code == 1 and "stays parked" in still_broken.stderr
+
+
+async def test_workers_lists_the_live_workers_as_the_bus_does(cluster: Cluster) -> None:
+    """``workers --json`` shows the three workers the bus lists; the table one row each."""
+    listed = await cluster.run("workers", "--json")
+    assert listed.exit_code == 0, listed.output
+    shown = json.loads(listed.stdout)
+    by_bus = await cluster.app.bus.list_workers()
+    assert [w["id"] for w in shown] == [w.id for w in by_bus] and len(shown) == 3
+    pids = {process.pid for process in cluster.workers.processes}
+    assert {w["pid"] for w in shown} == pids
+    table = (await cluster.run("workers")).stdout.splitlines()
+    assert table[0].split() == ["ID", "VERSION", "RUNNING", "STARTED", "HEARTBEAT"]
+    assert len(table) == 4 and all(":" in line.split()[0] for line in table[1:])
 
 
 async def test_events_follow_prints_live_events_and_resumes_from_an_id(cluster: Cluster) -> None:

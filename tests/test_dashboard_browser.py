@@ -196,9 +196,7 @@ async def test_a_post_without_the_csrf_token_is_refused(browser: Any, site: Site
     await page.goto(f"{site.base}/jobs/task?id=sync-01")
     url = f"{site.base}/jobs/act/pause"
     missing = await page.request.post(url, form={"task_id": "sync-01"})
-    forged = await page.request.post(
-        url, form={"task_id": "sync-01", "csrf_token": "made.up"}
-    )
+    forged = await page.request.post(url, form={"task_id": "sync-01", "csrf_token": "made.up"})
     assert (missing.status, forged.status) == (403, 403)
     assert "CSRF" in await missing.text()
     assert not (await site.scheduler.bus.get_task("sync-01")).paused

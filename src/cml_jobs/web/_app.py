@@ -130,15 +130,14 @@ def dashboard(
     Returns:
         A Starlette app.
     """
+    source, csrf = Source(scheduler_or_bus, hub=hub), CsrfTokens(secret)
+    templates = Jinja2Templates(env=_environment())
+    return _app(Dashboard(source, templates, csrf, read_only, authorize))
+
+
+def _app(board: Dashboard) -> Starlette:
     from cml_jobs.web import _pages
 
-    board = Dashboard(
-        source=Source(scheduler_or_bus, hub=hub),
-        templates=Jinja2Templates(env=_environment()),
-        csrf=CsrfTokens(secret),
-        read_only=read_only,
-        authorize=authorize,
-    )
     routes = [
         Route(path, _bind(board, handler), methods=methods, name=name)
         for path, handler, methods, name in _pages.ROUTES

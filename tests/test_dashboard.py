@@ -102,3 +102,34 @@ async def test_cml_jobs_web_serves_the_dashboard_of_the_workers_redis(
         task = (await client.get("/task", params={"id": "nightly"})).text
     assert _ids(listing) == ["nightly"]
     assert "<button" not in task and "read-only" in task
+
+
+async def test_the_mounting_example_lets_only_its_ops_role_act() -> None:
+    """examples/operations/dashboard_app.py: anyone may look, only ``X-Role: ops`` may
+    pause, and the read-only mount offers no action."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / "operations" / "dashboard_app.py"
+    spec = importlib.util.spec_from_file_location("dashboard_app_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example
+    spec.loader.exec_module(example)
+    app, scheduler = example.app, example.scheduler
+    async with app.router.lifespan_context(app), _client(app) as client:
+        descriptor = RecurrentTaskDescriptor(
+            id="invoices-acme", name="SyncInvoicesJob", data={"account_id": "acme"}, interval=60
+        )
+        await scheduler.bus.schedule_task(descriptor)
+        page = await client.get("/jobs/task", params={"id": "invoices-acme"})
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert page.status_code == 200 and token is not None
+        form = {"task_id": "invoices-acme", "csrf_token": token.group(1), "note": "OPS-42"}
+        assert (await client.post("/jobs/act/pause", data=form)).status_code == 403
+        ops = await client.post("/jobs/act/pause", data=form, headers={"X-Role": "ops"})
+        assert ops.status_code == 303
+        assert (await scheduler.bus.get_task("invoices-acme")).note == "OPS-42"
+        read_only = await client.get("/jobs-readonly/task", params={"id": "invoices-acme"})
+        assert "OPS-42" in read_only.text and "<button" not in read_only.text

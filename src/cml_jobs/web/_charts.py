@@ -14,11 +14,13 @@ _WIDTH, _HEIGHT, _PAD = 640, 160, 24
 
 @dataclass(frozen=True)
 class RunPoint:
-    """One run on the chart: a label (its occurrence) and two values in seconds."""
+    """One run on the chart: a label (its occurrence), two values in seconds, and
+    whether it succeeded (failed runs' bars are drawn in red)."""
 
     label: str
     lateness: float | None
     duration: float | None
+    ok: bool = True
 
 
 def runs_chart(points: Sequence[RunPoint]) -> str:
@@ -45,8 +47,9 @@ def runs_chart(points: Sequence[RunPoint]) -> str:
                 continue
             height = (_HEIGHT - 2 * _PAD) * max(value, 0) / top
             tip = escape(f"{point.label}: {kind} {value:.3f} s")
+            css = kind if point.ok else f"{kind} failed"
             parts.append(
-                f'<rect class="{kind}" x="{x + offset:.1f}" y="{_HEIGHT - _PAD - height:.1f}" '
+                f'<rect class="{css}" x="{x + offset:.1f}" y="{_HEIGHT - _PAD - height:.1f}" '
                 f'width="{bar:.1f}" height="{height:.1f}"><title>{tip}</title></rect>'
             )
     legend_y = _HEIGHT - 6

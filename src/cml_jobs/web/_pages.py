@@ -95,7 +95,12 @@ async def _task_context(board: Dashboard, task_id: str) -> dict[str, Any]:
     except (ConfigurationError, TaskNotFoundError):
         history = None
     points = [
-        RunPoint(run["occurrence_at"] or "", run["lateness"], run["duration"])
+        RunPoint(
+            run["occurrence_at"] or "",
+            run["lateness"],
+            run["duration"],
+            ok=run["outcome"] == "succeeded",
+        )
         for run in reversed(history or [])
     ]
     upcoming = [_views.iso(at) for at in await bus.upcoming(task_id, 5)]

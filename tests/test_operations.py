@@ -120,9 +120,9 @@ async def test_unpark_of_a_task_that_still_cannot_run_changes_nothing(
     await _parked(store, "bad", bad_data, now)
     await _parked(store, "gone", no_job, now)
     before = await scheduler.list_tasks()
-    with pytest.raises(InvalidTaskDataError, match="'bad' still cannot run.*email"):
+    with pytest.raises(InvalidTaskDataError, match=r"'bad' still cannot run.*email"):
         await scheduler.bus.unpark_task("bad")
-    with pytest.raises(UnknownJobError, match="'gone' still cannot run.*GoneJob"):
+    with pytest.raises(UnknownJobError, match=r"'gone' still cannot run.*GoneJob"):
         await scheduler.bus.unpark_task("gone")
     assert await scheduler.list_tasks() == before
     with pytest.raises(TaskParkedError, match="unpark_task"):
@@ -160,7 +160,7 @@ async def test_upcoming_gives_the_next_occurrences_by_trigger_arithmetic(
 ) -> None:
     """For a descriptor at once; for a stored task from its next due time."""
     now = clock.now()
-    hourly = CronTaskDescriptor(id="c", name="AccountSyncJob", data={"email": "x"}, cron="0 * * * *")
+    hourly = CronTaskDescriptor(id="c", name="AccountSyncJob", data={"email": ""}, cron="0 * * * *")
     hours = [now + timedelta(hours=k) for k in (0, 1, 2)]  # at or after now
     assert scheduler.bus.upcoming(hourly, 3) == hours
     await scheduler.bus.schedule_task(sync(interval=60))

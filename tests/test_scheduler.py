@@ -24,7 +24,7 @@ from cml_jobs import (
     TaskNotFoundError,
     UnknownJobError,
 )
-from cml_jobs.exceptions import InvalidDescriptorError, TaskNotFoundError
+from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores import ScheduleStore
 from cml_jobs.testing import ManualClock, run_due
 from tests.fixtures.behaviour_jobs import GatedJob, OneShotJob, ScriptedJob

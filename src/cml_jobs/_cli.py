@@ -105,6 +105,7 @@ async def check(args: argparse.Namespace) -> int:
         now=SystemClock().now(),
         default_grace=timedelta(seconds=args.grace),
         require_worker=not args.no_worker,
+        min_workers=args.min_workers,
     )
     print("\n".join(report.lines()), flush=True)
     return 0 if report.healthy else 1
@@ -115,7 +116,7 @@ def _add_check(commands: Any) -> None:
     env = os.environ.get
     run_check = commands.add_parser(
         "check",
-        help="exit 0 when Redis answers, a worker is alive and no task is overdue",
+        help="exit 0 when Redis answers, a worker is alive, no task is overdue or parked",
         description="Health check, fit for a liveness probe: exits 1 when unhealthy. "
         "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and CML_JOBS_QUEUE.",
     )
@@ -133,6 +134,12 @@ def _add_check(commands: Any) -> None:
         help="seconds a task without misfire_grace_time may be late (default 60)",
     )
     run_check.add_argument("--no-worker", action="store_true", help="do not require a live worker")
+    run_check.add_argument(
+        "--min-workers",
+        type=int,
+        default=0,
+        help="fail with fewer workers registered (alive) than this (default 0)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

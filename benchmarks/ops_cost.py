@@ -28,8 +28,12 @@ from typing import Any, ClassVar
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from cml_jobs import BackgroundTaskScheduler, RecurrentBackgroundJob, RecurrentTaskDescriptor
-from cml_jobs import backgroundjob
+from cml_jobs import (
+    BackgroundTaskScheduler,
+    RecurrentBackgroundJob,
+    RecurrentTaskDescriptor,
+    backgroundjob,
+)
 from cml_jobs.testing import ManualClock, run_due
 
 
@@ -52,8 +56,8 @@ async def private_redis() -> AsyncIterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+    server = await asyncio.create_subprocess_exec(
+        *("redis-server", "--port", str(port), "--save", "", "--appendonly", "no"),
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -71,7 +75,7 @@ async def private_redis() -> AsyncIterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.terminate()
-        server.wait(10)
+        await server.wait()
 
 
 async def commandstats(client: aioredis.Redis) -> dict[str, int]:

@@ -6,8 +6,12 @@ Run it with `python examples/operations/app.py` (memory://, no server needed).
 import asyncio
 from datetime import timedelta
 
-from cml_jobs import BackgroundTaskScheduler, RecurrentBackgroundJob, backgroundjob
-from cml_jobs import RecurrentTaskDescriptor
+from cml_jobs import (
+    BackgroundTaskScheduler,
+    RecurrentBackgroundJob,
+    RecurrentTaskDescriptor,
+    backgroundjob,
+)
 
 
 @backgroundjob(task_type="recurrent")
@@ -24,7 +28,7 @@ class SyncAccountJob(RecurrentBackgroundJob):
 async def main() -> None:
     scheduler = BackgroundTaskScheduler.configure(modules=[__name__], history_size=50)
     async with scheduler:
-        bus = scheduler.bus
+        bus, events = scheduler.bus, scheduler.events()
         start = scheduler.clock.now().replace(second=0, microsecond=0) - timedelta(hours=2)
         task = RecurrentTaskDescriptor(
             id="sync-alice",
@@ -39,8 +43,8 @@ async def main() -> None:
         # The 15-minute occurrences of the last hour, once each, one after another.
         now = scheduler.clock.now()
         await bus.backfill("sync-alice", now - timedelta(hours=1), now)
-        while (await bus.get_task("sync-alice")).running:
-            await asyncio.sleep(0.1)
+        while (await bus.get_task("sync-alice")).running:  # extra runs going or waiting
+            await anext(events)
         for run in await bus.get_history("sync-alice", limit=10):
             print(run.occurrence_at.strftime("%H:%M"), run.outcome.value, run.worker)
         print("workers:", [(w.id, w.running, w.max_jobs) for w in await bus.list_workers()])

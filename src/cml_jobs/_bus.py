@@ -45,9 +45,9 @@ class TaskInfo:
         running: runs going on now, extra runs waiting for their turn included.
         counts: occurrences per outcome.
         note: the operator's note given to ``pause_task``, or None.
-        ended_at: when the task ended (a one-time task after its run, a job that raised
-            ``StopRecurrence``); it stays listed, with its last outcome and its history,
-            for ``history_retention`` (7 days by default). None while it lives.
+        ended_at: when a one-time task ended (its run finished); it stays listed, with
+            its last outcome and its history, for ``history_retention`` (7 days by
+            default). None while it lives.
     """
 
     id: str

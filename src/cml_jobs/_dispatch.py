@@ -131,8 +131,8 @@ class Dispatcher:
             (t for t in (polled.next_ready_at, *(d.next_ready_at for d in decisions)) if t),
             default=None,
         )
+        await self._record(rows)  # before the runs, which end later
         await self.sink.submit([*reissued, *_assignments(choices, results, polled.tasks)])
-        await self._record(rows)
         return replace(report, reissued=len(reissued), full=self._starved)
 
     async def _record(self, rows: list[RunRecord]) -> None:

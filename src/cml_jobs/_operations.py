@@ -62,9 +62,11 @@ class Operations:
         """
         if limit < 1:
             raise ValueError(f"limit={limit!r}: expected a positive number of rows")
+        state = await self._store.get(task_id)
         rows = await self._ops().history(task_id, limit)
-        if not rows:
-            await self._live(task_id)
+        if state is None and rows:  # a one-time task missed at its claim ends at once
+            return rows
+        await self._live(task_id)
         return rows
 
     async def list_workers(self) -> list[WorkerInfo]:

@@ -170,9 +170,9 @@ class Finish:
         end_task: the job ended its recurrence: delete the task.
         started_at: when the run started (its body was called), recorded as the task's
             last run time; None for a run that never started (missed, parked).
-        history: the run's history row, added to the task's history; with it, a task
-            that ends is kept (ended) for the store's ``history_retention``, from
-            ``history.ended_at``.
+        history: the run's history row, added to the task's history (kept for the
+            store's ``history_retention`` once the task is gone); with it, a one-time
+            task whose run this is stays, ended at ``history.ended_at``, for that long.
     """
 
     run: Run

@@ -52,15 +52,9 @@ local function keep_row(id, row)
   redis.call('LPUSH', hkey, row)
   redis.call('LTRIM', hkey, 0, tonumber(ARGV[3]) - 1)
 end
-local function keep_ended(key, id, ended, quick)
-  -- the task's last run finished: keep it, ended, for its outcome and history
-  if not quick then  -- a job that ended its recurrence: its other runs stop
-    for _, f in ipairs(redis.call('HKEYS', key)) do
-      if string.sub(f, 1, 2) == 'r:' then release(key, id, string.sub(f, 3)) end
-    end
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', key, 'due_at')
-  end
+local function keep_ended(key, id, ended)
+  -- a one-time task's run finished (no run left, no due time): keep it, ended, for its
+  -- outcome and history
   local retention = tonumber(ARGV[4])
   redis.call('HSET', key, 'ended_at', ended, 'expires', tonumber(ended) + retention, 'waiting', 0)
   redis.call('PEXPIRE', key, retention)

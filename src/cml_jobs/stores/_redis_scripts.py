@@ -278,10 +278,11 @@ local function finish(id, fence, outcome, err, has_error, end_task, started_at, 
   local st = redis.call('HMGET', key, 'due_at', 'parked', 'running', 'n:' .. outcome)
   local running = (tonumber(st[3]) or 1) - 1
   local ends = end_task == '1' or (running <= 0 and not st[1] and not st[2])
-  if ends and ended == '' then
+  if ends and (ended == '' or end_task == '1') then
     drop_task(key, id, end_task ~= '1')  -- ended: nothing left to record on it
+    if row ~= '' then redis.call('PEXPIRE', ARGV[2] .. id, tonumber(ARGV[4])) end  -- (ops)
     return 1
-  elseif ends then  -- (ops) kept, ended, for the retention
+  elseif ends then  -- (ops) a one-time task: kept, ended, for the retention
     keep_ended(key, id, ended)
     running = 0
   end

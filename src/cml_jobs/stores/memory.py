@@ -213,8 +213,8 @@ class InMemoryScheduleStore(MemoryOperations):
         task.last_error = finish.error
         task.count(finish.outcome)
         ended = task.due_at is None and not task.runs and task.parked_reason is None
-        if (finish.end_task or ended) and finish.history is not None:
-            self._end(run.task_id, task, finish.history.ended_at)
+        if ended and not finish.end_task and finish.history is not None:
+            self._end(run.task_id, task, finish.history.ended_at)  # a one-time task's run
         elif finish.end_task or ended:
             self._drop(run.task_id)
         return True

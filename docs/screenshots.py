@@ -116,6 +116,7 @@ async def _serve(app: FastAPI) -> AsyncIterator[str]:
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     while not server.started:
+        assert not serving.done(), "uvicorn stopped during start-up"
         await asyncio.sleep(0.05)
     try:
         yield f"http://127.0.0.1:{port}/jobs"

@@ -67,10 +67,11 @@ def trigger_text(task: TaskInfo) -> str:
 
 
 def duration_text(span: timedelta) -> str:
-    """``90s`` -> ``1m30s``; ``3600s`` -> ``1h``; under a second, in ms."""
+    """``90s`` -> ``1m30s``; ``3600s`` -> ``1h``; under a second, in ms (a tenth of a ms
+    under 10 ms)."""
     seconds = span.total_seconds()
     if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
+        return f"{seconds * 1000:.1f}ms" if seconds < 0.01 else f"{seconds * 1000:.0f}ms"
     whole = round(seconds)
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

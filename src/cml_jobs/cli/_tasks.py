@@ -71,7 +71,7 @@ async def _tasks(
             task.name or "?",
             trigger_text(task),
             ago(task.next_run_time, now),
-            task_state(task),
+            _state_cell(task),
             task.last_outcome.value if task.last_outcome else "-",
             counts_text(task.counts),
         ]
@@ -81,6 +81,14 @@ async def _tasks(
     click.echo(table(headers, rows))
     click.echo(f"{len(chosen)} of {len(found)} task(s)", err=True)
     return 0
+
+
+def _state_cell(task: TaskInfo) -> str:
+    """The state, with the start of the operator's note when there is one."""
+    if not task.note:
+        return task_state(task)
+    note = task.note if len(task.note) <= 30 else task.note[:29] + "…"
+    return f"{task_state(task)}: {note}"
 
 
 def by_next_run(task: TaskInfo) -> tuple[int, str, str]:

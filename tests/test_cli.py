@@ -200,7 +200,9 @@ async def test_pause_resume_and_cancel_change_the_task(cluster: Cluster) -> None
 
 
 async def test_workers_lists_the_live_workers_as_the_bus_does(cluster: Cluster) -> None:
-    """``workers --json`` shows the three workers the bus lists; the table one row each."""
+    """``workers --json`` shows the three workers the bus lists; the table one row each;
+    ``check --json`` counts the same workers and names the parked tasks (exit 1)."""
+    await _settled(cluster)
     listed = await cluster.run("workers", "--json")
     assert listed.exit_code == 0, listed.output
     shown = json.loads(listed.stdout)
@@ -208,6 +210,11 @@ async def test_workers_lists_the_live_workers_as_the_bus_does(cluster: Cluster) 
     assert [w["id"] for w in shown] == [w.id for w in by_bus] and len(shown) == 3
     pids = {process.pid for process in cluster.workers.processes}
     assert {w["pid"] for w in shown} == pids
+    checked = await cluster.run("check", "--json", "--min-workers", "3")
+    report = json.loads(checked.stdout)
+    assert checked.exit_code == 1 and not report["healthy"]  # the broken tasks are parked
+    assert sorted(p["task_id"] for p in report["parked"]) == ["broken-0", "broken-1"]
+    assert sorted(w["id"] for w in report["workers"]) == sorted(w["id"] for w in shown)
     table = (await cluster.run("workers")).stdout.splitlines()
     assert table[0].split() == ["ID", "VERSION", "RUNNING", "STARTED", "HEARTBEAT"]
     assert len(table) == 4 and all(":" in line.split()[0] for line in table[1:])

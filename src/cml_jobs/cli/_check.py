@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cml_jobs._timing import SystemClock
-from cml_jobs.cli._common import Target, connection_options, run
+from cml_jobs._views import iso, worker_json
+from cml_jobs.cli._common import Target, connection_options, json_option, print_json, run
+
+if TYPE_CHECKING:
+    from cml_jobs.worker._health import HealthReport
 
 __all__ = ["check"]
 
@@ -30,12 +35,15 @@ __all__ = ["check"]
     default=0,
     help="fail with fewer workers registered (alive) than this (default 0)",
 )
+@json_option
 @connection_options
-def check(target: Target, grace: float, no_worker: bool, min_workers: int) -> None:
-    run(_check(target, grace, no_worker, min_workers))
+def check(target: Target, grace: float, no_worker: bool, min_workers: int, as_json: bool) -> None:
+    run(_check(target, grace, no_worker, min_workers, as_json))
 
 
-async def _check(target: Target, grace: float, no_worker: bool, min_workers: int) -> int:
+async def _check(
+    target: Target, grace: float, no_worker: bool, min_workers: int, as_json: bool
+) -> int:
     from cml_jobs.worker._health import check_health
 
     report = await check_health(
@@ -47,5 +55,28 @@ async def _check(target: Target, grace: float, no_worker: bool, min_workers: int
         require_worker=not no_worker,
         min_workers=min_workers,
     )
-    click.echo("\n".join(report.lines()))
+    if as_json:
+        print_json(_report_json(report))
+    else:
+        click.echo("\n".join(report.lines()))
     return 0 if report.healthy else 1
+
+
+def _report_json(report: HealthReport) -> dict[str, Any]:
+    return {
+        "healthy": report.healthy,
+        "redis_error": report.redis_error,
+        "worker": report.worker,
+        "overdue": [
+            {
+                "task_id": late.task_id,
+                "due_at": iso(late.due_at),
+                "late_by": late.late_by.total_seconds(),
+                "grace": late.grace.total_seconds(),
+            }
+            for late in report.overdue
+        ],
+        "workers": [worker_json(worker) for worker in report.fleet.workers],
+        "min_workers": report.fleet.min_workers,
+        "parked": [{"task_id": task, "reason": why} for task, why in report.fleet.parked],
+    }

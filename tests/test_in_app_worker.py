@@ -183,8 +183,9 @@ async def test_a_run_outlasting_the_drain_timeout_is_released_and_re_run_at_the_
 
     GatedJob.gate.set()
     again = BackgroundTaskScheduler.configure(modules=JOBS, run_worker=True, **FAST, **where)
+    events = again.events()  # before start: the re-run may begin within start itself
     async with again:
-        rerun = await collect(again.events(), lambda s: s[-1].kind is EventKind.SUCCEEDED)
+        rerun = await collect(events, lambda s: s[-1].kind is EventKind.SUCCEEDED)
     assert [(e.kind, e.attempt, e.occurrence_at) for e in rerun] == [
         (EventKind.STARTED, 2, started.occurrence_at),
         (EventKind.SUCCEEDED, 2, started.occurrence_at),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from cml_jobs._bus import BackgroundTasksBus, TaskInfo
 from cml_jobs._events import EventHub, TaskEvent
@@ -34,6 +35,7 @@ class Source:
     target: BackgroundTaskScheduler | BackgroundTasksBus
     hub: EventHub | None = None
     _listing: tuple[float, list[TaskInfo]] | None = field(default=None, repr=False)
+    _client: Any = field(default=None, repr=False)
 
     @property
     def bus(self) -> BackgroundTasksBus:
@@ -81,13 +83,13 @@ class Source:
             from cml_jobs.events import EventStream
             from cml_jobs.stores.redis import redis_client
 
-            client = redis_client(redis[0], patient=True)
-            try:
-                stream = EventStream(client, prefix=redis[1])
-                async for entry in stream.follow(after=after):
-                    yield entry.id, entry.event
-            finally:
-                await client.aclose()
+            # One client (a connection pool) for every viewer of this dashboard: a feed
+            # ends by cancellation when its browser leaves, when nothing can be awaited.
+            if self._client is None:
+                self._client = redis_client(redis[0], patient=True)
+            stream = EventStream(self._client, prefix=redis[1])
+            async for entry in stream.follow(after=after):
+                yield entry.id, entry.event
             return
         hub = self.hub or self._hub()
         position = 0

@@ -41,6 +41,9 @@ class Settings:
             ``max_jobs`` at once, and leaves tasks of jobs it lacks to workers that have
             them; ``"queue"``: a worker process's runs go through the arq queue to
             whichever worker polls first (an app's ``run_worker`` always runs locally).
+        history_size: runs kept in each task's history (``get_history``), newest first.
+        history_retention: how long a task that ended (a one-time task after its run)
+            stays listed with its outcome and history.
         signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
             run only descriptors whose signature matches (the key never goes to Redis).
     """
@@ -58,6 +61,8 @@ class Settings:
     unknown_job_grace: timedelta = timedelta(minutes=5)
     drain_timeout: timedelta = timedelta(seconds=30)
     dispatch: str = "local"
+    history_size: int = 100
+    history_retention: timedelta = timedelta(days=7)
     signing_key: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -226,6 +231,16 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "signing_key",
         str,
         "HMAC key: descriptors are signed, and unsigned or tampered ones parked (default off)",
+    ),
+    "CML_JOBS_HISTORY_SIZE": (
+        "history_size",
+        _positive_int,
+        "runs kept in each task's history (default 100)",
+    ),
+    "CML_JOBS_HISTORY_RETENTION": (
+        "history_retention",
+        _seconds,
+        "seconds an ended task stays listed with its history (default 604800: 7 days)",
     ),
     "CML_JOBS_DRAIN_TIMEOUT": (
         "drain_timeout",

@@ -19,6 +19,7 @@ from cml_jobs._runtime import Engine, Runtime, open_runtime
 from cml_jobs._timing import Clock, SystemClock
 from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
 from cml_jobs.stores._base import ScheduleStore
+from cml_jobs.stores._ops import RunRecord, WorkerInfo
 
 __all__ = ["BackgroundTaskScheduler"]
 
@@ -178,7 +179,11 @@ class BackgroundTaskScheduler:
             hub=self.hub,
             on_scheduled=self._engine.dispatcher.wake if self._engine else None,
         )
-        await self._log_recovered()
+        if self._engine is not None:
+            # Only a process that runs tasks resumes them; reading every task costs a
+            # listing (0.5 s at 10,000 tasks) that a `cml-jobs` command or a dashboard
+            # would pay on every start for a log line.
+            await self._log_recovered()
 
     def _heartbeat_store(self) -> StoreOpener | None:
         """The heartbeat thread's own connection to the Redis store; None for a store in
@@ -222,6 +227,14 @@ class BackgroundTaskScheduler:
     async def list_tasks(self) -> list[TaskInfo]:
         """Every task, with its next and last run times (see ``TaskInfo``)."""
         return await self.bus.list_tasks()
+
+    async def get_history(self, task_id: str, limit: int = 100) -> list[RunRecord]:
+        """The task's latest runs, newest first (see ``BackgroundTasksBus.get_history``)."""
+        return await self.bus.get_history(task_id, limit)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers alive now (see ``BackgroundTasksBus.list_workers``)."""
+        return await self.bus.list_workers()
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for each lifecycle event in this process.

@@ -192,7 +192,8 @@ async def test_sigterm_lets_short_runs_finish_and_releases_long_ones_for_a_rerun
 ) -> None:
     """SIGTERM, with a 4 s drain, to a worker running a 2 s and a 10 s job: the short run
     finishes there during the drain and the worker exits 0; the long one is released and
-    re-run by the other worker as attempt 2 at once, not after its lease (60 s here)."""
+    re-run by the other worker at once, not after its lease (60 s here), as the same
+    attempt (1): a release is not a lost worker."""
     lease = {"CML_JOBS_LEASE": str(TERM_LEASE_S)}
     old: WorkerFleet = workers_factory(
         redis_url, key_prefix, settings={**lease, "CML_JOBS_DRAIN_TIMEOUT": str(TERM_DRAIN_S)}
@@ -254,7 +255,7 @@ async def test_sigterm_lets_short_runs_finish_and_releases_long_ones_for_a_rerun
     assert code == 0
     assert short["pid"] == process.pid, "the short run did not finish on its worker"
     assert short["start"] < signalled_at < short["end"], "SIGTERM came outside the short run"
-    assert [(r["pid"], r["attempt"]) for r in by_task["long"]] == [(rerun["pid"], 2)]
+    assert [(r["pid"], r["attempt"]) for r in by_task["long"]] == [(rerun["pid"], 1)]
     assert rerun_after < TERM_LEASE_S / 3, f"re-run {rerun_after:.2f} s after exit: a lease"
     assert states["long"].counts.get(Outcome.SUCCEEDED.value) == 1, states["long"].counts
     assert states["short"].counts.get(Outcome.SUCCEEDED.value) == 1, states["short"].counts

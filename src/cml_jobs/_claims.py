@@ -106,16 +106,9 @@ class ClaimReporter:
         error_type = row.error_type if row is not None else None
         _telemetry.record_outcome(job_name or "unknown", outcome, error_type=error_type)
         kind = EventKind.PARKED if outcome is Outcome.PARKED else EventKind.FAILED
-        event = TaskEvent(
-            kind,
-            run.task_id,
-            job_name,
-            self.clock.now(),
-            run.occurrence_at,
-            attempt=row.attempt if row is not None else run.attempt,
-            error=finish.error,
-        )
-        self.hub.emit(event)
+        at, due, error = self.clock.now(), run.occurrence_at, finish.error
+        attempt = row.attempt if row is not None else run.attempt
+        self.hub.emit(TaskEvent(kind, run.task_id, job_name, at, due, attempt, error=error))
 
     def _row(
         self, task_id: str, occurrence: datetime, outcome: Outcome, note: str | None

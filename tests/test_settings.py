@@ -38,6 +38,7 @@ TABLE = readme_table()
 #: The setting each variable sets, and how the README writes its default.
 FIELDS: dict[str, str] = {
     "CML_JOBS_REDIS_URL": "redis_url",
+    "CML_JOBS_STORE_URL": "store_url",
     "CML_JOBS_MODULES": "modules",
     "CML_JOBS_CONTAINER": "container",
     "CML_JOBS_KEY_PREFIX": "key_prefix",
@@ -114,6 +115,7 @@ def test_the_arq_side_of_the_defaults_matches_the_readme(clean_env: pytest.Monke
 #: variable -> (value in the environment, the setting it must give).
 FROM_ENV: dict[str, tuple[str, Any]] = {
     "CML_JOBS_REDIS_URL": ("redis://10.1.2.3:6380/4", "redis://10.1.2.3:6380/4"),
+    "CML_JOBS_STORE_URL": ("postgresql://app@db:5432/app", "postgresql://app@db:5432/app"),
     "CML_JOBS_MODULES": ("app.jobs, app.more_jobs ,", ("app.jobs", "app.more_jobs")),
     "CML_JOBS_CONTAINER": ("tests.fixtures.recording:Container", Container),
     "CML_JOBS_KEY_PREFIX": ("app1:", "app1:"),
@@ -214,6 +216,9 @@ def test_an_empty_variable_counts_as_unset(clean_env: pytest.MonkeyPatch) -> Non
         ("CML_JOBS_CONTAINER", "Container"),
         ("CML_JOBS_REDIS_URL", "localhost:6379"),
         ("CML_JOBS_REDIS_URL", "http://localhost:6379/0"),
+        ("CML_JOBS_REDIS_URL", "postgresql://localhost:5432/app"),
+        ("CML_JOBS_STORE_URL", "mysql://localhost:3306/app"),
+        ("CML_JOBS_STORE_URL", "localhost:5432"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable_and_the_value(variable: str, bad: str) -> None:

@@ -80,6 +80,7 @@ PLAIN = Tasks(DescriptorCodec())
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("redis-signed", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def flavour(request: pytest.FixtureRequest) -> str:
@@ -93,6 +94,9 @@ def store(flavour: str, request: pytest.FixtureRequest) -> ScheduleStore:
     """An empty store of the flavour (overrides the conftest one: adds "redis-signed")."""
     if flavour == "memory":
         return InMemoryScheduleStore()
+    if flavour == "postgres":
+        found: ScheduleStore = request.getfixturevalue("postgres_store")
+        return found
     client: redis.asyncio.Redis = request.getfixturevalue("redis_client")
     return RedisScheduleStore(client, prefix=request.getfixturevalue("key_prefix"))
 

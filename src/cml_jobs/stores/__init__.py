@@ -1,7 +1,9 @@
 """The persistence layer: the ``ScheduleStore`` Protocol and its implementations.
 
 ``InMemoryScheduleStore`` keeps everything in the process (the embedded default and
-tests); ``RedisScheduleStore`` shares tasks between processes and hosts. A new store
+tests); ``RedisScheduleStore`` and ``PostgresScheduleStore`` share tasks between
+processes and hosts. Capabilities beyond the contract are Protocols of their own
+(``WakeupSource``, ``TransactionalStore``). A new store
 (MongoDB, say) implements the Protocol and passes ``tests/stores/test_contract.py``.
 """
 
@@ -22,10 +24,13 @@ from cml_jobs.stores._base import (
     Run,
     ScheduleStore,
     TaskState,
+    TransactionalStore,
+    WakeupSource,
 )
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
 if TYPE_CHECKING:
+    from cml_jobs.stores.postgres import PostgresScheduleStore
     from cml_jobs.stores.redis import RedisScheduleStore
 
 __all__ = [
@@ -39,17 +44,25 @@ __all__ = [
     "InMemoryScheduleStore",
     "NewTask",
     "Outcome",
+    "PostgresScheduleStore",
     "RedisScheduleStore",
     "Run",
     "ScheduleStore",
     "TaskState",
+    "TransactionalStore",
+    "WakeupSource",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # The Redis store imports redis; keep that import out of the memory-only path.
+    # The Redis and PostgreSQL stores import their drivers; keep those imports out of the
+    # memory-only path.
     if name == "RedisScheduleStore":
         from cml_jobs.stores.redis import RedisScheduleStore
 
         return RedisScheduleStore
+    if name == "PostgresScheduleStore":
+        from cml_jobs.stores.postgres import PostgresScheduleStore
+
+        return PostgresScheduleStore
     raise AttributeError(f"module 'cml_jobs.stores' has no attribute {name!r}")

@@ -55,6 +55,24 @@ async def test_reopening_keeps_the_tasks_and_the_generation(postgres_url: str) -
         assert (await store.poll(T0, 10)).generation == first != ""
 
 
+async def test_a_dropped_schema_is_made_again_with_a_new_generation(postgres_url: str) -> None:
+    """When the store's tables vanish under a running process (a dropped schema, a restore
+    from before it), the next call makes them again, and the new generation tells the
+    dispatchers that the tasks stored before were lost."""
+    async with open_postgres_store(postgres_url) as store:
+        await store.add(new(), replace=False)
+        before = (await store.poll(T0, 10)).generation
+        conn = await asyncpg.connect(postgres_url.split("?")[0])
+        try:
+            await conn.execute(f'DROP SCHEMA "{store.schema}" CASCADE')
+        finally:
+            await conn.close()
+        after = await store.poll(T0, 10)
+        assert after.tasks == [] and after.generation not in ("", before)
+        await store.add(new(), replace=False)
+        assert [s.task_id for s in await store.list()] == ["t1"]
+
+
 async def test_processes_opening_at_once_migrate_once(postgres_url: str) -> None:
     """Five stores opened together on a new schema all start; the schema is made once."""
     opened = [open_postgres_store(postgres_url) for _ in range(5)]

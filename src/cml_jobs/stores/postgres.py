@@ -232,7 +232,19 @@ class PostgresScheduleStore:
         return await self._run(work)
 
     async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        try:
+            return await transact(self._pool, work, patient=self._patient, dsn=self._dsn)
+        except asyncpg.UndefinedTableError:
+            if not isinstance(self._pool, asyncpg.Pool):
+                raise
+        # The store's tables are gone (the schema was dropped, the database restored from
+        # before it): make them again. Their new generation tells every dispatcher that
+        # the tasks stored before were lost, as a Redis that lost its data does.
+        await transact(self._pool, self._migrate, patient=self._patient, dsn=self._dsn)
         return await transact(self._pool, work, patient=self._patient, dsn=self._dsn)
+
+    async def _migrate(self, conn: Conn) -> int:
+        return await migrate(conn, self._schema)
 
 
 def _with_fence(result: ClaimResult, fence: int | None) -> ClaimResult:
@@ -267,7 +279,7 @@ async def open_postgres_store(
         raise unavailable(dsn, exc) from exc
     try:
         store = PostgresScheduleStore(pool, dsn=dsn, schema=schema, patient=patient)
-        await store._run(lambda conn: migrate(conn, schema))
+        await transact(pool, store._migrate, patient=patient, dsn=dsn)
         yield store
     finally:
         await pool.close()

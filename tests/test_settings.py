@@ -242,3 +242,33 @@ def test_the_worker_refuses_a_bad_environment_at_start(clean_env: pytest.MonkeyP
     clean_env.setenv("CML_JOBS_LEASE", "a while")
     with pytest.raises(ConfigurationError, match="CML_JOBS_LEASE='a while'"):
         worker()
+
+
+@pytest.mark.parametrize(
+    ("changes", "kind"),
+    [
+        ({}, "memory"),
+        ({"redis_url": "redis://cache:6379/0"}, "redis"),
+        ({"redis_url": "unix:///run/redis.sock"}, "redis"),
+        ({"store_url": "postgresql://app@db:5432/app"}, "postgresql"),
+        ({"redis_url": "redis://r:6379/0", "store_url": "postgres://db/app"}, "postgresql"),
+    ],
+)
+def test_the_store_is_store_url_else_redis_url(changes: dict[str, str], kind: str) -> None:
+    """store_url names the store when set; otherwise redis_url does (memory:// embedded)."""
+    settings = Settings().with_changes(**changes)
+    assert settings.store_kind == kind
+    assert settings.embedded is (kind == "memory")
+    assert settings.store_location == changes.get("store_url", settings.redis_url)
+
+
+def test_a_worker_on_postgresql_still_needs_a_redis_for_arq(clean_env: pytest.MonkeyPatch) -> None:
+    """Tasks kept in PostgreSQL do not spare arq its Redis: memory:// is refused, with why."""
+    with pytest.raises(ConfigurationError, match="for arq, even with its tasks in PostgreSQL"):
+        cml_jobs.worker_settings(redis_url="memory://", store_url="postgresql://app@db:5432/app")
+
+
+def test_the_store_url_password_is_never_shown() -> None:
+    """repr(Settings) hides the password of store_url, as of redis_url."""
+    shown = repr(Settings(store_url="postgresql://app:s3cr3t@db:5432/app"))
+    assert "s3cr3t" not in shown and "app:***@db" in shown

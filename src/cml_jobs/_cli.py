@@ -105,6 +105,7 @@ async def check(args: argparse.Namespace) -> int:
         now=SystemClock().now(),
         default_grace=timedelta(seconds=args.grace),
         require_worker=not args.no_worker,
+        store_url=args.store_url,
     )
     print("\n".join(report.lines()), flush=True)
     return 0 if report.healthy else 1
@@ -117,10 +118,16 @@ def _add_check(commands: Any) -> None:
         "check",
         help="exit 0 when Redis answers, a worker is alive and no task is overdue",
         description="Health check, fit for a liveness probe: exits 1 when unhealthy. "
-        "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and CML_JOBS_QUEUE.",
+        "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_STORE_URL, CML_JOBS_KEY_PREFIX and "
+        "CML_JOBS_QUEUE.",
     )
     run_check.add_argument(
         "--redis-url", default=env("CML_JOBS_REDIS_URL") or "redis://localhost:6379/0"
+    )
+    run_check.add_argument(
+        "--store-url",
+        default=env("CML_JOBS_STORE_URL") or None,
+        help="the PostgreSQL store the tasks are read from (default: the Redis one)",
     )
     run_check.add_argument(
         "--key-prefix", default=env("CML_JOBS_KEY_PREFIX") or defaults.key_prefix

@@ -68,7 +68,8 @@ def _require_shared_redis(settings: Settings) -> None:
     # arq needs a Redis, wherever the tasks are kept.
     if settings.redis_url.startswith("memory://"):
         raise ConfigurationError(
-            "a worker process needs a shared Redis: set CML_JOBS_REDIS_URL=redis://host:6379/0 "
+            "a worker process needs a shared Redis (for arq, even with its tasks in "
+            "PostgreSQL): set CML_JOBS_REDIS_URL=redis://host:6379/0 "
             "(redis_url='memory://' runs the worker inside the app instead, run_worker=True)"
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -101,8 +102,10 @@ async def check_health(
     default_grace: timedelta = DEFAULT_GRACE,
     require_worker: bool = True,
     timeout: timedelta = timedelta(seconds=3),
+    store_url: str | None = None,
 ) -> HealthReport:
-    """Look at Redis, the workers and the schedule once."""
+    """Look at Redis, the workers and the schedule once (in PostgreSQL when
+    ``store_url`` names a database)."""
     seconds = timeout.total_seconds()
     client = redis_client(
         redis_url, patient=False, socket_connect_timeout=seconds, socket_timeout=seconds
@@ -112,10 +115,19 @@ async def check_health(
         await client.ping()
         seen = await client.get(f"{queue}:health-check")
         report.worker = seen.decode() if isinstance(seen, bytes) else seen
-        states = await RedisScheduleStore(client, prefix=prefix).list()
+        states = await _tasks(client, prefix, store_url)
         report.overdue = overdue_tasks(states, now, default_grace)
     except (RedisError, StoreError, OSError) as exc:
         report.redis_error = str(exc) or type(exc).__name__
     finally:
         await client.aclose()
     return report
+
+
+async def _tasks(client: Any, prefix: str, store_url: str | None) -> list[TaskState]:
+    if store_url is None or not store_url.startswith(("postgresql://", "postgres://")):
+        return await RedisScheduleStore(client, prefix=prefix).list()
+    from cml_jobs.stores.postgres import open_postgres_store
+
+    async with open_postgres_store(store_url) as store:
+        return await store.list()

@@ -211,6 +211,18 @@ async def test_within_refuses_what_is_not_an_asyncpg_connection(
         postgres_store.within("postgresql://not-a-connection")
 
 
+async def test_a_connection_to_a_database_without_the_tables_is_refused_clearly(
+    postgres_url: str,
+) -> None:
+    """A connection where the store's schema does not exist (another database) gets a
+    ConfigurationError that says which connection to pass, not a driver error."""
+    async with open_postgres_store(postgres_url) as store:
+        elsewhere = PostgresScheduleStore(store._pool, schema="cmljobs_nowhere")
+        async with store._pool.acquire() as conn, conn.transaction():
+            with pytest.raises(ConfigurationError, match="no cml-jobs tables in schema"):
+                await elsewhere.within(conn).add(new(), replace=False)
+
+
 async def test_times_before_the_epoch_and_far_ahead_round_trip(
     postgres_store: PostgresScheduleStore,
 ) -> None:

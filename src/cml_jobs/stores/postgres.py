@@ -234,9 +234,13 @@ class PostgresScheduleStore:
     async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
         try:
             return await transact(self._pool, work, patient=self._patient, dsn=self._dsn)
-        except asyncpg.UndefinedTableError:
+        except asyncpg.UndefinedTableError as exc:
             if not isinstance(self._pool, asyncpg.Pool):
-                raise
+                raise ConfigurationError(
+                    f"the connection given to schedule_task has no cml-jobs tables in schema "
+                    f"{self._schema!r} ({exc}); pass a connection to the database that "
+                    "store_url names, once the scheduler has started"
+                ) from exc
         # The store's tables are gone (the schema was dropped, the database restored from
         # before it): make them again. Their new generation tells every dispatcher that
         # the tasks stored before were lost, as a Redis that lost its data does.

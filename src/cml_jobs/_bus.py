@@ -67,18 +67,15 @@ class BackgroundTasksBus:
     async def schedule_task(
         self, descriptor: TaskDescriptor, *, replace: bool = False, connection: Any = None
     ) -> TaskInfo:
-        """Validate ``descriptor`` and schedule it. Nothing is written if it is refused.
-
-        Scheduling the same descriptor again is a no-op.
+        """Validate ``descriptor`` and schedule it (again: a no-op). Nothing is written if
+        it is refused.
 
         Args:
             descriptor: the task.
             replace: replace a different task that has the same id.
-            connection: your own database connection, with a transaction open on it
-                (PostgreSQL store: an asyncpg connection). The task is written in that
-                transaction: scheduled when it commits, never if it rolls back. The
-                ``scheduled`` event is emitted when the task is written, before your
-                commit; workers are woken by the commit.
+            connection: your asyncpg connection, a transaction open on it (PostgreSQL
+                store): the task is scheduled if that transaction commits, never if it
+                rolls back. The ``scheduled`` event is emitted before your commit.
 
         Returns:
             The task as stored.
@@ -90,9 +87,7 @@ class BackgroundTasksBus:
                 further in the past than its ``misfire_grace_time``.
             PayloadTooLargeError: the descriptor exceeds ``MAX_DESCRIPTOR_BYTES``.
             TaskExistsError: a different task has this id and ``replace`` is False.
-            ConfigurationError: ``connection`` is given but the store cannot write in
-                your transaction (only the PostgreSQL store can), or it is not a
-                connection the store can use.
+            ConfigurationError: ``connection`` is given to a store that cannot use it.
         """
         store = self._store if connection is None else _within(self._store, connection)
         self._registry.validate(descriptor)
@@ -104,10 +99,7 @@ class BackgroundTasksBus:
             task = NewTask(descriptor.id, encoded, due_at, ready, trace_context)
             added = await store.add(task, replace=replace)
         if not added:  # the same task was already there: show it as it is
-            state = await store.get(descriptor.id)
-            if state is None:
-                raise _not_found(descriptor.id)
-            return TaskInfo.from_state(state, self._codec)
+            return await self._info(store, descriptor.id)
         self._scheduled(descriptor, due_at)
         # As the store keeps it (to the millisecond), without reading it back.
         next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
@@ -207,7 +199,10 @@ class BackgroundTasksBus:
         Raises:
             TaskNotFoundError: no task has this id.
         """
-        state = await self._store.get(task_id)
+        return await self._info(self._store, task_id)
+
+    async def _info(self, store: ScheduleStore, task_id: str) -> TaskInfo:
+        state = await store.get(task_id)
         if state is None:
             raise _not_found(task_id)
         return TaskInfo.from_state(state, self._codec)

@@ -23,75 +23,85 @@ _STATE = (
 
 
 class Statements:
-    """Every statement of the store, with its schema filled in."""
+    """Every statement of the store, with its schema filled in.
+
+    The class attributes are templates: ``{s}`` is the quoted schema, ``{live}`` the
+    condition of a task that can be claimed, ``{state}`` the columns of a ``TaskState``.
+    """
+
+    insert_task = (
+        "WITH added AS (INSERT INTO {s}.tasks (id, descriptor, due_at, ready_at, trace) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id) "
+        "SELECT id, pg_notify($6, '') FROM added"
+    )
+    descriptor_for_update = "SELECT descriptor FROM {s}.tasks WHERE id = $1 FOR UPDATE"
+    delete_task = "DELETE FROM {s}.tasks WHERE id = $1"
+    lock_task = "SELECT 1 FROM {s}.tasks WHERE id = $1 FOR UPDATE"
+    remove_task = (
+        "WITH gone AS (DELETE FROM {s}.runs WHERE task_id = $1 RETURNING 1), "
+        "task AS (DELETE FROM {s}.tasks WHERE id = $1) SELECT count(*) FROM gone"
+    )
+    get = "SELECT {state} FROM {s}.tasks t WHERE t.id = $1"
+    list = "SELECT {state} FROM {s}.tasks t ORDER BY t.id"
+    pause = "UPDATE {s}.tasks SET paused = true WHERE id = $1 RETURNING id"
+    resume = (
+        "WITH resumed AS (UPDATE {s}.tasks SET paused = false, due_at = $2, ready_at = $3 "
+        "WHERE id = $1 RETURNING id) SELECT id, pg_notify($4, '') FROM resumed"
+    )
+    # kind 0: a due task; 1: the ready time of the first live task not returned;
+    # 2: the generation.
+    poll = (
+        "WITH due AS (SELECT id, due_at, ready_at, descriptor, trace FROM {s}.tasks "
+        "WHERE {live} AND ready_at <= $1 ORDER BY ready_at, id LIMIT $2), "
+        "following AS (SELECT ready_at FROM {s}.tasks WHERE {live} "
+        "ORDER BY ready_at, id OFFSET (SELECT count(*) FROM due) LIMIT 1) "
+        "SELECT 0 AS kind, id, due_at, ready_at, descriptor, trace FROM due "
+        "UNION ALL SELECT 1, NULL, NULL, ready_at, NULL, NULL FROM following "
+        "UNION ALL SELECT 2, value, NULL, NULL, NULL, NULL FROM {s}.meta "
+        "WHERE name = 'generation'"
+    )
+    lock_tasks = (
+        "SELECT id, due_at, ready_at, paused, parked, last_run_at, last_outcome, "
+        "last_error, counts::text AS counts FROM {s}.tasks WHERE id = ANY($1::text[]) "
+        "ORDER BY id FOR UPDATE"
+    )
+    runs_of = "SELECT fence, task_id FROM {s}.runs WHERE task_id = ANY($1::text[])"
+    fences = "SELECT array_agg(nextval('{s}.fences')) FROM generate_series(1, $1)"
+    insert_runs = (
+        "INSERT INTO {s}.runs (fence, task_id, occurrence_at, attempt, lease_until) "
+        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::int[], "
+        "$5::timestamptz[])"
+    )
+    delete_runs = (
+        "DELETE FROM {s}.runs WHERE fence = ANY($1::bigint[]) OR task_id = ANY($2::text[])"
+    )
+    delete_tasks = "DELETE FROM {s}.tasks WHERE id = ANY($1::text[])"
+    update_tasks = (
+        "UPDATE {s}.tasks t SET due_at = u.due_at, ready_at = u.ready_at, "
+        "parked = u.parked, last_run_at = u.last_run_at, last_outcome = u.last_outcome, "
+        "last_error = u.last_error, counts = u.counts::jsonb "
+        "FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], "
+        "$5::timestamptz[], $6::text[], $7::text[], $8::text[]) "
+        "AS u(id, due_at, ready_at, parked, last_run_at, last_outcome, last_error, counts) "
+        "WHERE t.id = u.id"
+    )
+    expired = (
+        "SELECT r.fence, r.task_id, r.occurrence_at, r.attempt, t.descriptor, t.trace, "
+        "t.parked FROM {s}.runs r JOIN {s}.tasks t ON t.id = r.task_id "
+        "WHERE r.lease_until <= $1 ORDER BY r.lease_until, r.fence LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED"
+    )
+    extend = (
+        "UPDATE {s}.runs r SET lease_until = $1 "
+        "FROM unnest($2::bigint[], $3::text[]) AS u(fence, task_id) "
+        "WHERE r.fence = u.fence AND r.task_id = u.task_id RETURNING r.fence, r.task_id"
+    )
 
     def __init__(self, schema: str) -> None:
         s = f'"{check_schema_name(schema)}"'
+        #: The LISTEN/NOTIFY channel of the schema.
         self.channel = channel(schema)
-        self.insert_task = (
-            f"WITH added AS (INSERT INTO {s}.tasks (id, descriptor, due_at, ready_at, trace) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id) "
-            "SELECT id, pg_notify($6, '') FROM added"
-        )
-        self.descriptor_for_update = f"SELECT descriptor FROM {s}.tasks WHERE id = $1 FOR UPDATE"
-        self.delete_task = f"DELETE FROM {s}.tasks WHERE id = $1"
-        self.lock_task = f"SELECT 1 FROM {s}.tasks WHERE id = $1 FOR UPDATE"
-        self.remove_task = (
-            f"WITH gone AS (DELETE FROM {s}.runs WHERE task_id = $1 RETURNING 1), "
-            f"task AS (DELETE FROM {s}.tasks WHERE id = $1) SELECT count(*) FROM gone"
-        )
-        self.get = f"SELECT {_STATE.format(s=s)} FROM {s}.tasks t WHERE t.id = $1"
-        self.list = f"SELECT {_STATE.format(s=s)} FROM {s}.tasks t ORDER BY t.id"
-        self.pause = f"UPDATE {s}.tasks SET paused = true WHERE id = $1 RETURNING id"
-        self.resume = (
-            f"WITH resumed AS (UPDATE {s}.tasks SET paused = false, due_at = $2, ready_at = $3 "
-            "WHERE id = $1 RETURNING id) SELECT id, pg_notify($4, '') FROM resumed"
-        )
-        # kind 0: a due task; 1: the ready time of the first live task not returned;
-        # 2: the generation.
-        self.poll = (
-            f"WITH due AS (SELECT id, due_at, ready_at, descriptor, trace FROM {s}.tasks "
-            f"WHERE {_LIVE} AND ready_at <= $1 ORDER BY ready_at, id LIMIT $2), "
-            f"following AS (SELECT ready_at FROM {s}.tasks WHERE {_LIVE} "
-            "ORDER BY ready_at, id OFFSET (SELECT count(*) FROM due) LIMIT 1) "
-            "SELECT 0 AS kind, id, due_at, ready_at, descriptor, trace FROM due "
-            "UNION ALL SELECT 1, NULL, NULL, ready_at, NULL, NULL FROM following "
-            f"UNION ALL SELECT 2, value, NULL, NULL, NULL, NULL FROM {s}.meta "
-            "WHERE name = 'generation'"
-        )
-        self.lock_tasks = (
-            "SELECT id, due_at, ready_at, paused, parked, last_run_at, last_outcome, "
-            f"last_error, counts::text AS counts FROM {s}.tasks WHERE id = ANY($1::text[]) "
-            "ORDER BY id FOR UPDATE"
-        )
-        self.runs_of = f"SELECT fence, task_id FROM {s}.runs WHERE task_id = ANY($1::text[])"
-        self.fences = f"SELECT array_agg(nextval('{s}.fences')) FROM generate_series(1, $1)"
-        self.insert_runs = (
-            f"INSERT INTO {s}.runs (fence, task_id, occurrence_at, attempt, lease_until) "
-            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::int[], "
-            "$5::timestamptz[])"
-        )
-        self.delete_runs = (
-            f"DELETE FROM {s}.runs WHERE fence = ANY($1::bigint[]) OR task_id = ANY($2::text[])"
-        )
-        self.delete_tasks = f"DELETE FROM {s}.tasks WHERE id = ANY($1::text[])"
-        self.update_tasks = (
-            f"UPDATE {s}.tasks t SET due_at = u.due_at, ready_at = u.ready_at, "
-            "parked = u.parked, last_run_at = u.last_run_at, last_outcome = u.last_outcome, "
-            "last_error = u.last_error, counts = u.counts::jsonb "
-            "FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], "
-            "$5::timestamptz[], $6::text[], $7::text[], $8::text[]) "
-            "AS u(id, due_at, ready_at, parked, last_run_at, last_outcome, last_error, counts) "
-            "WHERE t.id = u.id"
-        )
-        self.expired = (
-            "SELECT r.fence, r.task_id, r.occurrence_at, r.attempt, t.descriptor, t.trace, "
-            f"t.parked FROM {s}.runs r JOIN {s}.tasks t ON t.id = r.task_id "
-            "WHERE r.lease_until <= $1 ORDER BY r.lease_until, r.fence LIMIT $2 "
-            "FOR UPDATE SKIP LOCKED"
-        )
-        self.extend = (
-            f"UPDATE {s}.runs r SET lease_until = $1 "
-            "FROM unnest($2::bigint[], $3::text[]) AS u(fence, task_id) "
-            "WHERE r.fence = u.fence AND r.task_id = u.task_id RETURNING r.fence, r.task_id"
-        )
+        parts = {"s": s, "live": _LIVE, "state": _STATE.format(s=s)}
+        for name, template in vars(Statements).items():
+            if isinstance(template, str) and not name.startswith("_"):
+                setattr(self, name, template.format(**parts))

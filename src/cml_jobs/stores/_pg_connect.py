@@ -169,20 +169,30 @@ def unavailable(dsn: str, exc: BaseException) -> StoreUnavailableError:
 
 
 async def transact(
-    pool: asyncpg.Pool | Any, work: Callable[[Conn], Awaitable[T]], *, patient: bool, dsn: str
+    pool: asyncpg.Pool | Any,
+    work: Callable[[Conn], Awaitable[T]],
+    *,
+    patient: bool,
+    dsn: str,
+    single: bool = False,
 ) -> T:
     """``work`` in a transaction of its own; run again after a lost race, and after the
     server was away (patient: until it is back; else a few times, then
-    ``StoreUnavailableError``). On an app's connection (not a pool), the transaction is
-    nested in the app's and nothing is retried: the app's transaction decides."""
+    ``StoreUnavailableError``). ``single``: ``work`` is one statement, atomic by itself,
+    which a pool's connection runs without BEGIN and COMMIT. On an app's connection (not
+    a pool), the transaction is nested in the app's and nothing is retried: the app's
+    transaction decides."""
     failures, warned = 0, 0.0
     while True:
         try:
             if not isinstance(pool, asyncpg.Pool):
                 async with pool.transaction():
                     return await work(pool)
-            async with pool.acquire() as conn, conn.transaction():
-                return await work(conn)
+            async with pool.acquire() as conn:
+                if single:
+                    return await work(conn)
+                async with conn.transaction():
+                    return await work(conn)
         except TRANSIENT:
             if not isinstance(pool, asyncpg.Pool):
                 raise

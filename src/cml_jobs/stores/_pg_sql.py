@@ -66,24 +66,29 @@ class Statements:
         "ORDER BY id FOR UPDATE"
     )
     runs_of = "SELECT fence, task_id FROM {s}.runs WHERE task_id = ANY($1::text[])"
-    fences = "SELECT array_agg(nextval('{s}.fences')) FROM generate_series(1, $1)"
-    insert_runs = (
-        "INSERT INTO {s}.runs (fence, task_id, occurrence_at, attempt, lease_until) "
-        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::int[], "
-        "$5::timestamptz[])"
-    )
     delete_runs = (
         "DELETE FROM {s}.runs WHERE fence = ANY($1::bigint[]) OR task_id = ANY($2::text[])"
     )
-    delete_tasks = "DELETE FROM {s}.tasks WHERE id = ANY($1::text[])"
-    update_tasks = (
-        "UPDATE {s}.tasks t SET due_at = u.due_at, ready_at = u.ready_at, "
+    # A batch's changes in one statement: runs released ($1 fences, and every run of the
+    # tasks in $2), tasks deleted ($3), tasks updated ($4-$11), new runs ($12-$14, lease
+    # $15) under fences drawn in their order; returns the new runs' fences.
+    write = (
+        "WITH released AS (DELETE FROM {s}.runs "
+        "WHERE fence = ANY($1::bigint[]) OR task_id = ANY($2::text[])), "
+        "gone AS (DELETE FROM {s}.tasks WHERE id = ANY($3::text[])), "
+        "updated AS (UPDATE {s}.tasks t SET due_at = u.due_at, ready_at = u.ready_at, "
         "parked = u.parked, last_run_at = u.last_run_at, last_outcome = u.last_outcome, "
         "last_error = u.last_error, counts = u.counts::jsonb "
-        "FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], "
-        "$5::timestamptz[], $6::text[], $7::text[], $8::text[]) "
+        "FROM unnest($4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[], "
+        "$8::timestamptz[], $9::text[], $10::text[], $11::text[]) "
         "AS u(id, due_at, ready_at, parked, last_run_at, last_outcome, last_error, counts) "
-        "WHERE t.id = u.id"
+        "WHERE t.id = u.id), "
+        "added AS (INSERT INTO {s}.runs (fence, task_id, occurrence_at, attempt, lease_until) "
+        "SELECT nextval('{s}.fences'), n.task_id, n.occurrence_at, n.attempt, $15::timestamptz "
+        "FROM (SELECT * FROM unnest($12::text[], $13::timestamptz[], $14::int[]) "
+        "WITH ORDINALITY AS n(task_id, occurrence_at, attempt, ord) ORDER BY ord) AS n "
+        "RETURNING fence, task_id, occurrence_at) "
+        "SELECT fence, task_id, occurrence_at FROM added ORDER BY fence"
     )
     expired = (
         "SELECT r.fence, r.task_id, r.occurrence_at, r.attempt, t.descriptor, t.trace, "

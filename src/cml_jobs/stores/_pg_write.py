@@ -45,30 +45,32 @@ async def lock_rows(conn: Conn, sql: Statements, task_ids: Iterable[str]) -> dic
 async def write_changes(
     conn: Conn, sql: Statements, changes: Changes, lease_until: datetime | None
 ) -> dict[int, int]:
-    """Write what a batch did; returns the fence of each new run, by its ``index``."""
-    fences: dict[int, int] = {}
-    if changes.new_runs:
-        assert lease_until is not None
-        drawn = sorted(await conn.fetchval(sql.fences, len(changes.new_runs)))
-        new = changes.new_runs
-        await conn.execute(
-            sql.insert_runs,
-            drawn,
-            [run.task_id for run in new],
-            [run.occurrence_at for run in new],
-            [run.attempt for run in new],
-            [lease_until] * len(new),
-        )
-        fences = {run.index: fence for run, fence in zip(new, drawn, strict=True)}
-    if changes.released or changes.cleared:
-        await conn.execute(sql.delete_runs, list(changes.released), list(changes.cleared))
+    """Write what a batch did, in one statement; returns the fence of each new run, by
+    its ``index``."""
+    new = changes.new_runs
+    cleared = list(changes.cleared)
+    # A task parked after a run of it was claimed in the same batch loses that run too:
+    # its runs are deleted after the insert, by a statement of its own (rare).
+    late = bool(changes.cleared & {run.task_id for run in new})
     deleted = [row.task_id for row in changes.touched.values() if row.deleted]
-    if deleted:
-        await conn.execute(sql.delete_tasks, deleted)
     kept = [row for row in changes.touched.values() if not row.deleted]
-    if kept:
-        await conn.execute(sql.update_tasks, *_columns(kept))
-    return fences
+    added = await conn.fetch(
+        sql.write,
+        list(changes.released),
+        [] if late else cleared,
+        deleted,
+        *_columns(kept),
+        [run.task_id for run in new],
+        [run.occurrence_at for run in new],
+        [run.attempt for run in new],
+        lease_until,
+    )
+    if late:
+        await conn.execute(sql.delete_runs, [], cleared)
+    drawn: dict[tuple[str, datetime], list[int]] = {}
+    for row in added:  # fences ascending: each goes to the earliest run not yet served
+        drawn.setdefault((row["task_id"], row["occurrence_at"]), []).append(row["fence"])
+    return {run.index: drawn[(run.task_id, run.occurrence_at)].pop(0) for run in new}
 
 
 def _columns(rows: list[TaskRow]) -> list[list[Any]]:

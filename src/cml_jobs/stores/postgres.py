@@ -133,11 +133,11 @@ class PostgresScheduleStore:
         return await self._run(work)
 
     async def get(self, task_id: str) -> TaskState | None:
-        found = await self._run(lambda conn: conn.fetchrow(self._sql.get, task_id))
+        found = await self._one(lambda conn: conn.fetchrow(self._sql.get, task_id))
         return None if found is None else task_state(found)
 
     async def list(self) -> builtins.list[TaskState]:
-        return [task_state(found) for found in await self._run(self._fetch_all)]
+        return [task_state(found) for found in await self._one(self._fetch_all)]
 
     async def _fetch_all(self, conn: Conn) -> builtins.list[asyncpg.Record]:
         return await conn.fetch(self._sql.list)
@@ -151,12 +151,12 @@ class PostgresScheduleStore:
             due = None if due_at is None else ms(due_at)
             ready = due if due is None or ready_at is None else ms(ready_at)
             args = (self._sql.resume, task_id, due, ready, self._sql.channel)
-        return await self._run(lambda conn: conn.fetchrow(*args)) is not None
+        return await self._one(lambda conn: conn.fetchrow(*args)) is not None
 
     # -- dispatch ----------------------------------------------------------------------
 
     async def poll(self, now: datetime, limit: int) -> DueBatch:
-        rows = await self._run(lambda conn: conn.fetch(self._sql.poll, ms(now), max(limit, 0)))
+        rows = await self._one(lambda conn: conn.fetch(self._sql.poll, ms(now), max(limit, 0)))
         due = sorted((r for r in rows if r["kind"] == 0), key=lambda r: (r["ready_at"], r["id"]))
         following = next((r["ready_at"] for r in rows if r["kind"] == 1), None)
         generation = next((r["id"] for r in rows if r["kind"] == 2), "")
@@ -214,7 +214,7 @@ class PostgresScheduleStore:
         fences = [run.fence for run in runs]
         ids = [run.task_id for run in runs]
         sql = self._sql.extend
-        valid = await self._run(lambda conn: conn.fetch(sql, ms(lease_until), fences, ids))
+        valid = await self._one(lambda conn: conn.fetch(sql, ms(lease_until), fences, ids))
         kept = {(row["fence"], row["task_id"]) for row in valid}
         return [(run.fence, run.task_id) in kept for run in runs]
 
@@ -231,9 +231,13 @@ class PostgresScheduleStore:
 
         return await self._run(work)
 
-    async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _one(self, statement: Callable[[Conn], Awaitable[T]]) -> T:
+        return await self._run(statement, single=True)
+
+    async def _run(self, work: Callable[[Conn], Awaitable[T]], *, single: bool = False) -> T:
+        pool, patient, dsn = self._pool, self._patient, self._dsn
         try:
-            return await transact(self._pool, work, patient=self._patient, dsn=self._dsn)
+            return await transact(pool, work, single=single, patient=patient, dsn=dsn)
         except asyncpg.UndefinedTableError as exc:
             if not isinstance(self._pool, asyncpg.Pool):
                 raise ConfigurationError(
@@ -244,8 +248,8 @@ class PostgresScheduleStore:
         # The store's tables are gone (the schema was dropped, the database restored from
         # before it): make them again. Their new generation tells every dispatcher that
         # the tasks stored before were lost, as a Redis that lost its data does.
-        await transact(self._pool, self._migrate, patient=self._patient, dsn=self._dsn)
-        return await transact(self._pool, work, patient=self._patient, dsn=self._dsn)
+        await transact(pool, self._migrate, patient=patient, dsn=dsn)
+        return await transact(pool, work, single=single, patient=patient, dsn=dsn)
 
     async def _migrate(self, conn: Conn) -> int:
         return await migrate(conn, self._schema)

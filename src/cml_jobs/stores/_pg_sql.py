@@ -1,9 +1,11 @@
 """The PostgreSQL store's statements, for one schema (tables in ``_pg_schema``).
 
-Each store method runs its statements in one transaction (READ COMMITTED). Tasks a batch
-changes are locked first, in id order (``LOCK_TASKS``), and their runs read *after* the
-lock is held, by a statement of its own: a statement's snapshot is taken when it starts,
-so runs read by the locking statement itself could predate the lock holder's commit.
+Each store method is one statement, or runs its statements in one transaction (READ
+COMMITTED). Tasks a batch changes are locked first, in id order (``lock_tasks``), and
+their runs read *after* the lock is held, by a statement of its own: a statement's
+snapshot is taken when it starts, so runs read by the locking statement itself could
+predate the lock holder's commit. What the batch did is then written by one statement
+(``write``).
 Expired runs are taken with ``SKIP LOCKED``: two dispatchers reclaiming at once share
 the work instead of waiting for each other.
 """

@@ -1,7 +1,7 @@
 """The PostgreSQL store: tasks and runs in tables of one schema, shared by every process
 that uses the same database and schema.
 
-Every method is one transaction; claims lock the tasks they change (``FOR UPDATE``, a
+Every method is one statement, or one transaction; claims lock the tasks they change (``FOR UPDATE``, a
 compare-and-set on the due time decides who won) and expired runs are taken with ``SKIP
 LOCKED``. Scheduling or resuming a task notifies the schema's channel, which wakes every
 dispatcher listening (``wakeups``) as soon as the transaction commits. ``within`` gives

@@ -2,8 +2,9 @@
 
 Each test runs on every store through the ``store`` fixture: the memory store, the Redis
 store, the Redis store holding descriptors signed by ``DescriptorCodec`` (the store must
-hand them back byte for byte), and the PostgreSQL store (a schema of the test's own). Time never moves by itself: every ``now`` is a fixed
-aware UTC datetime derived from ``T0``. The Redis-only tests at the end write hostile data
+hand them back byte for byte), and the PostgreSQL store (a schema of the test's own).
+Time never moves by itself: every ``now`` is a fixed aware UTC datetime derived from
+``T0``. The Redis-only tests at the end write hostile data
 straight into Redis.
 """
 

@@ -4,8 +4,7 @@ Each test runs on every store through the ``store`` fixture: the memory store, t
 store, the Redis store holding descriptors signed by ``DescriptorCodec`` (the store must
 hand them back byte for byte), and the PostgreSQL store (a schema of the test's own).
 Time never moves by itself: every ``now`` is a fixed aware UTC datetime derived from
-``T0``. The Redis-only tests at the end write hostile data
-straight into Redis.
+``T0``. The Redis-only tests at the end write hostile data straight into Redis.
 """
 
 from __future__ import annotations

@@ -3,11 +3,12 @@ that uses the same database and schema.
 
 Every method is one statement, or one transaction; claims lock the tasks they change
 (``FOR UPDATE``, a compare-and-set on the due time decides who won) and expired runs are
-taken with ``SKIP LOCKED``. Scheduling or resuming a task notifies the schema's channel, which wakes every
-dispatcher listening (``wakeups``) as soon as the transaction commits. ``within`` gives
-the store on an app's own connection, so a task is scheduled in the app's transaction:
-committed with it, or never. The library creates and migrates its tables itself
-(``_pg_schema``). asyncpg is imported here and in the ``_pg_*`` helpers only.
+taken with ``SKIP LOCKED``. Scheduling or resuming a task notifies the schema's channel,
+which wakes every dispatcher listening (``wakeups``) as soon as the transaction commits.
+``within`` gives the store on an app's own connection, so a task is scheduled in the
+app's transaction: committed with it, or never. The library creates and migrates its
+tables itself (``_pg_schema``). asyncpg is imported here and in the ``_pg_*`` helpers
+only.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ __all__ = [
 
 @runtime_checkable
 class ScheduleStore(Protocol):
-    """Where tasks and their runs live. Memory and Redis implement it; so can others.
+    """Where tasks and their runs live. Memory, Redis and PostgreSQL implement it; so can
+    others.
 
     Ten methods in pairs: ``add``/``remove`` a task, ``set_paused`` on and off, ``poll``
     then ``claim`` due occurrences (or ``reclaim_expired`` lost ones), ``extend`` a run's

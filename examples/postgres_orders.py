@@ -47,12 +47,16 @@ async def place_order(
         await charge()  # raises: the order *and* its receipt are rolled back
 
 
+# --8<-- [start:scheduler]
 def make_scheduler(database_url: str) -> BackgroundTaskScheduler:
     return BackgroundTaskScheduler.configure(
         modules=["postgres_orders"],
         store_url=database_url,  # tasks live in the app's database (schema cml_jobs)
         run_worker=True,  # or workers: CML_JOBS_STORE_URL=... arq cml_jobs.WorkerSettings
     )
+
+
+# --8<-- [end:scheduler]
 
 
 @asynccontextmanager

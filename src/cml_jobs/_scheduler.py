@@ -35,7 +35,8 @@ def _store_url(redis_url: str | None, settings: dict[str, Any]) -> str:
     if mongo:
         raise ConfigurationError(
             f"cml-jobs has no MongoDB store: {mongo!r} cannot be used; keep tasks in Redis "
-            'with redis_url="redis://host:6379/1", or in this process with "memory://"'
+            'with redis_url="redis://host:6379/1", in PostgreSQL with '
+            'store_url="postgresql://host:5432/db", or in this process with "memory://"'
         )
     seed = {name: settings.pop(name) for name in _SEED_REDIS if name in settings}
     if not seed:

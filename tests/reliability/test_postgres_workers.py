@@ -3,7 +3,8 @@
 default ``dispatch=local`` no run goes through arq's queue).
 
 Three workers share 1 s tasks for 20 s; a worker is killed mid-run; a PostgreSQL cluster
-of the test's own is stopped for 5 s under load and started again. Workers run with a
+of the test's own is stopped for 5 s under load and started again, or comes up only after
+the workers started. Workers run with a
 3 s lease and a 0.5 s poll (``tests.workers``); every wait is a condition with a deadline.
 """
 
@@ -196,3 +197,34 @@ async def test_a_postgres_outage_under_load_loses_no_task_and_no_worker(
         assert tail == list(range(tail[0], tail[-1] + 1, INTERVAL_MS)), f"{task_id}: gaps"
         assert tasks[task_id].next_run_time is not None
         assert Outcome.FAILED.value not in tasks[task_id].counts, tasks[task_id].counts
+
+
+async def test_workers_started_before_postgres_wait_for_it(
+    redis_client: aioredis.Redis,
+    redis_url: str,
+    key_prefix: str,
+    pg_server: PostgresServer,
+    workers_factory: Any,
+) -> None:
+    """PostgreSQL is down when two workers start and comes up 4 s later: no worker exits,
+    both finish starting, and a 1 s task scheduled then runs once per occurrence."""
+    store_url = f"{pg_server.url}?schema=late"
+    workers: WorkerFleet = workers_factory(
+        redis_url, key_prefix, settings={"CML_JOBS_STORE_URL": store_url}
+    )
+    workers.start(2)
+    await stay_alive(workers, 4.0)  # the database is not there yet
+    await pg_server.start()
+    await workers.wait_ready(redis_client)
+    async with app_for(redis_url, key_prefix, store_url=store_url) as app:
+        info = await app.bus.schedule_task(
+            RecurrentTaskDescriptor(id="late", name="RecordingJob", interval=1)
+        )
+        first = to_ms(info.next_run_time)  # type: ignore[arg-type]
+        runs = await wait_for_occurrences(workers, redis_client, "late", 5)
+        await app.bus.cancel_task("late")
+    assert alive(workers) == [None, None]
+    assert workers.stop() == [0, 0]
+    runs = per_occurrence(await workers.records(redis_client), "late")
+    assert set(runs.values()) == {1}, f"duplicates: {runs.most_common(3)}"
+    assert _on_grid(runs, first), "an occurrence is missing"

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError, TaskExistsError
-from cml_jobs.stores import NewTask, TransactionalStore, WakeupSource
+from cml_jobs.stores import ClaimStatus, Decision, NewTask, TransactionalStore, WakeupSource
 from cml_jobs.stores.postgres import SCHEMA_VERSION, PostgresScheduleStore, open_postgres_store
 
 pytestmark = pytest.mark.postgres
@@ -231,3 +231,40 @@ async def test_times_before_the_epoch_and_far_ahead_round_trip(
         await postgres_store.add(NewTask(f"t{i}", "{}", at, at), replace=False)
         state = await postgres_store.get(f"t{i}")
         assert state is not None and state.due_at == at
+
+
+async def test_concurrent_claims_from_many_processes_hand_out_each_occurrence_once(
+    postgres_url: str,
+) -> None:
+    """Five stores (five pools, as five worker processes) claim the same 40 due tasks at
+    once, each in its own order: every occurrence becomes exactly one run, the others
+    race; then three reclaim the expired runs at once: each is re-issued exactly once."""
+    ids = [f"t{i:02}" for i in range(40)]
+    opened = [open_postgres_store(postgres_url) for _ in range(5)]
+    stores = [await o.__aenter__() for o in opened]
+    try:
+        for task_id in ids:
+            await stores[0].add(new(task_id), replace=False)
+        decisions = [Decision(i, T0, T0, T0 + timedelta(minutes=1)) for i in ids]
+        batches = await asyncio.gather(
+            *(
+                store.claim(decisions[k:] + decisions[:k], lease_until=T0 + timedelta(seconds=5))
+                for k, store in zip(range(0, 40, 8), stores, strict=True)
+            )
+        )
+        claimed = [r.task_id for batch in batches for r in batch if r.run is not None]
+        assert sorted(claimed) == ids
+        assert {r.status for batch in batches for r in batch} <= {
+            ClaimStatus.CLAIMED,
+            ClaimStatus.RACED,
+        }
+        later = T0 + timedelta(seconds=10)
+        reissued = await asyncio.gather(
+            *(s.reclaim_expired(now=later, lease_until=later, limit=40) for s in stores[:3])
+        )
+        again = [c.run.task_id for batch in reissued for c in batch]
+        assert sorted(again) == ids
+        assert all(c.run.attempt == 2 for batch in reissued for c in batch)
+    finally:
+        for o in opened:
+            await o.__aexit__(None, None, None)

@@ -272,3 +272,11 @@ def test_the_store_url_password_is_never_shown() -> None:
     """repr(Settings) hides the password of store_url, as of redis_url."""
     shown = repr(Settings(store_url="postgresql://app:s3cr3t@db:5432/app"))
     assert "s3cr3t" not in shown and "app:***@db" in shown
+
+
+def test_a_worker_refuses_tasks_kept_in_memory_beside_a_real_redis(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """store_url="memory://" cannot be shared by a worker process: refused, saying why."""
+    with pytest.raises(ConfigurationError, match="cannot share"):
+        cml_jobs.worker_settings(redis_url="redis://localhost:6379/0", store_url="memory://")

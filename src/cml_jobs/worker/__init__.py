@@ -72,6 +72,12 @@ def _require_shared_redis(settings: Settings) -> None:
             "PostgreSQL): set CML_JOBS_REDIS_URL=redis://host:6379/0 "
             "(redis_url='memory://' runs the worker inside the app instead, run_worker=True)"
         )
+    if settings.embedded:  # store_url="memory://" beside a real Redis
+        raise ConfigurationError(
+            f"store_url={settings.store_url!r} keeps tasks in one process's memory, which a "
+            "worker process cannot share; leave store_url out (tasks in Redis) or name a "
+            "PostgreSQL database"
+        )
 
 
 def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:

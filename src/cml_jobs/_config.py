@@ -46,6 +46,10 @@ class Settings:
             stays listed with its outcome and history.
         signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
             run only descriptors whose signature matches (the key never goes to Redis).
+        store_url: where tasks are kept, when not in ``redis_url``: a
+            ``postgresql://user@host:5432/database`` URL (``?schema=name`` for a schema
+            other than ``cml_jobs``) keeps them in PostgreSQL; workers still use
+            ``redis_url`` for arq. None (the default): the store is ``redis_url``.
     """
 
     redis_url: str = "memory://"
@@ -64,17 +68,33 @@ class Settings:
     history_size: int = 100
     history_retention: timedelta = timedelta(days=7)
     signing_key: str | None = field(default=None, repr=False)
+    store_url: str | None = None
 
     def __repr__(self) -> str:
-        # Never the password in the URL, nor the signing key (its field is repr=False).
+        # Never the password in a URL, nor the signing key (its field is repr=False).
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
         values["redis_url"] = _redacted(self.redis_url)
+        if self.store_url is not None:
+            values["store_url"] = _redacted(self.store_url)
         return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in values.items()) + ")"
 
     @property
     def embedded(self) -> bool:
-        """True for the ``memory://`` mode."""
-        return self.redis_url.startswith("memory://")
+        """True for the ``memory://`` mode: the store lives in this process."""
+        return self.store_kind == "memory"
+
+    @property
+    def store_location(self) -> str:
+        """The URL of the store: ``store_url``, or ``redis_url`` when it is None."""
+        return self.redis_url if self.store_url is None else self.store_url
+
+    @property
+    def store_kind(self) -> str:
+        """``"memory"``, ``"redis"`` or ``"postgresql"``: which store the settings name."""
+        scheme = self.store_location.partition("://")[0]
+        if scheme in _POSTGRES_SCHEMES:
+            return "postgresql"
+        return "memory" if scheme == "memory" else "redis"
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some settings changed; unknown names are refused."""
@@ -129,18 +149,27 @@ def _positive_int(raw: str) -> int:
 
 
 _URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 _DISPATCH_MODES = ("local", "queue")
 
 
-def _redis_url(raw: str) -> str:
+def _url(raw: str, schemes: tuple[str, ...], example: str) -> str:
     scheme, separator, _ = raw.partition("://")
-    if not separator or scheme not in _URL_SCHEMES:
+    if not separator or scheme not in schemes:
         raise ValueError(
-            "expected a URL such as redis://host:6379/0 (schemes: "
-            + ", ".join(f"{name}://" for name in _URL_SCHEMES)
+            f"expected a URL such as {example} (schemes: "
+            + ", ".join(f"{name}://" for name in schemes)
             + ")"
         )
     return raw
+
+
+def _redis_url(raw: str) -> str:
+    return _url(raw, _URL_SCHEMES, "redis://host:6379/0")
+
+
+def _store_url(raw: str) -> str:
+    return _url(raw, (*_POSTGRES_SCHEMES, *_URL_SCHEMES), "postgresql://host:5432/database")
 
 
 def _dispatch(raw: str) -> str:
@@ -192,6 +221,11 @@ def import_module(name: str, origin: str) -> ModuleType:
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "CML_JOBS_REDIS_URL": ("redis_url", _redis_url, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_STORE_URL": (
+        "store_url",
+        _store_url,
+        "where tasks are kept when not in Redis: postgresql://user@host:5432/db[?schema=name]",
+    ),
     "CML_JOBS_MODULES": ("modules", _modules, "comma-separated modules to scan for jobs"),
     "CML_JOBS_CONTAINER": (
         "container",

@@ -10,14 +10,13 @@ from cml_jobs import _telemetry
 from cml_jobs._codec import DescriptorCodec
 from cml_jobs._descriptors import (
     MAX_DESCRIPTOR_BYTES,
-    ScheduledTaskDescriptor,
     TaskDescriptor,
 )
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._operations import Operations, _not_found
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs._triggers import first_occurrence, ready_at
+from cml_jobs._triggers import describe_trigger, first_occurrence, next_occurrence, ready_at
 from cml_jobs.exceptions import (
     InvalidDescriptorError,
     InvalidTriggerError,
@@ -45,9 +44,9 @@ class TaskInfo:
         running: runs going on now, extra runs waiting for their turn included.
         counts: occurrences per outcome.
         note: the operator's note given to ``pause_task``, or None.
-        ended_at: when a one-time task ended (its run finished); it stays listed, with
-            its last outcome and its history, for ``history_retention`` (7 days by
-            default). None while it lives.
+        ended_at: when the task ended (the run of its last occurrence finished: a
+            one-time task's run, the last before ``end_at``); it stays listed, with its
+            last outcome and history, for ``history_retention`` (7 days by default).
     """
 
     id: str
@@ -175,16 +174,20 @@ class BackgroundTasksBus(Operations):
     def _first_due(self, descriptor: TaskDescriptor, now: datetime) -> datetime:
         due_at = first_occurrence(descriptor, now)
         if due_at is None:
-            raise InvalidTriggerError(f"task {descriptor.id!r} would never run; check its trigger")
+            raise InvalidTriggerError(
+                f"task {descriptor.id!r} would never run: {describe_trigger(descriptor)} has no "
+                "occurrence from now on before the calendar ends (year 9999); check its trigger"
+            )
         grace = descriptor.misfire_grace_time
-        if isinstance(descriptor, ScheduledTaskDescriptor) and grace is not None:
-            late = now - due_at
-            if late > grace:
-                raise InvalidTriggerError(
-                    f"scheduled_at={due_at.isoformat()!r} is {late.total_seconds():.0f} s in the "
-                    f"past, beyond misfire_grace_time ({grace.total_seconds():.0f} s); "
-                    "pick a future time"
-                )
+        late = now - due_at
+        if grace is not None and late > grace and next_occurrence(descriptor, due_at) is None:
+            # Its only occurrence left is already missed: nothing would ever run.
+            which = "scheduled_at" if descriptor.kind == "scheduled" else "last occurrence"
+            raise InvalidTriggerError(
+                f"task {descriptor.id!r} would never run: its {which}, {due_at.isoformat()!r}, "
+                f"is {late.total_seconds():.0f} s in the past, beyond misfire_grace_time "
+                f"({grace.total_seconds():.0f} s); pick a future time"
+            )
         return due_at
 
     async def cancel_task(self, task_id: str) -> int:
@@ -227,7 +230,8 @@ class BackgroundTasksBus(Operations):
         self._emit(EventKind.PAUSED, task_id, "", None)
 
     async def resume_task(self, task_id: str) -> None:
-        """Resume a paused task from its next occurrence after now.
+        """Resume a paused task from its next occurrence after now; a task whose ``end_at``
+        passed meanwhile ends.
 
         Raises:
             TaskNotFoundError: no task has this id.
@@ -238,6 +242,8 @@ class BackgroundTasksBus(Operations):
         descriptor = self._codec.decode(state.descriptor_json)
         now = self._clock.now()
         due_at = self._resume_at(descriptor, state, now)
+        if due_at is None and not state.running:  # its end_at passed meanwhile: it has ended
+            await self._store.remove(task_id)
         ready = None if due_at is None else ready_at(descriptor, due_at)
         await self._store.set_paused(task_id, paused=False, due_at=due_at, ready_at=ready)
         if state.note is not None:

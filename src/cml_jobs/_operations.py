@@ -19,6 +19,7 @@ from cml_jobs._timing import Clock
 from cml_jobs._triggers import (
     first_occurrence,
     grid_point_at_or_after,
+    next_occurrence,
     occurrences_between,
     ready_at,
     upcoming,
@@ -226,14 +227,15 @@ class Operations:
         return upcoming(self._codec.decode(state.descriptor_json), state.due_at, k)
 
     # -- helpers ---------------------------------------------------------------------
-
     @staticmethod
     def _resume_at(descriptor: TaskDescriptor, state: TaskState, now: datetime) -> datetime | None:
         if isinstance(descriptor, ScheduledTaskDescriptor):
             return state.due_at  # a one-time task keeps its time; grace decides if it runs
         if isinstance(descriptor, RecurrentTaskDescriptor) and state.due_at is not None:
             return grid_point_at_or_after(descriptor, state.due_at, now)
-        return first_occurrence(descriptor, now)
+        if isinstance(descriptor, RecurrentTaskDescriptor) and descriptor.start_at is None:
+            return first_occurrence(descriptor, now)
+        return next_occurrence(descriptor, now - timedelta(microseconds=1))
 
     def _ops(self) -> OperationsStore:
         if not isinstance(self._store, OperationsStore):

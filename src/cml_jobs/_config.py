@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
+from cml_jobs._redis_url import SENTINEL_SCHEME, is_sentinel_url, parse_sentinel_url
 from cml_jobs.exceptions import ConfigurationError
 
 __all__ = ["ENVIRONMENT", "Settings", "load_object"]
@@ -22,7 +23,9 @@ class Settings:
 
     Attributes:
         redis_url: ``memory://`` (the embedded default: one process, nothing kept) or a
-            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers.
+            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers,
+            or ``redis+sentinel://[user:password@]host1:26379,host2:26379/service[/db]``
+            for a primary that Redis Sentinel names (followed through failovers).
         modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
         container: a dependency-injector container, handed to jobs' ``configure``.
         key_prefix: prefix of every Redis key cml-jobs writes.
@@ -122,7 +125,7 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-_URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+_URL_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, "memory")
 _DISPATCH_MODES = ("local", "queue")
 
 
@@ -134,6 +137,11 @@ def _redis_url(raw: str) -> str:
             + ", ".join(f"{name}://" for name in _URL_SCHEMES)
             + ")"
         )
+    if is_sentinel_url(raw):
+        try:
+            parse_sentinel_url(raw)
+        except ConfigurationError as exc:  # from_env names the variable and the URL
+            raise ValueError(str(exc)) from exc
     return raw
 
 
@@ -164,7 +172,11 @@ def load_object(path: str) -> Any:
 
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "CML_JOBS_REDIS_URL": ("redis_url", _redis_url, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_REDIS_URL": (
+        "redis_url",
+        _redis_url,
+        "Redis URL (redis://, rediss://, unix://, redis+sentinel://)",
+    ),
     "CML_JOBS_MODULES": ("modules", _modules, "comma-separated modules to scan for jobs"),
     "CML_JOBS_CONTAINER": (
         "container",

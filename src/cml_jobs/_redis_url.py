@@ -104,8 +104,8 @@ def _address(entry: str) -> tuple[str, int]:
         return host, DEFAULT_SENTINEL_PORT
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigurationError(
-            f"the Sentinel address {entry!r} in the Redis URL has no valid port; "
-            "expected host:port with a port from 1 to 65535"
+            f"the Sentinel address {entry!r} in the Redis URL has no valid port (expected "
+            f"host:port, the port from 1 to 65535); use the form {_FORM}"
         )
     return host, int(port)
 

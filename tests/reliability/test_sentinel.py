@@ -11,10 +11,14 @@ that no fault touches. The figures (printed, and quoted in docs/reliability.md):
 - lost: occurrences that neither ran nor were recorded as missed. Replication is
   asynchronous, so a write the old primary acknowledged but had not yet sent to the
   replica is gone; this figure is reported, not asserted.
+
+The workers' events, published through their Sentinel pool, are read back through the
+Sentinels after the failover.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -25,7 +29,16 @@ import pytest
 
 from cml_jobs import Outcome, RecurrentTaskDescriptor, TaskInfo
 from cml_jobs._timing import to_ms
-from tests.reliability.conftest import INTERVAL_MS, RedisServer, alive, app_for, needs_redis_server
+from cml_jobs.events import EventKind, EventStream
+from cml_jobs.stores.redis import redis_client
+from tests.reliability.conftest import (
+    INTERVAL_MS,
+    PREFIX,
+    RedisServer,
+    alive,
+    app_for,
+    needs_redis_server,
+)
 from tests.reliability.sentinels import SentinelGroup
 from tests.workers import WorkerFleet
 
@@ -59,59 +72,46 @@ async def test_a_sentinel_failover_stops_no_worker_runs_no_occurrence_twice_and_
 ) -> None:
     """The primary dies (SIGKILL) while two workers run 100 tasks every second: no worker
     exits, runs resume from the promoted replica within 10 s, no occurrence runs twice,
-    and every task is still scheduled."""
+    every task is still scheduled, and the workers' events still reach the stream."""
     group = sentinel_group
     records: RedisServer = server_factory()
     await records.start()
-    record_client = client_factory(records.url)
     settings = {"CML_JOBS_TEST_RECORD_URL": records.url, "CML_JOBS_LEASE": LEASE_S}
     workers: WorkerFleet = workers_factory(group.url, settings=settings)
     workers.start(2)
     await workers.wait_ready()
     ids = [f"t{i:03d}" for i in range(TASKS)]
     first = await _schedule(group.url, ids)
+    runs = _Runs(workers, client_factory(records.url), ids)
+    await workers.until(lambda: runs.every_task_ran(0, 2), "every task ran twice")
 
-    async def starts() -> dict[str, Counter[int]]:
-        found: dict[str, Counter[int]] = {task: Counter() for task in ids}
-        for start in await workers.starts(record_client):
-            found[start["task"]][start["occurrence"]] += 1
-        return found
-
-    async def every_task_ran(after_ms: int, count: int) -> bool:
-        runs = await starts()
-        return all(len([o for o in runs[t] if o > after_ms]) >= count for t in ids)
-
-    await workers.until(lambda: every_task_ran(0, 2), "every task ran twice")
     old_primary = group.primary.port
     down_at = int(time.time() * 1000)
     group.primary.kill()
     after = down_at + AFTER_KILL_MS
-
-    async def first_after_kill() -> int | None:
-        runs = await starts()
-        due = [o for task in ids for o in runs[task] if o > after]
-        return min(due) if due else None
-
-    resumed_occurrence = await workers.until(first_after_kill, "a run after the failover")
-    resumed = await _started_at(workers, record_client, resumed_occurrence)
-    await workers.until(lambda: every_task_ran(after, 1), "every task ran after the failover")
+    resumed = await workers.until(lambda: runs.first_start_due_after(after), "a run after it")
+    await workers.until(lambda: runs.every_task_ran(after, 1), "every task ran after it")
     all_resumed = int(time.time() * 1000)
-    await workers.until(lambda: every_task_ran(all_resumed, 2), "every task ran twice more")
+    async with _event_stream(group.url) as stream:
+        position = await stream.last_id()
+        await workers.until(lambda: runs.every_task_ran(all_resumed, 2), "two more runs each")
+        succeeded = [e for e in await stream.read(position) if e.event.kind == EventKind.SUCCEEDED]
     assert alive(workers) == [None, None]
     assert workers.stop() == [0, 0]
 
     async with app_for(group.url) as app:
         tasks = {task.id: task for task in await app.list_tasks()}
-    runs = await starts()
-    twice = {(t, o) for t in ids for o, n in runs[t].items() if n > 1}
-    lost = {t: _lost(tasks[t], first[t], runs[t]) for t in ids}
+    started = await runs.starts()
+    twice = {(t, o) for t in ids for o, n in started[t].items() if n > 1}
+    lost = sum(_lost(tasks[t], first[t], started[t]) for t in ids)
+    missed = sum(t.counts.get(Outcome.MISSED.value, 0) for t in tasks.values())
     resume_s = (resumed - down_at) / 1000
     print(
         f"\nfailover from :{old_primary} to :{await group.primary_port()}; runs resumed "
         f"{resume_s:.2f} s after the primary died, every task {(all_resumed - down_at) / 1000:.2f}"
-        f" s after; occurrences run twice: {len(twice)}; lost: {sum(lost.values())} "
-        f"(of {sum(len(r) for r in runs.values())} run, "
-        f"{sum(t.counts.get(Outcome.MISSED.value, 0) for t in tasks.values())} missed)"
+        f" s after; occurrences run twice: {len(twice)}; lost: {lost} (of "
+        f"{sum(len(r) for r in started.values())} run, {missed} missed); events read through "
+        f"Sentinel after the failover: {len(succeeded)} succeeded"
     )
     assert await group.primary_port() != old_primary, "Sentinel did not fail over"
     assert resume_s <= RESUME_WITHIN_S, f"runs resumed only {resume_s:.1f} s after the failover"
@@ -119,6 +119,41 @@ async def test_a_sentinel_failover_stops_no_worker_runs_no_occurrence_twice_and_
     assert sorted(tasks) == ids, f"tasks gone: {sorted(set(ids) - set(tasks))}"
     unscheduled = [t.id for t in tasks.values() if t.next_run_time is None or t.parked_reason]
     assert not unscheduled, f"tasks no longer scheduled: {unscheduled}"
+    assert succeeded, "no event of a run after the failover reached the stream"
+
+
+class _Runs:
+    """The run starts the recording jobs wrote, per task and occurrence."""
+
+    def __init__(self, workers: WorkerFleet, client: Any, ids: list[str]) -> None:
+        self.workers, self.client, self.ids = workers, client, ids
+
+    async def starts(self) -> dict[str, Counter[int]]:
+        """Starts per occurrence (ms), per task."""
+        found: dict[str, Counter[int]] = {task: Counter() for task in self.ids}
+        for start in await self.workers.starts(self.client):
+            found[start["task"]][start["occurrence"]] += 1
+        return found
+
+    async def every_task_ran(self, after_ms: int, count: int) -> bool:
+        """Every task started ``count`` occurrences due after ``after_ms``."""
+        runs = await self.starts()
+        return all(len([o for o in runs[t] if o > after_ms]) >= count for t in self.ids)
+
+    async def first_start_due_after(self, after_ms: int) -> int | None:
+        """When the first run of an occurrence due after ``after_ms`` started (ms)."""
+        starts = await self.workers.starts(self.client)
+        return min((s["start"] for s in starts if s["occurrence"] > after_ms), default=None)
+
+
+@contextlib.asynccontextmanager
+async def _event_stream(url: str) -> AsyncIterator[EventStream]:
+    """The event stream, read through the Sentinels like any other connection."""
+    client = redis_client(url, patient=True)
+    try:
+        yield EventStream(client, prefix=PREFIX)
+    finally:
+        await client.aclose()
 
 
 async def _schedule(url: str, ids: list[str]) -> dict[str, int]:
@@ -131,11 +166,6 @@ async def _schedule(url: str, ids: list[str]) -> dict[str, int]:
             assert info.next_run_time is not None
             first[task] = to_ms(info.next_run_time)
     return first
-
-
-async def _started_at(workers: WorkerFleet, client: Any, occurrence: int) -> int:
-    """When the first run of ``occurrence`` (of any task) started (ms)."""
-    return min(s["start"] for s in await workers.starts(client) if s["occurrence"] == occurrence)
 
 
 def _lost(task: TaskInfo, first: int, runs: Counter[int]) -> int:

@@ -23,6 +23,8 @@ __all__ = ["sentinel_client"]
 
 R = TypeVar("R", bound=redis.asyncio.Redis)
 
+_SENTINEL_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 2.0}
+
 
 class _FailoverConnection(SentinelManagedConnection):
     """A connection to the primary that asks the Sentinels again on every attempt.
@@ -67,14 +69,17 @@ def sentinel_client(
         redis_class: the client's class (arq's ``ArqRedis`` for a worker's pool).
         **options: ``redis.asyncio.Redis`` keywords for the connections to the primary:
             the retry policy, ``socket_timeout``; the ``socket_*`` ones also apply to the
-            connections to the Sentinels.
+            connections to the Sentinels (2 s timeouts by default).
 
     Raises:
         ConfigurationError: the URL is not a valid ``redis+sentinel://`` URL.
     """
     target = parse_sentinel_url(url)
+    # A Sentinel that does not answer must not hold up asking the next one.
+    asking = {**_SENTINEL_TIMEOUTS, **{k: v for k, v in options.items() if k.startswith("socket_")}}
     sentinels = Sentinel(  # type: ignore[no-untyped-call]
         list(target.sentinels),
+        sentinel_kwargs=asking,
         db=target.db,
         username=target.username,
         password=target.password,

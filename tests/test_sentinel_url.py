@@ -5,11 +5,16 @@ The failover itself, with real Sentinels and workers, is tests/reliability/test_
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
 import cml_jobs
 from cml_jobs import ConfigurationError, Settings
 from cml_jobs._redis_url import parse_sentinel_url
+from cml_jobs.exceptions import StoreUnavailableError
+from cml_jobs.stores.redis import open_redis_store
 
 URL = "redis+sentinel://app:s%40cret@10.0.0.1:26380,10.0.0.2,[::1]:26381/cml-primary/3"
 
@@ -76,3 +81,16 @@ def test_arq_check_asks_the_sentinels_for_the_primary() -> None:
     assert (check.database, check.password) == (3, "s@cret")
     assert "s@cret" not in repr(check)
     assert worker.redis_pool.connection_pool.service_name == "cml-primary"  # type: ignore[attr-defined]
+
+
+async def test_an_app_whose_sentinels_do_not_answer_gets_a_clear_error_soon() -> None:
+    """With no Sentinel listening, opening the store fails within seconds with
+    ``StoreUnavailableError`` naming the Sentinel service, rather than hanging."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis+sentinel://127.0.0.1:{port}/cml-primary/0"
+    async with asyncio.timeout(20):
+        with pytest.raises(StoreUnavailableError, match="Sentinel service 'cml-primary'"):
+            async with open_redis_store(url):
+                pass

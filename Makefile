@@ -19,7 +19,8 @@ export NO_MKDOCS_2_WARNING := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install-demo demo install redis test-tools lint test test-under-load docs check bench soak clean
+
+.PHONY: help venv install-demo demo install redis test-tools browser screenshots lint test test-under-load docs check bench soak clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -68,6 +69,21 @@ test-tools: ## Install redis-server (>= 6, TLS) and openssl unless present; chec
 	     echo "$$probe" | tail -5 >&2; exit 1;; \
 	esac; \
 	openssl version
+
+# The dashboard's browser test (tests/test_dashboard_browser.py) drives Debian's chromium
+# through Playwright; under CI=true it fails, not skips, without it. Playwright's own
+# browser download is not used (`playwright install` is never run).
+browser: ## Install Debian's chromium (for the dashboard's browser test) unless present.
+	@command -v chromium >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "browser: chromium is missing; install it" >&2; exit 1; }; \
+	  echo "browser: installing chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null || exit 1; \
+	}; \
+	chromium --version 2>/dev/null
+
+screenshots: install browser redis ## Regenerate the dashboard screenshots in docs/images/.
+	$(BIN)/python docs/screenshots.py
 
 lint: ## ruff check, ruff format --check, mypy --strict.
 	$(BIN)/ruff check .

@@ -107,6 +107,11 @@ BOUNDARIES: dict[str, Callable[[str], bool]] = {
     # SQL driver they use, stay inside the migration package (docs/guides/migrating-...).
     "apscheduler": _under("cml_jobs/_migrate/"),
     "sqlalchemy": _under("cml_jobs/_migrate/"),
+    # The command line and the dashboard (the web extra) are edges of their own.
+    "click": _under("cml_jobs/cli/"),
+    "starlette": lambda path: _under("cml_jobs/web/")(path) or _is("cml_jobs/cli/_web.py")(path),
+    "jinja2": _under("cml_jobs/web/"),
+    "uvicorn": _is("cml_jobs/cli/_web.py"),
     "botocore": _under("cml_jobs/monitoring/"),
 }
 UNSAFE_SERIALIZERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve"}
@@ -155,10 +160,22 @@ def test_pickle_loads_appears_nowhere_in_the_source() -> None:
 
 
 def test_importing_cml_jobs_imports_neither_arq_nor_redis() -> None:
-    """``import cml_jobs`` stays light: arq, redis and fakeredis load only when used."""
+    """``import cml_jobs`` stays light: arq, redis, fakeredis, click and the dashboard's
+    web stack load only when used."""
+    loaded = ("arq", "redis", "fakeredis", "click", "starlette", "jinja2")
+    probe = f"import sys, cml_jobs; print(*(name in sys.modules for name in {loaded!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False"] * len(loaded), result.stderr
+
+
+def test_the_command_line_loads_no_web_stack() -> None:
+    """``cml-jobs tasks`` and friends work without the web extra: importing the command
+    line imports neither starlette nor jinja2 nor uvicorn."""
     probe = (
-        "import sys, cml_jobs; "
-        "print(*(name in sys.modules for name in ('arq', 'redis', 'fakeredis')))"
+        "import sys, cml_jobs.cli; "
+        "print(*(name in sys.modules for name in ('starlette', 'jinja2', 'uvicorn')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True

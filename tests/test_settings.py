@@ -51,6 +51,8 @@ FIELDS: dict[str, str] = {
     "CML_JOBS_UNKNOWN_JOB_GRACE": "unknown_job_grace",
     "CML_JOBS_SIGNING_KEY": "signing_key",
     "CML_JOBS_DRAIN_TIMEOUT": "drain_timeout",
+    "CML_JOBS_HISTORY_SIZE": "history_size",
+    "CML_JOBS_HISTORY_RETENTION": "history_retention",
 }
 
 
@@ -127,6 +129,8 @@ FROM_ENV: dict[str, tuple[str, Any]] = {
     "CML_JOBS_UNKNOWN_JOB_GRACE": ("45", timedelta(seconds=45)),
     "CML_JOBS_SIGNING_KEY": ("k3y-from-a-secret-store", "k3y-from-a-secret-store"),
     "CML_JOBS_DRAIN_TIMEOUT": ("7.5", timedelta(seconds=7.5)),
+    "CML_JOBS_HISTORY_SIZE": ("20", 20),
+    "CML_JOBS_HISTORY_RETENTION": ("3600", timedelta(hours=1)),
 }
 
 

@@ -12,6 +12,7 @@ from cml_jobs import (
     RecurrentTaskDescriptor,
     ScheduledBackgroundJob,
     ScheduledTaskDescriptor,
+    TaskDescriptor,
     TaskEvent,
     backgroundjob,
 )
@@ -49,7 +50,7 @@ class ReminderJob(ScheduledBackgroundJob):  # was remind(user_id): a one-time jo
 
 
 # --8<-- [start:tasks]
-TASKS = [
+TASKS: list[TaskDescriptor] = [
     RecurrentTaskDescriptor(
         id="digest",
         name="DigestJob",
@@ -88,8 +89,8 @@ async def day_to_day(scheduler: BackgroundTaskScheduler) -> None:
     await bus.resume_task("digest")  # resume_job: from its next occurrence after now
     faster = TASKS[0].model_copy(update={"interval": timedelta(minutes=1)})
     await bus.schedule_task(faster, replace=True)  # modify_job / reschedule_job
-    for task in await scheduler.list_tasks():  # get_jobs, job.next_run_time
-        print(task.id, task.next_run_time, task.last_outcome)
+    for info in await scheduler.list_tasks():  # get_jobs, job.next_run_time
+        print(info.id, info.next_run_time, info.last_outcome)
     await bus.cancel_task("remind-42")  # remove_job
 
 

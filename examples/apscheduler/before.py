@@ -56,8 +56,8 @@ def add_jobs(scheduler: Any) -> None:
 
 
 if __name__ == "__main__":
-    from apscheduler.jobstores.redis import RedisJobStore
-    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.jobstores.redis import RedisJobStore  # type: ignore[import-untyped]
+    from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
 
     scheduler = BlockingScheduler(jobstores={"default": RedisJobStore(host="localhost")})
     add_jobs(scheduler)

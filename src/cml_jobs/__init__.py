@@ -42,9 +42,10 @@ from cml_jobs.exceptions import (
     StoreUnavailableError,
     TaskExistsError,
     TaskNotFoundError,
+    TaskParkedError,
     UnknownJobError,
 )
-from cml_jobs.stores import Outcome
+from cml_jobs.stores import Outcome, RunRecord, WorkerInfo
 
 if TYPE_CHECKING:
     from cml_jobs._di import ServiceProvider
@@ -75,6 +76,7 @@ __all__ = [
     "RecurrentBackgroundJob",
     "RecurrentTaskDescriptor",
     "RunContext",
+    "RunRecord",
     "ScheduledBackgroundJob",
     "ScheduledTaskDescriptor",
     "ServiceNotFoundError",
@@ -89,7 +91,9 @@ __all__ = [
     "TaskExistsError",
     "TaskInfo",
     "TaskNotFoundError",
+    "TaskParkedError",
     "UnknownJobError",
+    "WorkerInfo",
     "WorkerSettings",
     "backgroundjob",
     "worker_settings",

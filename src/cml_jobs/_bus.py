@@ -4,23 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from cml_jobs import _telemetry
 from cml_jobs._codec import DescriptorCodec
 from cml_jobs._descriptors import (
     MAX_DESCRIPTOR_BYTES,
-    RecurrentTaskDescriptor,
-    ScheduledTaskDescriptor,
     TaskDescriptor,
 )
 from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._operations import Operations, _not_found
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
 from cml_jobs._triggers import (
     describe_trigger,
     first_occurrence,
-    grid_point_at_or_after,
     next_occurrence,
     ready_at,
 )
@@ -28,7 +26,6 @@ from cml_jobs.exceptions import (
     InvalidDescriptorError,
     InvalidTriggerError,
     PayloadTooLargeError,
-    TaskNotFoundError,
 )
 from cml_jobs.stores._base import NewTask, Outcome, ScheduleStore, TaskState
 
@@ -49,8 +46,12 @@ class TaskInfo:
         last_error: a summary of the latest failure.
         paused: paused with ``pause_task``.
         parked_reason: why the task was parked, or None.
-        running: runs going on now.
+        running: runs going on now, extra runs waiting for their turn included.
         counts: occurrences per outcome.
+        note: the operator's note given to ``pause_task``, or None.
+        ended_at: when a one-time task ended (its run finished); it stays listed, with
+            its last outcome and its history, for ``history_retention`` (7 days by
+            default). None while it lives.
     """
 
     id: str
@@ -64,6 +65,8 @@ class TaskInfo:
     parked_reason: str | None = None
     running: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    note: str | None = None
+    ended_at: datetime | None = None
 
     @classmethod
     def from_state(cls, state: TaskState, codec: DescriptorCodec | None = None) -> TaskInfo:
@@ -72,7 +75,7 @@ class TaskInfo:
             descriptor: TaskDescriptor | None = (codec or _PLAIN).decode(state.descriptor_json)
         except InvalidDescriptorError:
             descriptor = None
-        live = not state.paused and state.parked_reason is None
+        live = not state.paused and state.parked_reason is None and state.ended_at is None
         return cls(
             id=state.task_id,
             name=descriptor.name if descriptor else "",
@@ -85,11 +88,15 @@ class TaskInfo:
             parked_reason=state.parked_reason,
             running=state.running,
             counts=state.counts,
+            note=state.note,
+            ended_at=state.ended_at,
         )
 
 
-class BackgroundTasksBus:
-    """Schedules tasks into the store, after checking them against the registry.
+class BackgroundTasksBus(Operations):
+    """Schedules tasks into the store, after checking them against the registry, and
+    operates on them (history, workers, extra runs: see the methods from ``get_history``
+    on).
 
     Args:
         store: where tasks live.
@@ -208,14 +215,23 @@ class BackgroundTasksBus:
         self._emit(EventKind.CANCELLED, task_id, "", None)
         return started
 
-    async def pause_task(self, task_id: str) -> None:
+    async def pause_task(self, task_id: str, *, note: str | None = None) -> None:
         """Stop a task from running until ``resume_task``; occurrences meanwhile are not run.
+
+        Args:
+            task_id: the task.
+            note: why, for the other operators: shown as ``TaskInfo.note`` until the task
+                is resumed (at most 1 KiB).
 
         Raises:
             TaskNotFoundError: no task has this id.
         """
+        if note is not None and len(note.encode()) > 1024:
+            raise ValueError(f"the note is {len(note.encode())} bytes; keep it under 1 KiB")
         if not await self._store.set_paused(task_id, paused=True, due_at=None, ready_at=None):
             raise _not_found(task_id)
+        if note is not None:
+            await self._ops().set_note(task_id, note)
         self._emit(EventKind.PAUSED, task_id, "", None)
 
     async def resume_task(self, task_id: str) -> None:
@@ -235,19 +251,11 @@ class BackgroundTasksBus:
             await self._store.remove(task_id)
         ready = None if due_at is None else ready_at(descriptor, due_at)
         await self._store.set_paused(task_id, paused=False, due_at=due_at, ready_at=ready)
+        if state.note is not None:
+            await self._ops().set_note(task_id, None)
         self._emit(EventKind.RESUMED, task_id, descriptor.name, due_at)
         if self._on_scheduled is not None:
             self._on_scheduled()
-
-    @staticmethod
-    def _resume_at(descriptor: TaskDescriptor, state: TaskState, now: datetime) -> datetime | None:
-        if isinstance(descriptor, ScheduledTaskDescriptor):
-            return state.due_at  # a one-time task keeps its time; grace decides if it runs
-        if isinstance(descriptor, RecurrentTaskDescriptor) and state.due_at is not None:
-            return grid_point_at_or_after(descriptor, state.due_at, now)
-        if isinstance(descriptor, RecurrentTaskDescriptor) and descriptor.start_at is None:
-            return first_occurrence(descriptor, now)
-        return next_occurrence(descriptor, now - timedelta(microseconds=1))
 
     async def get_task(self, task_id: str) -> TaskInfo:
         """The task with this id.
@@ -255,17 +263,20 @@ class BackgroundTasksBus:
         Raises:
             TaskNotFoundError: no task has this id.
         """
-        state = await self._store.get(task_id)
-        if state is None:
-            raise _not_found(task_id)
-        return TaskInfo.from_state(state, self._codec)
+        return TaskInfo.from_state(await self._live(task_id), self._codec)
 
     async def list_tasks(self) -> list[TaskInfo]:
-        """Every task, ordered by id, paused and parked ones included.
+        """Every task, ordered by id, paused, parked and ended ones included (an ended task
+        is listed until ``history_retention`` after it ended).
 
         Also refreshes the counts that the ``cml_jobs.tasks`` gauge reports.
         """
-        tasks = [TaskInfo.from_state(state, self._codec) for state in await self._store.list()]
+        now = self._clock.now()
+        tasks = [
+            TaskInfo.from_state(state, self._codec)
+            for state in await self._store.list()
+            if state.expires_at is None or state.expires_at > now
+        ]
         _telemetry.set_task_counts(_count(tasks))
         return tasks
 
@@ -290,9 +301,3 @@ def _count(tasks: list[TaskInfo]) -> dict[str, int]:
         elif task.next_run_time is not None:
             counts["scheduled"] += 1
     return counts
-
-
-def _not_found(task_id: str) -> TaskNotFoundError:
-    return TaskNotFoundError(
-        f"no task with id {task_id!r} is scheduled; list_tasks() shows the ones that are"
-    )

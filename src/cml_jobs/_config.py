@@ -9,12 +9,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
+from types import ModuleType
 from typing import Any
 
 from cml_jobs._redis_url import SENTINEL_SCHEME, is_sentinel_url, parse_sentinel_url
 from cml_jobs.exceptions import ConfigurationError
 
-__all__ = ["ENVIRONMENT", "Settings", "load_object"]
+__all__ = ["ENVIRONMENT", "Settings", "import_module", "load_object"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -43,6 +44,9 @@ class Settings:
             ``max_jobs`` at once, and leaves tasks of jobs it lacks to workers that have
             them; ``"queue"``: a worker process's runs go through the arq queue to
             whichever worker polls first (an app's ``run_worker`` always runs locally).
+        history_size: runs kept in each task's history (``get_history``), newest first.
+        history_retention: how long a task that ended (a one-time task after its run)
+            stays listed with its outcome and history.
         signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
             run only descriptors whose signature matches (the key never goes to Redis).
     """
@@ -60,6 +64,8 @@ class Settings:
     unknown_job_grace: timedelta = timedelta(minutes=5)
     drain_timeout: timedelta = timedelta(seconds=30)
     dispatch: str = "local"
+    history_size: int = 100
+    history_retention: timedelta = timedelta(days=7)
     signing_key: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -167,7 +173,28 @@ def load_object(path: str) -> Any:
         module_name, _, attribute = path.rpartition(".")
     if not module_name or not attribute:
         raise ValueError(f"expected 'package.module:Name', got {path!r}")
-    return getattr(importlib.import_module(module_name), attribute)
+    return getattr(import_module(module_name, f"named by {path!r}"), attribute)
+
+
+def import_module(name: str, origin: str) -> ModuleType:
+    """``importlib.import_module``, saying where Python looked when the module itself is
+    not found (the usual cause: a worker started from another directory).
+
+    Raises:
+        ModuleNotFoundError: ``name`` cannot be found; the message says where Python
+            looked, and ``origin`` where the name came from.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise  # the module exists, but something it imports does not: the traceback says
+        raise ModuleNotFoundError(
+            f"cannot import module {name!r} ({origin}): {exc}. Python looks in the current "
+            f"directory ({os.getcwd()}) and on PYTHONPATH: start the process from the "
+            "directory that holds the module, or add that directory to PYTHONPATH",
+            name=exc.name,
+        ) from exc
 
 
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
@@ -216,6 +243,16 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "signing_key",
         str,
         "HMAC key: descriptors are signed, and unsigned or tampered ones parked (default off)",
+    ),
+    "CML_JOBS_HISTORY_SIZE": (
+        "history_size",
+        _positive_int,
+        "runs kept in each task's history (default 100)",
+    ),
+    "CML_JOBS_HISTORY_RETENTION": (
+        "history_retention",
+        _seconds,
+        "seconds an ended task stays listed with its history (default 604800: 7 days)",
     ),
     "CML_JOBS_DRAIN_TIMEOUT": (
         "drain_timeout",

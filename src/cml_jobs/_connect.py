@@ -10,7 +10,7 @@ from cml_jobs._config import Settings
 from cml_jobs.stores._base import ScheduleStore
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
-__all__ = ["open_store"]
+__all__ = ["history_options", "open_store"]
 
 
 @contextlib.asynccontextmanager
@@ -23,10 +23,19 @@ async def open_store(
     Raises:
         StoreUnavailableError: Redis cannot be reached.
     """
+    history = history_options(settings)
     if settings.embedded:
-        yield given or InMemoryScheduleStore(), None
+        yield given or InMemoryScheduleStore(**history), None
         return
     from cml_jobs.stores.redis import open_redis_store
 
-    async with open_redis_store(settings.redis_url, prefix=settings.key_prefix) as store:
+    async with open_redis_store(settings.redis_url, prefix=settings.key_prefix, **history) as store:
         yield given or store, store.client
+
+
+def history_options(settings: Settings) -> dict[str, Any]:
+    """The store keywords for the run history the settings ask for."""
+    return {
+        "history_size": settings.history_size,
+        "history_retention": settings.history_retention,
+    }

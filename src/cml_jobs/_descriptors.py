@@ -7,31 +7,32 @@ policy. Resources are never stored: the job gets them from the container on ever
 from __future__ import annotations
 
 import json
-import math
 import re
-from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
-    JsonValue,
-    PlainSerializer,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 
+from cml_jobs._descriptor_types import JsonData, Seconds, UtcDatetime
 from cml_jobs.exceptions import (
     InvalidDescriptorError,
     InvalidTaskDataError,
     InvalidTriggerError,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from cml_jobs._descriptor_types import CronArgs, RecurrentArgs, ScheduledArgs
 
 __all__ = [
     "MAX_DESCRIPTOR_BYTES",
@@ -48,34 +49,6 @@ MAX_DESCRIPTOR_BYTES = 64 * 1024
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,199}$")
 
-
-def _to_utc(value: datetime) -> datetime:
-    # Stores keep milliseconds; so do descriptors, so that both agree on every occurrence.
-    try:
-        value = value.astimezone(timezone.utc)
-    except OverflowError as exc:  # 9999-12-31T23:00-05:00; a ValueError is a field error
-        raise ValueError(f"{value.isoformat()!r} is out of range once converted to UTC") from exc
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
-
-
-def _finite_json(value: JsonValue) -> JsonValue:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a JSON number")
-    if isinstance(value, list):
-        for item in value:
-            _finite_json(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _finite_json(item)
-    return value
-
-
-Seconds = Annotated[
-    timedelta,
-    PlainSerializer(lambda td: td.total_seconds(), return_type=float, when_used="json"),
-]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-JsonData = Annotated[dict[str, JsonValue], AfterValidator(_finite_json)]
 
 _TRIGGER_FIELDS = frozenset(
     {"interval", "cron", "timezone", "scheduled_at", "start_at", "end_at", "jitter"}
@@ -179,6 +152,10 @@ class RecurrentTaskDescriptor(_Recurring):
     kind: Literal["recurrent"] = "recurrent"  # type: ignore[misc]
     interval: Seconds = Field(description="Time between occurrences (timedelta or seconds).")
 
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[RecurrentArgs]) -> None: ...
+
     @field_validator("interval")
     @classmethod
     def _positive_interval(cls, value: timedelta) -> timedelta:
@@ -203,6 +180,10 @@ class ScheduledTaskDescriptor(_Descriptor):
     kind: Literal["scheduled"] = "scheduled"  # type: ignore[misc]
     scheduled_at: UtcDatetime = Field(description="When to run (aware datetime).")
 
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[ScheduledArgs]) -> None: ...
+
 
 class CronTaskDescriptor(_Recurring):
     """A task on a cron expression, evaluated in ``timezone``.
@@ -220,6 +201,10 @@ class CronTaskDescriptor(_Recurring):
     kind: Literal["cron"] = "cron"  # type: ignore[misc]
     cron: str = Field(description="A cron expression, e.g. '*/5 * * * *'.")
     timezone: str = Field(default="UTC", description="An IANA timezone name, e.g. 'Europe/Paris'.")
+
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[CronArgs]) -> None: ...
 
     @field_validator("cron")
     @classmethod

@@ -2,7 +2,9 @@
 
 ``InMemoryScheduleStore`` keeps everything in the process (the embedded default and
 tests); ``RedisScheduleStore`` shares tasks between processes and hosts. A new store
-(MongoDB, say) implements the Protocol and passes ``tests/stores/test_contract.py``.
+(MongoDB, say) implements the Protocol and passes ``tests/stores/test_contract.py``; it
+may also implement ``OperationsStore`` (run history, the worker registry, extra runs), as
+both built-in stores do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cml_jobs.stores._base import (
     ScheduleStore,
     TaskState,
 )
+from cml_jobs.stores._ops import OperationsStore, RunRecord, WorkerInfo
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
 if TYPE_CHECKING:
@@ -38,11 +41,14 @@ __all__ = [
     "Finish",
     "InMemoryScheduleStore",
     "NewTask",
+    "OperationsStore",
     "Outcome",
     "RedisScheduleStore",
     "Run",
+    "RunRecord",
     "ScheduleStore",
     "TaskState",
+    "WorkerInfo",
 ]
 
 

@@ -158,10 +158,12 @@ class ScheduleStore(Protocol):
 
         With ``end_task`` the task is deleted (a job that stopped its recurrence); with
         ``Outcome.PARKED`` it is parked with ``error`` as the reason. A task with no next
-        occurrence is deleted once its last run is finished (a one-time task ends after
-        its run), unless it is parked. A stale fence (a late write from a run that was
-        re-issued or cancelled) writes nothing. With ``started_at``, that time becomes the
-        task's last run time.
+        occurrence ends once its last run is finished (a one-time task ends after its
+        run), unless it is parked: with ``history`` it is kept, ended (``ended_at``), for
+        the store's history retention, else deleted. ``history`` is added to the task's
+        run history. A stale fence (a late write from a run that was re-issued or
+        cancelled) writes nothing. With ``started_at``, that time becomes the task's last
+        run time.
 
         Returns:
             Per finish, whether it was recorded.

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from cml_jobs._config import Settings
+from cml_jobs._connect import history_options
 from cml_jobs._events import EventHub
 from cml_jobs._runtime import Engine, open_runtime
 from cml_jobs._timing import Clock, SystemClock
@@ -111,6 +112,20 @@ def _normalised(changes: dict[str, Any]) -> dict[str, Any]:
     return changes
 
 
+def default_logging() -> None:
+    """Give cml-jobs' INFO lines (one per run outcome, worker start and stop) a handler on
+    stderr, unless logging was configured for them: arq's own default configures only its
+    ``arq`` logger, which would leave a worker silent about its runs."""
+    ours = logging.getLogger("cml_jobs")
+    if ours.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ours.addHandler(handler)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+
+
 class _Lifecycle:
     """arq's on_startup / on_shutdown for a worker process: the same runtime and engine
     as an app's ``run_worker``, entered at start-up and left at shut-down."""
@@ -122,11 +137,12 @@ class _Lifecycle:
     async def startup(self, ctx: WorkerContext) -> None:
         from cml_jobs.stores.redis import RedisScheduleStore, open_redis_store
 
+        default_logging()
         settings, pool = self.settings, ctx["redis"]
         ctx["cml_jobs_exit"] = stack = AsyncExitStack()
         hub = EventHub()
         await publish_events(hub, pool, settings.key_prefix, stack)
-        store = RedisScheduleStore(pool, prefix=settings.key_prefix)
+        store = RedisScheduleStore(pool, prefix=settings.key_prefix, **history_options(settings))
         runtime = await stack.enter_async_context(
             open_runtime(settings, store=store, clock=self.clock, hub=hub)
         )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
 from datetime import timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from arq import func
 from arq.connections import ArqRedis, RedisSettings
@@ -66,6 +66,7 @@ class _Payload(TypedDict):
     a: int  # attempt
     c: str | None  # W3C traceparent of the span that scheduled the task
     d: str  # the descriptor, as stored
+    x: NotRequired[bool]  # an extra run (trigger_task, backfill)
 
 
 def dumps(value: Any) -> bytes:
@@ -107,6 +108,8 @@ class ArqSink:
                 "c": assignment.trace_context,
                 "d": codec.encode(assignment.descriptor),
             }
+            if run.extra:
+                payload["x"] = True
             await self._enqueue(payload, f"cml:{run.task_id}:{payload['o']}:{run.fence}")
 
     async def _enqueue(
@@ -122,7 +125,9 @@ async def _run(ctx: WorkerContext, payload: _Payload) -> None:
     """The arq function: execute one queued run in this worker, if it is still valid."""
     engine = ctx["cml_jobs"]
     runtime = engine.runtime
-    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"])
+    run = Run(
+        payload["t"], payload["f"], from_ms(payload["o"]), payload["a"], payload.get("x", False)
+    )
     try:
         descriptor = runtime.codec.decode(payload["d"])
     except InvalidDescriptorError as exc:

@@ -16,6 +16,7 @@ from cml_jobs._descriptors import parse_descriptor
 from cml_jobs.exceptions import InvalidDescriptorError, StoreError
 from cml_jobs.stores import TaskState
 from cml_jobs.stores.redis import RedisScheduleStore, redis_client
+from cml_jobs.worker._fleet_health import FleetFindings, fleet_findings
 
 __all__ = ["HealthReport", "Overdue", "check_health", "overdue_tasks"]
 
@@ -43,18 +44,22 @@ class HealthReport:
             (workers refresh it every 15 s; it expires after 16 s), or None.
         overdue: tasks past due by more than their grace.
         require_worker: a missing worker makes the report unhealthy.
+        fleet: the registered workers and parked tasks (see ``FleetFindings``).
     """
 
     redis_error: str | None = None
     worker: str | None = None
     overdue: list[Overdue] = field(default_factory=list)
     require_worker: bool = True
+    fleet: FleetFindings = field(default_factory=FleetFindings)
 
     @property
     def healthy(self) -> bool:
-        """Redis answers, a worker is alive (if required) and nothing is overdue."""
+        """Redis answers, a worker is alive (if required), nothing is overdue, enough
+        workers are registered and no task is parked."""
         worker_ok = self.worker is not None or not self.require_worker
-        return self.redis_error is None and worker_ok and not self.overdue
+        fleet_ok = self.fleet.healthy
+        return self.redis_error is None and worker_ok and not self.overdue and fleet_ok
 
     def lines(self) -> list[str]:
         """The report, one finding per line."""
@@ -68,6 +73,7 @@ class HealthReport:
                 f"  {late.task_id}: due {late.due_at.isoformat()}, "
                 f"{seconds:.0f} s late (grace {grace:.0f} s)"
             )
+        lines += self.fleet.lines()
         lines.append("healthy" if self.healthy else "UNHEALTHY")
         return lines
 
@@ -101,8 +107,10 @@ async def check_health(
     default_grace: timedelta = DEFAULT_GRACE,
     require_worker: bool = True,
     timeout: timedelta = timedelta(seconds=3),
+    min_workers: int = 0,
 ) -> HealthReport:
-    """Look at Redis, the workers and the schedule once."""
+    """Look at Redis, the workers and the schedule once (``min_workers``: how many workers
+    must be registered)."""
     seconds = timeout.total_seconds()
     client = redis_client(
         redis_url, patient=False, socket_connect_timeout=seconds, socket_timeout=seconds
@@ -112,8 +120,10 @@ async def check_health(
         await client.ping()
         seen = await client.get(f"{queue}:health-check")
         report.worker = seen.decode() if isinstance(seen, bytes) else seen
-        states = await RedisScheduleStore(client, prefix=prefix).list()
+        store = RedisScheduleStore(client, prefix=prefix)
+        states = await store.list()
         report.overdue = overdue_tasks(states, now, default_grace)
+        report.fleet = await fleet_findings(store, states, now, min_workers)
     except (RedisError, StoreError, OSError) as exc:
         report.redis_error = str(exc) or type(exc).__name__
     finally:

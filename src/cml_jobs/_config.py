@@ -12,6 +12,7 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
+from cml_jobs._redis_url import SENTINEL_SCHEME, is_sentinel_url, parse_sentinel_url
 from cml_jobs.exceptions import ConfigurationError
 
 __all__ = ["ENVIRONMENT", "Settings", "import_module", "load_object"]
@@ -23,7 +24,9 @@ class Settings:
 
     Attributes:
         redis_url: ``memory://`` (the embedded default: one process, nothing kept) or a
-            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers.
+            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers,
+            or ``redis+sentinel://[user:password@]host1:26379,host2:26379/service[/db]``
+            for a primary that Redis Sentinel names (followed through failovers).
         modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
         container: a dependency-injector container, handed to jobs' ``configure``.
         key_prefix: prefix of every Redis key cml-jobs writes.
@@ -46,6 +49,10 @@ class Settings:
             stays listed with its outcome and history.
         signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
             run only descriptors whose signature matches (the key never goes to Redis).
+        store_url: where tasks are kept, when not in ``redis_url``: a
+            ``postgresql://user@host:5432/database`` URL (``?schema=name`` for a schema
+            other than ``cml_jobs``) keeps them in PostgreSQL; workers still use
+            ``redis_url`` for arq. None (the default): the store is ``redis_url``.
     """
 
     redis_url: str = "memory://"
@@ -64,17 +71,33 @@ class Settings:
     history_size: int = 100
     history_retention: timedelta = timedelta(days=7)
     signing_key: str | None = field(default=None, repr=False)
+    store_url: str | None = None
 
     def __repr__(self) -> str:
-        # Never the password in the URL, nor the signing key (its field is repr=False).
+        # Never the password in a URL, nor the signing key (its field is repr=False).
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
         values["redis_url"] = _redacted(self.redis_url)
+        if self.store_url is not None:
+            values["store_url"] = _redacted(self.store_url)
         return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in values.items()) + ")"
 
     @property
     def embedded(self) -> bool:
-        """True for the ``memory://`` mode."""
-        return self.redis_url.startswith("memory://")
+        """True for the ``memory://`` mode: the store lives in this process."""
+        return self.store_kind == "memory"
+
+    @property
+    def store_location(self) -> str:
+        """The URL of the store: ``store_url``, or ``redis_url`` when it is None."""
+        return self.redis_url if self.store_url is None else self.store_url
+
+    @property
+    def store_kind(self) -> str:
+        """``"memory"``, ``"redis"`` or ``"postgresql"``: which store the settings name."""
+        scheme = self.store_location.partition("://")[0]
+        if scheme in _POSTGRES_SCHEMES:
+            return "postgresql"
+        return "memory" if scheme == "memory" else "redis"
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some settings changed; unknown names are refused."""
@@ -128,19 +151,33 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-_URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+_URL_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, "memory")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 _DISPATCH_MODES = ("local", "queue")
 
 
-def _redis_url(raw: str) -> str:
+def _url(raw: str, schemes: tuple[str, ...], example: str) -> str:
     scheme, separator, _ = raw.partition("://")
-    if not separator or scheme not in _URL_SCHEMES:
+    if not separator or scheme not in schemes:
         raise ValueError(
-            "expected a URL such as redis://host:6379/0 (schemes: "
-            + ", ".join(f"{name}://" for name in _URL_SCHEMES)
+            f"expected a URL such as {example} (schemes: "
+            + ", ".join(f"{name}://" for name in schemes)
             + ")"
         )
+    if is_sentinel_url(raw):
+        try:
+            parse_sentinel_url(raw)
+        except ConfigurationError as exc:  # from_env names the variable and the URL
+            raise ValueError(str(exc)) from exc
     return raw
+
+
+def _redis_url(raw: str) -> str:
+    return _url(raw, _URL_SCHEMES, "redis://host:6379/0")
+
+
+def _store_url(raw: str) -> str:
+    return _url(raw, (*_POSTGRES_SCHEMES, *_URL_SCHEMES), "postgresql://host:5432/database")
 
 
 def _dispatch(raw: str) -> str:
@@ -191,7 +228,16 @@ def import_module(name: str, origin: str) -> ModuleType:
 
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "CML_JOBS_REDIS_URL": ("redis_url", _redis_url, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_REDIS_URL": (
+        "redis_url",
+        _redis_url,
+        "Redis URL (redis://, rediss://, unix://, redis+sentinel://)",
+    ),
+    "CML_JOBS_STORE_URL": (
+        "store_url",
+        _store_url,
+        "where tasks are kept when not in Redis: postgresql://user@host:5432/db[?schema=name]",
+    ),
     "CML_JOBS_MODULES": ("modules", _modules, "comma-separated modules to scan for jobs"),
     "CML_JOBS_CONTAINER": (
         "container",

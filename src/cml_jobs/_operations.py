@@ -227,7 +227,6 @@ class Operations:
         return upcoming(self._codec.decode(state.descriptor_json), state.due_at, k)
 
     # -- helpers ---------------------------------------------------------------------
-
     @staticmethod
     def _resume_at(descriptor: TaskDescriptor, state: TaskState, now: datetime) -> datetime | None:
         if isinstance(descriptor, ScheduledTaskDescriptor):

@@ -29,7 +29,7 @@ from cml_jobs._heartbeat import Heartbeat, StoreOpener
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
 from cml_jobs._workers import Presence, worker_id
-from cml_jobs.stores._base import ScheduleStore
+from cml_jobs.stores._base import ScheduleStore, WakeupSource
 
 __all__ = ["Engine", "Runtime", "new_dispatcher", "open_runtime"]
 
@@ -133,9 +133,13 @@ class Engine:
         self.drain_timeout = settings.drain_timeout
         self._stopping = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._wakeups = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Engine:
         await self.presence.beat(self.runtime.store)  # listed from the start
+        store = self.runtime.store
+        if isinstance(store, WakeupSource):  # tasks scheduled elsewhere wake us at once
+            await self._wakeups.enter_async_context(store.wakeups(self.dispatcher.wake))
         self._loop = asyncio.create_task(
             self.dispatcher.run(self._stopping), name="cml-jobs-dispatcher"
         )
@@ -155,6 +159,7 @@ class Engine:
         rest are given back for a re-run elsewhere), then stop the heartbeat and leave
         the worker registry."""
         self._stopping.set()
+        await self._wakeups.aclose()
         if self._loop is not None:
             await _ended(self._loop)
         await self.executor.drain(self.drain_timeout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -12,7 +11,7 @@ from typing import Any
 
 from cml_jobs._bus import BackgroundTasksBus, TaskInfo
 from cml_jobs._config import Settings
-from cml_jobs._connect import open_store
+from cml_jobs._connect import open_store, store_opener
 from cml_jobs._events import EventCallback, EventHub, TaskEvent
 from cml_jobs._heartbeat import StoreOpener
 from cml_jobs._runtime import Engine, Runtime, open_runtime
@@ -37,7 +36,8 @@ def _store_url(redis_url: str | None, settings: dict[str, Any]) -> str:
     if mongo:
         raise ConfigurationError(
             f"cml-jobs has no MongoDB store: {mongo!r} cannot be used; keep tasks in Redis "
-            'with redis_url="redis://host:6379/1", or in this process with "memory://"'
+            'with redis_url="redis://host:6379/1", in PostgreSQL with '
+            'store_url="postgresql://host:5432/db", or in this process with "memory://"'
         )
     seed = {name: settings.pop(name) for name in _SEED_REDIS if name in settings}
     if not seed:
@@ -106,15 +106,16 @@ class BackgroundTaskScheduler:
             modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
             redis_url: ``"memory://"`` (the default: everything in this process, nothing
                 kept) or a Redis URL shared with the workers.
-            store: a ``ScheduleStore`` to use instead of the one ``redis_url`` implies.
+            store: a ``ScheduleStore`` to use instead of the one the URLs imply.
             clock: the time source; tests pass ``cml_jobs.testing.ManualClock``.
             run_worker: run a worker (dispatcher and executor) inside this process. The
-                default is True for ``memory://`` and False for Redis, where workers run
-                as ``arq cml_jobs.WorkerSettings``.
-            **settings: any other ``Settings`` field (``lease``, ``poll_interval``,
-                ``max_jobs``, ``key_prefix``, ``queue_name``, ``drain_timeout``...). The
-                seed's ``redis_host``, ``redis_port`` and ``redis_db`` are accepted too, and
-                become ``redis_url="redis://{redis_host}:{redis_port}/{redis_db}"``.
+                default is True for ``memory://`` and False for a shared store, whose
+                workers run as ``arq cml_jobs.WorkerSettings``.
+            **settings: any other ``Settings`` field (``store_url`` to keep tasks in
+                PostgreSQL, ``lease``, ``poll_interval``, ``max_jobs``, ``key_prefix``,
+                ``queue_name``, ``drain_timeout``...). The seed's ``redis_host``,
+                ``redis_port`` and ``redis_db`` are accepted too, and become
+                ``redis_url="redis://{redis_host}:{redis_port}/{redis_db}"``.
 
         Raises:
             ConfigurationError: an unknown setting, ``redis_url`` given beside
@@ -150,7 +151,7 @@ class BackgroundTaskScheduler:
         with ``run_worker``, start dispatching and executing.
 
         Raises:
-            StoreUnavailableError: Redis cannot be reached.
+            StoreUnavailableError: the store's server cannot be reached.
         """
         try:
             store, client = await self._exit.enter_async_context(
@@ -186,14 +187,9 @@ class BackgroundTaskScheduler:
             await self._log_recovered()
 
     def _heartbeat_store(self) -> StoreOpener | None:
-        """The heartbeat thread's own connection to the Redis store; None for a store in
+        """The heartbeat thread's own connection to the shared store; None for a store in
         memory or one given to ``configure``, renewed on this loop."""
-        if self.settings.embedded or self._given_store is not None:
-            return None
-        from cml_jobs.stores.redis import open_redis_store
-
-        url, prefix = self.settings.redis_url, self.settings.key_prefix
-        return functools.partial(open_redis_store, url, prefix=prefix, patient=True)
+        return None if self._given_store is not None else store_opener(self.settings)
 
     async def _log_recovered(self) -> None:
         try:

@@ -195,9 +195,8 @@ def occurrences_between(
         base = descriptor.start_at or anchor
         steps = -((base - start) // descriptor.interval)  # ceiling division, either side
         on_grid = base + steps * descriptor.interval
-        # The grid begins at start_at, if any.
-        first: datetime | None = max(on_grid, descriptor.start_at or on_grid)
-    else:
+        first = _until_end(descriptor, max(on_grid, descriptor.start_at or on_grid))
+    else:  # on the grid, from start_at if any, to end_at if any
         first = next_occurrence(descriptor, start - timedelta(microseconds=1))
     found: list[datetime] = []
     while first is not None and first <= end and len(found) < limit:

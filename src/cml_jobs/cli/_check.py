@@ -19,7 +19,8 @@ __all__ = ["check"]
 
 @click.command(
     help="Health check, fit for a liveness probe: exits 1 when unhealthy. "
-    "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and CML_JOBS_QUEUE.",
+    "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_STORE_URL, CML_JOBS_KEY_PREFIX and "
+    "CML_JOBS_QUEUE.",
     short_help="Exit 0 when Redis answers, a worker is alive, no task is overdue or parked",
 )
 @click.option(
@@ -35,14 +36,32 @@ __all__ = ["check"]
     default=0,
     help="fail with fewer workers registered (alive) than this (default 0)",
 )
+@click.option(
+    "--store-url",
+    envvar="CML_JOBS_STORE_URL",
+    default=None,
+    help="the PostgreSQL store the tasks are read from (default: the Redis one)",
+)
 @json_option
 @connection_options
-def check(target: Target, grace: float, no_worker: bool, min_workers: int, as_json: bool) -> None:
-    run(_check(target, grace, no_worker, min_workers, as_json))
+def check(
+    target: Target,
+    grace: float,
+    no_worker: bool,
+    min_workers: int,
+    store_url: str | None,
+    as_json: bool,
+) -> None:
+    run(_check(target, grace, no_worker, min_workers, as_json, store_url or None))
 
 
 async def _check(
-    target: Target, grace: float, no_worker: bool, min_workers: int, as_json: bool
+    target: Target,
+    grace: float,
+    no_worker: bool,
+    min_workers: int,
+    as_json: bool,
+    store_url: str | None = None,
 ) -> int:
     from cml_jobs.worker._health import check_health
 
@@ -54,6 +73,7 @@ async def _check(
         default_grace=timedelta(seconds=grace),
         require_worker=not no_worker,
         min_workers=min_workers,
+        store_url=store_url,
     )
     if as_json:
         print_json(_report_json(report))

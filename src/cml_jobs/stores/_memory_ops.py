@@ -86,14 +86,15 @@ class MemoryOperations:
                 del self._tasks[task_id]
                 self._history.pop(task_id, None)
         for task_id, rows in list(self._history.items()):
-            if task_id not in self._tasks and rows[0].ended_at + self.history_retention <= now:
+            if task_id not in self._tasks and now - rows[0].ended_at >= self.history_retention:
                 del self._history[task_id]
 
     def _end(self, task_id: str, task: Task, at: datetime) -> None:
         """A task whose last run finished: kept, ended, until its retention is over."""
         task.due_at = task.ready_at = None
         task.ended_at = ms(at)
-        task.expires_at = task.ended_at + self.history_retention
+        left = datetime.max.replace(tzinfo=timezone.utc) - task.ended_at  # near year 9999
+        task.expires_at = task.ended_at + min(self.history_retention, left)
 
     async def add_runs(
         self, task_id: str, occurrences: Sequence[datetime], *, max_instances: int, now: datetime

@@ -222,11 +222,10 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT'
   if type(run) ~= 'string' then run = nil end
   local f = run and run_fields(run)  -- occurrence, attempt[, 'x' (extra)[, max_instances]]
   local waits = f and f[2] == '0' and not its_turn(key, f[4])
-  if waits then
-    redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + 1000, m)  -- (ops) an extra run waits
-  else
-    redis.call('ZREM', KEYS[2], m)  -- also when the run's task is gone, or m is malformed
-  end
+  -- (ops) an extra run waiting its turn looks again in 1 s; any other run leaves the index
+  -- (also when the run's task is gone, or m is malformed)
+  if waits then redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + 1000, m)
+  else redis.call('ZREM', KEYS[2], m) end
   if f and f[2] and not waits then
     release(key, id, old)
     local v = redis.call('HMGET', key, 'descriptor', 'trace', 'parked')

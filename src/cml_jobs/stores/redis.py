@@ -98,6 +98,7 @@ from cml_jobs.stores._redis_scripts import (
     RECLAIM,
     REMOVE,
 )
+from cml_jobs.stores._redis_sentinel import sentinel_client
 
 __all__ = [
     "RedisScheduleStore",
@@ -106,6 +107,7 @@ __all__ = [
     "publish_events",
     "redis_client",
     "retry_options",
+    "sentinel_client",
     "tls_options",
 ]
 
@@ -266,7 +268,10 @@ class RedisScheduleStore(RedisOperations):
             ) from exc
 
     def _where(self) -> str:
-        kwargs = self._redis.connection_pool.connection_kwargs
+        pool = self._redis.connection_pool
+        if hasattr(pool, "service_name"):  # redis+sentinel://
+            return f"the primary of Sentinel service {pool.service_name!r}"
+        kwargs = pool.connection_kwargs
         if "path" in kwargs:
             return repr(kwargs["path"])
         return repr(f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
@@ -279,7 +284,7 @@ async def open_redis_store(
     """A ``RedisScheduleStore`` on a client of its own for ``url``, closed at exit.
 
     Args:
-        url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: a ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL.
         prefix: the store's key prefix.
         patient: wait for Redis for as long as it takes (a worker's heartbeat); otherwise
             calls fail with ``StoreUnavailableError`` after a few retries (an app).

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -108,9 +109,11 @@ async def check_health(
     require_worker: bool = True,
     timeout: timedelta = timedelta(seconds=3),
     min_workers: int = 0,
+    store_url: str | None = None,
 ) -> HealthReport:
     """Look at Redis, the workers and the schedule once (``min_workers``: how many workers
-    must be registered)."""
+    must be registered; the tasks are read from PostgreSQL when ``store_url`` names a
+    database)."""
     seconds = timeout.total_seconds()
     client = redis_client(
         redis_url, patient=False, socket_connect_timeout=seconds, socket_timeout=seconds
@@ -121,7 +124,7 @@ async def check_health(
         seen = await client.get(f"{queue}:health-check")
         report.worker = seen.decode() if isinstance(seen, bytes) else seen
         store = RedisScheduleStore(client, prefix=prefix)
-        states = await store.list()
+        states = await _tasks(client, prefix, store_url)
         report.overdue = overdue_tasks(states, now, default_grace)
         report.fleet = await fleet_findings(store, states, now, min_workers)
     except (RedisError, StoreError, OSError) as exc:
@@ -129,3 +132,12 @@ async def check_health(
     finally:
         await client.aclose()
     return report
+
+
+async def _tasks(client: Any, prefix: str, store_url: str | None) -> list[TaskState]:
+    if store_url is None or not store_url.startswith(("postgresql://", "postgres://")):
+        return await RedisScheduleStore(client, prefix=prefix).list()
+    from cml_jobs.stores.postgres import open_postgres_store
+
+    async with open_postgres_store(store_url) as store:
+        return await store.list()

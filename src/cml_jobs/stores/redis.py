@@ -18,8 +18,7 @@ options it is built from, so every connection reads a URL the same way, and
 #                         running      runs handed out and not finished (absent: 0)
 #                         last_run_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
-#                         r:{fence}    "{occurrence ms}|{attempt}", one field per run under way
-#                                      (attempt negative: given back, re-issued as the same)
+#                         r:{fence}    "{occurrence ms}|{attempt}" a run under way (<0: given back)
 #                         trace        W3C traceparent of the scheduling span; absent if none
 #                         note         an operator's note; ended_at, expires (ms) once ended
 #                         waiting      extra runs (r: fields "{occ}|0|x|{max}") not handed out

@@ -18,7 +18,7 @@ options it is built from, so every connection reads a URL the same way, and
 #                         running      runs handed out and not finished (absent: 0)
 #                         last_run_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
-#                         r:{fence}    "{occurrence ms}|{attempt}", one field per run under way
+#                         r:{fence}    "{occurrence ms}|{attempt}" a run under way (<0: given back)
 #                         trace        W3C traceparent of the scheduling span; absent if none
 #                         note         an operator's note; ended_at, expires (ms) once ended
 #                         waiting      extra runs (r: fields "{occ}|0|x|{max}") not handed out
@@ -232,11 +232,13 @@ class RedisScheduleStore(RedisOperations):
         flat = await self._call(self._reclaim, ms(now), ms(lease_until), str(limit))
         return reissued(flat)
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         if not runs:
             return []
-        pairs = fence_pairs(runs)
-        return [bool(ok) for ok in await self._call(self._extend, ms(lease_until), *pairs)]
+        args = (ms(lease_until), "1" if release else "0", *fence_pairs(runs))
+        return [bool(ok) for ok in await self._call(self._extend, *args)]
 
     async def finish(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
         if not finishes:

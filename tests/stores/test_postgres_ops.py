@@ -156,3 +156,25 @@ async def test_the_history_settings_reach_the_store(postgres_url: str) -> None:
             clock.advance(seconds=60)
             await run_due(app)
         assert len(await app.bus.get_history("sync", 10)) == 2
+
+
+async def test_an_error_with_a_nul_character_is_recorded(postgres_url: str) -> None:
+    """PostgreSQL text holds no NUL: a failure or park reason carrying one is recorded with
+    U+FFFD in its place, instead of failing the whole finish batch."""
+    async with open_postgres_store(postgres_url) as store:
+        for task_id in ("failed", "parked"):
+            await store.add(NewTask(task_id, "{}", T0, T0), replace=False)
+        decisions = [Decision(i, T0, T0, T0 + DAY) for i in ("failed", "parked")]
+        runs = [r.run for r in await store.claim(decisions, lease_until=T0 + DAY)]
+        assert runs[0] is not None and runs[1] is not None
+        failed = row("failed", T0)
+        finishes = [
+            Finish(runs[0], Outcome.FAILED, "bad\x00byte", history=failed),
+            Finish(runs[1], Outcome.PARKED, "bad\x00data"),
+        ]
+        assert await store.finish(finishes) == [True, True]
+        assert await store.set_note("parked", "see\x00ticket")
+        states = {s.task_id: s for s in await store.list()}
+        assert states["failed"].last_error == "bad\ufffdbyte"
+        assert states["parked"].parked_reason == "bad\ufffddata"
+        assert states["parked"].note == "see\ufffdticket"

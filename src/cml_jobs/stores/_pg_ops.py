@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from cml_jobs.stores._ops import RunRecord, WorkerInfo
-from cml_jobs.stores._pg_rows import Changes, NewRun, later, ms, schedule_times
+from cml_jobs.stores._pg_rows import Changes, NewRun, later, ms, schedule_times, storable
 from cml_jobs.stores._pg_schema import Conn
 from cml_jobs.stores._pg_sql import Statements
 from cml_jobs.stores._pg_write import write_changes
@@ -86,7 +86,8 @@ class PostgresOperations:
         return await self._one(lambda conn: conn.fetchrow(self._sql.update, *args)) is not None
 
     async def set_note(self, task_id: str, note: str | None) -> bool:
-        found = await self._one(lambda conn: conn.fetchrow(self._sql.set_note, task_id, note))
+        args = (task_id, storable(note))
+        found = await self._one(lambda conn: conn.fetchrow(self._sql.set_note, *args))
         return found is not None
 
     async def beat(self, worker: WorkerInfo) -> None:

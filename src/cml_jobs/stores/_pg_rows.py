@@ -30,6 +30,7 @@ __all__ = [
     "later",
     "ms",
     "schedule_times",
+    "storable",
 ]
 
 
@@ -94,7 +95,7 @@ class Changes:
         self.touched[row.task_id] = row
 
     def park(self, row: TaskRow, reason: str) -> None:
-        row.parked = reason
+        row.parked = storable(reason)
         row.last_outcome = Outcome.PARKED.value
         row.count(Outcome.PARKED)
         self.cleared.add(row.task_id)
@@ -106,6 +107,12 @@ class Changes:
         self.released |= row.runs
         row.runs = set()
         self.touch(row)
+
+
+def storable(text: str | None) -> str | None:
+    """``text`` as a PostgreSQL text column holds it: NUL, which it refuses, shown as
+    U+FFFD (an error message may carry any character)."""
+    return None if text is None else text.replace("\x00", "\ufffd")
 
 
 def later(at: datetime, span: timedelta) -> datetime:
@@ -182,7 +189,7 @@ def apply_finish(
         changes.park(row, finish.error or "parked")
         return True
     row.last_outcome = Outcome(finish.outcome).value
-    row.last_error = finish.error
+    row.last_error = storable(finish.error)
     row.count(Outcome(finish.outcome))
     ended = row.due_at is None and not row.runs and row.parked is None
     if ended and not finish.end_task and finish.history is not None:

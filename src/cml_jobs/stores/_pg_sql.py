@@ -141,8 +141,8 @@ class Statements:
         "WHERE h.seq = ranked.seq AND ranked.n > $2), "
         "ended AS (DELETE FROM {s}.tasks WHERE id IN (SELECT id FROM {s}.tasks "
         "WHERE expires_at <= $3 ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id), "
-        "expired AS (DELETE FROM {s}.history "
-        "WHERE expires_at <= $3 OR task_id IN (SELECT id FROM ended)) "
+        "expired AS (DELETE FROM {s}.history WHERE expires_at <= $3), "
+        "with_ended AS (DELETE FROM {s}.history WHERE task_id IN (SELECT id FROM ended)) "
         "SELECT count(*) FROM ended"
     )
     history = "SELECT body FROM {s}.history WHERE task_id = $1 ORDER BY seq DESC LIMIT $2"

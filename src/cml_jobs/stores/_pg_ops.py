@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from cml_jobs.stores._ops import RunRecord, WorkerInfo
-from cml_jobs.stores._pg_rows import Changes, NewRun, later, ms, schedule_times, storable
+from cml_jobs.stores._pg_rows import (
+    Changes,
+    NewRun,
+    later,
+    ms,
+    next_attempt,
+    schedule_times,
+    storable,
+)
 from cml_jobs.stores._pg_schema import Conn
 from cml_jobs.stores._pg_sql import Statements
 from cml_jobs.stores._pg_write import write_changes
@@ -126,7 +134,7 @@ async def reclaim(
     conn: Conn, sql: Statements, now: datetime, lease_until: datetime, limit: int
 ) -> builtins.list[ClaimedRun]:
     """Re-issue up to ``limit`` runs whose lease expired at ``now`` (see
-    ``reclaim_expired``). An extra run waiting (``add_runs``) is handed out, as attempt 1,
+    ``reclaim_expired``). An extra run waiting (``add_runs``, attempt 0) is handed out
     once fewer than its ``max_instances`` of its task's handed-out runs are going; until
     then it looks again a second later."""
     expired = await conn.fetch(sql.expired, now, limit)
@@ -138,7 +146,7 @@ async def reclaim(
             continue
         changes.released.add(found["fence"])
         if found["parked"] is None:
-            attempt, extra = found["attempt"] + 1, found["extra"]
+            attempt, extra = next_attempt(found["attempt"]), found["extra"]
             occurrence = found["occurrence_at"]
             changes.new_runs.append(
                 NewRun(found["task_id"], occurrence, len(handed), attempt, extra)

@@ -20,7 +20,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cml_jobs._redis_url import is_sentinel_url
 from cml_jobs.exceptions import ConfigurationError
+from cml_jobs.stores._redis_sentinel import sentinel_client
 
 __all__ = [
     "PatientRetry",
@@ -81,14 +83,20 @@ def redis_client(url: str, *, patient: bool, **options: Any) -> redis.asyncio.Re
     """A ``redis.asyncio.Redis`` for ``url`` with cml-jobs' TLS defaults and retry policy.
 
     Args:
-        url: a ``redis://`` or ``rediss://`` URL.
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a ``redis+sentinel://``
+            one (a client of the primary the Sentinels name, followed through failovers).
         patient: whether commands wait for Redis for as long as it takes (see
-            ``retry_options``).
+            ``retry_options``); a patient client also waits out a Sentinel failover.
         **options: further ``Redis`` keywords, e.g. ``socket_timeout``.
 
     Raises:
-        ConfigurationError: the URL's TLS options are not valid (see ``tls_options``).
+        ConfigurationError: the URL's TLS options are not valid (see ``tls_options``),
+            or a ``redis+sentinel://`` URL is not valid.
     """
+    # -- Sentinel (redis+sentinel://): same retry policy, the primary found by Sentinel.
+    if is_sentinel_url(url):
+        return sentinel_client(url, **{**retry_options(patient=patient), **options})
+    # -- end Sentinel
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url, **{**tls_options(url), **retry_options(patient=patient), **options}
     )

@@ -210,13 +210,14 @@ class PostgresScheduleStore(PostgresOperations):
 
     # -- runs --------------------------------------------------------------------------
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         if not runs:
             return []
-        fences = [run.fence for run in runs]
-        ids = [run.task_id for run in runs]
+        args = (ms(lease_until), [run.fence for run in runs], [run.task_id for run in runs])
         sql = self._sql.extend
-        valid = await self._one(lambda conn: conn.fetch(sql, ms(lease_until), fences, ids))
+        valid = await self._one(lambda conn: conn.fetch(sql, *args, release))
         kept = {(row["fence"], row["task_id"]) for row in valid}
         return [(run.fence, run.task_id) in kept for run in runs]
 

@@ -13,7 +13,9 @@ POSTGRES_PORT ?= 5432
 # `make test CI=false` (or CI=false in the environment) opts out.
 CI ?= true
 # The one test command, shared by `make test` and `make test-under-load`.
-TEST_CMD = CI=$(CI) $(BIN)/pytest
+# Tests run on every core (pytest-xdist): most wait on Redis, workers and clocks, not the
+# CPU; each test has its own key prefix, schema and ports, so they do not meet.
+TEST_CMD = CI=$(CI) $(BIN)/pytest -n auto
 # apt-get needs root; sudo when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -100,12 +102,12 @@ lint: ## ruff check, ruff format --check, mypy --strict.
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict src
 
-test: install redis postgres ## Run the test suite against a local Redis and PostgreSQL.
+test: install test-tools browser redis postgres ## Run the test suite against a local Redis and PostgreSQL.
 	$(TEST_CMD)
 
 # A busy machine is where waits that only work on an idle one fail: one core is kept
 # busy for the whole run, and the burner is killed however the run ends (Ctrl-C too).
-test-under-load: install redis postgres ## `make test` while a CPU-bound process keeps one core busy.
+test-under-load: install test-tools browser redis postgres ## `make test` while a CPU-bound process keeps one core busy.
 	@$(PYTHON) -c "while True: pass" & burner=$$!; \
 	trap 'kill $$burner 2>/dev/null' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	echo "test-under-load: CPU burner running (pid $$burner)"; \

@@ -45,6 +45,7 @@ logger = logging.getLogger("cml_jobs.dispatch")
 #: a job that kills its worker must not take down every worker in turn.
 MAX_LOST_ATTEMPTS = 3
 _RECLAIM_EVERY = timedelta(seconds=1)
+_UNCOUNTED = (ClaimStatus.RACED, ClaimStatus.GONE, ClaimStatus.PARKED)
 
 
 class RunSink(Protocol):
@@ -138,6 +139,7 @@ class Dispatcher:
         # Claiming a few ms ahead lets one tick serve every occurrence in that window.
         polled = await self.store.poll(now + self.lookahead, room - len(reissued))
         self._check_generation(polled.generation)
+        self.decider.unreadable(polled.unreadable)
         choices = [self.decider.choose(task, now) for task in polled.tasks]
         decisions = [choice.decision for choice in choices]
         results = await self.store.claim(decisions, lease_until=lease_until)
@@ -198,8 +200,8 @@ class Dispatcher:
             decision, descriptor = choice.decision, choice.descriptor
             if result.status is ClaimStatus.PARKED:
                 parked += 1
-                self._parked(decision, choice.job_name)
-            if descriptor is None or result.status in (ClaimStatus.RACED, ClaimStatus.GONE):
+                self._parked(decision, choice.job_name, result.reason)
+            if descriptor is None or result.status in _UNCOUNTED:
                 continue
             claimed += result.status is ClaimStatus.CLAIMED
             if decision.missed:
@@ -217,10 +219,11 @@ class Dispatcher:
                 self._count(EventKind.SKIPPED, Outcome.SKIPPED, decision, descriptor, 1)
         return TickReport(claimed=claimed, missed=missed, skipped=skipped, parked=parked)
 
-    def _parked(self, decision: Decision, job_name: str) -> None:
-        logger.error("task %r parked: %s", decision.task_id, decision.park_reason)
+    def _parked(self, decision: Decision, job_name: str, reason: str | None) -> None:
+        reason = reason or decision.park_reason
+        logger.error("task %r parked: %s", decision.task_id, reason)
         _telemetry.record_outcome(job_name or "unknown", Outcome.PARKED)
-        at, due, reason = self.clock.now(), decision.expected_due_at, decision.park_reason
+        at, due = self.clock.now(), decision.expected_due_at
         event = TaskEvent(EventKind.PARKED, decision.task_id, job_name, at, due, error=reason)
         self.hub.emit(event)
 
@@ -251,9 +254,7 @@ class Dispatcher:
                 # Full sink: a run ending wakes us. Otherwise: sleep until the next due time.
                 delay = self.poll_interval.total_seconds() if report.full else self._delay()
             except (StoreError, OSError, ConnectionError) as exc:
-                logger.warning(
-                    "dispatcher: store unavailable (%s); retrying in %.1f s", exc, backoff
-                )
+                logger.warning("dispatcher: store failed (%s); retrying in %.1f s", exc, backoff)
                 delay, backoff = backoff, min(backoff * 2, 5.0)
             except Exception:
                 # Whatever the store holds (even data tampered with), dispatching goes on.

@@ -2,8 +2,8 @@
 
 The key layout they work on is described at the top of ``cml_jobs.stores.redis``. A script
 that fails half-way keeps what it wrote before the error, so each one reads and checks
-everything it needs before its first write, and never applies an arithmetic command to a
-stored value (a tampered counter is read with ``tonumber`` and written back whole).
+everything it needs before its first write (``CHECKS``, in ``_redis_checks.py``, comes
+between ``LIB`` and each writing script), and never applies arithmetic to a stored value.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 # KEYS = due, runs, fence, generation for every script; ARGV[1] = the task key prefix.
 LIB = """
 local function run_member(fence, id)
-  return string.format('%016d', tonumber(fence)) .. '|' .. id
+  return string.format('%016d', tonumber(fence) or 0) .. '|' .. id  -- 0: never a fence
 end
 local function count(key, field, n)
   local now = tonumber(redis.call('HGET', key, field)) or 0
@@ -70,15 +70,6 @@ local function park(key, id, reason)
     if string.sub(f, 1, 2) == 'r:' then release(key, id, string.sub(f, 3)) end
   end
 end
-local function is_task(key)
-  return redis.call('TYPE', key).ok == 'hash'
-end
-local function fields_of(key, ...)
-  -- HMGET, or nil when the key holds something other than a hash (not a task)
-  local values = redis.pcall('HMGET', key, ...)
-  if values.err then return nil end
-  return values
-end
 """
 
 # ARGV: prefix, id, descriptor, due, ready, replace, trace ("" for none)
@@ -129,8 +120,10 @@ return 1
 """
 
 # ARGV: prefix, now, limit, a new generation -> {flat (id, due_at, descriptor, trace)
-#   quadruples, the ready score of the first task not returned or false, the generation}
+#   quadruples, the ready score of the first task not returned or false, the generation,
+#   the ids dropped because their key is not a task's hash}
 POLL = """
+local unreadable = {}
 local generation = redis.call('GET', KEYS[4])
 if not generation then
   generation = ARGV[4]
@@ -141,7 +134,7 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, AR
 for _, id in ipairs(ids) do
   local key = ARGV[1] .. id
   local v = fields_of(key, 'due_at', 'descriptor', 'trace')
-  if v and v[2] and not tonumber(v[1]) then
+  if v and v[2] and not whole(v[1]) then
     -- a due time that is not a number (tampered with) can never be planned
     park(key, id, 'stored due_at is not a time: ' .. tostring(v[1]))
   elseif v and v[1] and v[2] then
@@ -149,11 +142,12 @@ for _, id in ipairs(ids) do
   else
     -- not a task's hash (gone, or overwritten by something else): never due again
     redis.call('ZREM', KEYS[1], id)
+    if not v then unreadable[#unreadable + 1] = id end
   end
 end
 -- what stays in the index before the first task not returned is what was returned
 local following = redis.call('ZRANGE', KEYS[1], #out / 4, #out / 4, 'WITHSCORES')
-return {out, following[2] or false, generation}
+return {out, following[2] or false, generation, unreadable}
 """
 
 # ARGV: prefix, id -> HGETALL (empty when the key is not a task)
@@ -173,9 +167,10 @@ local function claim(id, expected, run_at, next_due, next_ready, max_instances, 
     'n:missed')
   if not st or not st[1] or st[2] or st[3] then return 'gone', 0 end
   if st[4] ~= expected then return 'raced', 0 end
+  if reason == '' then reason = damage(st, 5, 'running', 'n:skipped', 'n:missed') end
   if reason ~= '' then  -- "!" followed by the reason
     park(key, id, string.sub(reason, 2))
-    return 'parked', 0
+    return 'parked', string.sub(reason, 2)
   end
   local running = tonumber(st[5]) or 0
   local status, fence, changed = 'advanced', 0, {}
@@ -232,7 +227,9 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT'
   if type(run) ~= 'string' then run = nil end
   redis.call('ZREM', KEYS[2], m)  -- also when the run's task is gone, or m is malformed
   local rbar = run and string.find(run, '|', 1, true)
-  if rbar then
+  if run and not (rbar and whole(string.sub(run, 1, rbar - 1))) then  -- checks
+    park(key, id, 'stored run ' .. old .. ' is not "{occurrence}|{attempt}": ' .. run:sub(1, 40))
+  elseif rbar then
     release(key, id, old)
     local v = redis.call('HMGET', key, 'descriptor', 'trace', 'parked')
     local occurrence = string.sub(run, 1, rbar - 1)
@@ -268,6 +265,9 @@ return out
 FINISH = """
 local function finish(id, fence, outcome, err, has_error, end_task, started_at)
   local key = ARGV[1] .. id
+  -- checks: a counter this finish adds to that is not a whole number parks the task
+  local bad = damage(fields_of(key, 'running', 'n:' .. outcome), 1, 'running', 'n:' .. outcome)
+  if bad ~= '' and end_task ~= '1' then outcome, err, has_error = 'parked', bad:sub(2), '1' end
   local released = redis.pcall('HDEL', key, 'r:' .. fence)
   if released ~= 1 then return 0 end  -- a stale fence, or the key is not a task
   redis.call('ZREM', KEYS[2], run_member(fence, id))

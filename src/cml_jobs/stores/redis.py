@@ -45,9 +45,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cml_jobs.exceptions import StoreUnavailableError, TaskExistsError
+from cml_jobs.exceptions import StoreError, StoreUnavailableError, TaskExistsError
 from cml_jobs.stores._base import (
     ClaimedRun,
     ClaimResult,
@@ -58,6 +59,7 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
+from cml_jobs.stores._redis_checks import CHECKS, STORE_DAMAGED
 from cml_jobs.stores._redis_codec import (
     claim_result,
     decision_args,
@@ -122,15 +124,16 @@ class RedisScheduleStore:
         self._task_prefix = f"{prefix}task:"
         self._keys = [f"{prefix}due", f"{prefix}runs", f"{prefix}fence", f"{prefix}generation"]
         script = self._redis.register_script
-        self._add = script(LIB + ADD)
-        self._remove = script(LIB + REMOVE)
-        self._set_paused = script(LIB + SET_PAUSED)
-        self._poll = script(LIB + POLL)
+        checked = LIB + CHECKS  # every writing script checks the shared keys first
+        self._add = script(checked + ADD)
+        self._remove = script(checked + REMOVE)
+        self._set_paused = script(checked + SET_PAUSED)
+        self._poll = script(checked + POLL)
         self._get = script(GET)
-        self._claim = script(LIB + CLAIM)
-        self._reclaim = script(LIB + RECLAIM)
-        self._extend = script(LIB + EXTEND)
-        self._finish = script(LIB + FINISH)
+        self._claim = script(checked + CLAIM)
+        self._reclaim = script(checked + RECLAIM)
+        self._extend = script(checked + EXTEND)
+        self._finish = script(checked + FINISH)
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -188,11 +191,12 @@ class RedisScheduleStore:
         return bool(done)
 
     async def poll(self, now: datetime, limit: int) -> DueBatch:
-        flat, following, generation = await self._call(
+        flat, following, generation, unreadable = await self._call(
             self._poll, ms(now), str(max(limit, 0)), uuid.uuid4().hex
         )
         following_at = None if following is None else from_ms(following)
-        return DueBatch(due_tasks(flat), following_at, text(generation))
+        dropped = tuple(text(task_id) for task_id in unreadable)
+        return DueBatch(due_tasks(flat), following_at, text(generation), dropped)
 
     async def claim(
         self, decisions: Sequence[Decision], *, lease_until: datetime
@@ -231,6 +235,12 @@ class RedisScheduleStore:
     def _translated(self) -> Iterator[None]:
         try:
             yield
+        except NoPermissionError:
+            raise  # not the store's fault: the worker reports it and stops
+        except ResponseError as exc:
+            # Redis refused a command of a script: its data was written around cml-jobs.
+            shown = str(exc).partition(STORE_DAMAGED)[2].strip() or str(exc)
+            raise StoreError(f"the schedule store's data is damaged: {shown}") from exc
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise StoreUnavailableError(
                 f"the schedule store cannot reach Redis at {self._where()} ({exc}); check that "

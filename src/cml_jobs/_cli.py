@@ -115,9 +115,11 @@ def _add_check(commands: Any) -> None:
     env = os.environ.get
     run_check = commands.add_parser(
         "check",
-        help="exit 0 when Redis answers, a worker is alive and no task is overdue",
-        description="Health check, fit for a liveness probe: exits 1 when unhealthy. "
-        "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and CML_JOBS_QUEUE.",
+        help="exit 0 when Redis answers, its data is readable, a worker is alive and no "
+        "task is parked or overdue",
+        description="Health check, fit for a liveness probe: exits 1 when unhealthy, and "
+        "names the unreadable keys, parked tasks and overdue tasks. Defaults come from "
+        "CML_JOBS_REDIS_URL, CML_JOBS_KEY_PREFIX and CML_JOBS_QUEUE.",
     )
     run_check.add_argument(
         "--redis-url", default=env("CML_JOBS_REDIS_URL") or "redis://localhost:6379/0"

@@ -6,7 +6,8 @@ Beside the store, this module is the Redis side's public face for the rest of cm
 (the worker imports nothing private from ``cml_jobs.stores``): ``redis_client`` and the
 options it is built from, so every connection reads a URL the same way, and
 ``publish_events``, which writes a process's lifecycle events to the event stream
-(read it with ``cml_jobs.events.EventStream``).
+(read it with ``cml_jobs.events.EventStream``), and ``damaged_keys``, which finds what
+in the store cannot be read (for ``cml-jobs check``).
 """
 
 # Key layout (p = the prefix, "cml:" by default):
@@ -82,6 +83,7 @@ from cml_jobs.stores._redis_connection import (
     tls_options,
 )
 from cml_jobs.stores._redis_events import publish_events
+from cml_jobs.stores._redis_inspect import damaged_keys
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
@@ -98,6 +100,7 @@ from cml_jobs.stores._redis_scripts import (
 __all__ = [
     "RedisScheduleStore",
     "connection_options",
+    "damaged_keys",
     "open_redis_store",
     "publish_events",
     "redis_client",

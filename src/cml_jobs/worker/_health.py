@@ -1,4 +1,5 @@
-"""Health: is Redis reachable, is a worker polling, is any task overdue beyond its grace.
+"""Health: is Redis reachable, is its data readable, is a worker polling, is any task
+parked, or overdue beyond its grace.
 
 ``cml-jobs check`` prints the report and exits non-zero when it is unhealthy, so that it
 can serve as a container's liveness or readiness probe.
@@ -10,14 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from redis.exceptions import RedisError
+import redis.asyncio
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from cml_jobs._descriptors import parse_descriptor
 from cml_jobs.exceptions import InvalidDescriptorError, StoreError
 from cml_jobs.stores import TaskState
-from cml_jobs.stores.redis import RedisScheduleStore, redis_client
+from cml_jobs.stores.redis import RedisScheduleStore, damaged_keys, redis_client
 
-__all__ = ["HealthReport", "Overdue", "check_health", "overdue_tasks"]
+__all__ = ["Finding", "HealthReport", "Overdue", "check_health", "findings", "overdue_tasks"]
 
 #: How late a task without a ``misfire_grace_time`` may be before it counts as overdue.
 DEFAULT_GRACE = timedelta(seconds=60)
@@ -33,41 +35,34 @@ class Overdue:
     grace: timedelta
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One line of the health report: a topic, what was found, whether that is healthy,
+    and the details (one indented line each: the tasks it names)."""
+
+    topic: str
+    summary: str
+    healthy: bool = True
+    details: tuple[str, ...] = ()
+
+
 @dataclass
 class HealthReport:
-    """What ``check_health`` found.
+    """What ``check_health`` found, one ``Finding`` per topic, in the order looked at."""
 
-    Attributes:
-        redis_error: why Redis could not be reached, or None.
-        worker: arq's health-check line of the latest worker that polled the queue
-            (workers refresh it every 15 s; it expires after 16 s), or None.
-        overdue: tasks past due by more than their grace.
-        require_worker: a missing worker makes the report unhealthy.
-    """
-
-    redis_error: str | None = None
-    worker: str | None = None
-    overdue: list[Overdue] = field(default_factory=list)
-    require_worker: bool = True
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        """Redis answers, a worker is alive (if required) and nothing is overdue."""
-        worker_ok = self.worker is not None or not self.require_worker
-        return self.redis_error is None and worker_ok and not self.overdue
+        """Every finding is healthy."""
+        return all(finding.healthy for finding in self.findings)
 
     def lines(self) -> list[str]:
-        """The report, one finding per line."""
-        if self.redis_error is not None:
-            return [f"redis: UNREACHABLE ({self.redis_error})"]
-        worker = f"alive ({self.worker})" if self.worker else "NONE polling the queue"
-        lines = ["redis: ok", f"workers: {worker}", f"overdue tasks: {len(self.overdue)}"]
-        for late in self.overdue:
-            seconds, grace = late.late_by.total_seconds(), late.grace.total_seconds()
-            lines.append(
-                f"  {late.task_id}: due {late.due_at.isoformat()}, "
-                f"{seconds:.0f} s late (grace {grace:.0f} s)"
-            )
+        """The report, one finding per line, each followed by its details."""
+        lines = []
+        for finding in self.findings:
+            lines.append(f"{finding.topic}: {finding.summary}")
+            lines += [f"  {detail}" for detail in finding.details]
         lines.append("healthy" if self.healthy else "UNHEALTHY")
         return lines
 
@@ -107,15 +102,73 @@ async def check_health(
     client = redis_client(
         redis_url, patient=False, socket_connect_timeout=seconds, socket_timeout=seconds
     )
-    report = HealthReport(require_worker=require_worker)
+    report = HealthReport()
     try:
         await client.ping()
-        seen = await client.get(f"{queue}:health-check")
-        report.worker = seen.decode() if isinstance(seen, bytes) else seen
-        states = await RedisScheduleStore(client, prefix=prefix).list()
-        report.overdue = overdue_tasks(states, now, default_grace)
+    except (RedisError, OSError) as exc:
+        refused = isinstance(exc, AuthenticationError | NoPermissionError)
+        verdict = "REFUSED the credentials" if refused else "UNREACHABLE"
+        report.findings.append(Finding("redis", f"{verdict} ({_said(exc)})", healthy=False))
+        await client.aclose()
+        return report
+    report.findings.append(Finding("redis", "ok (reachable)"))
+    try:
+        report.findings += await findings(
+            client, prefix, queue, now, default_grace, require_worker=require_worker
+        )
     except (RedisError, StoreError, OSError) as exc:
-        report.redis_error = str(exc) or type(exc).__name__
+        report.findings.append(Finding("data", f"UNREADABLE ({_said(exc)})", healthy=False))
     finally:
         await client.aclose()
     return report
+
+
+async def findings(
+    client: redis.asyncio.Redis,
+    prefix: str,
+    queue: str,
+    now: datetime,
+    default_grace: timedelta,
+    *,
+    require_worker: bool,
+) -> list[Finding]:
+    """What a reachable Redis holds: unreadable data, workers, parked and overdue tasks.
+
+    Raises:
+        RedisError, StoreError: Redis refused a read.
+    """
+    damaged = await damaged_keys(client, prefix)
+    summary = f"{len(damaged)} key(s) UNREADABLE" if damaged else "readable"
+    data = Finding("data", summary, healthy=not damaged, details=tuple(damaged))
+    seen = await client.get(f"{queue}:health-check")
+    if seen is None:
+        workers = Finding("workers", "NONE polling the queue", healthy=not require_worker)
+    else:  # arq keeps one health key per queue: the latest worker's line
+        line = seen.decode(errors="replace") if isinstance(seen, bytes) else seen
+        workers = Finding("workers", f"alive (at least 1; latest: {line})")
+    states = await RedisScheduleStore(client, prefix=prefix).list()
+    parked = [state for state in states if state.parked_reason is not None]
+    late = overdue_tasks(states, now, default_grace)
+    return [
+        data,
+        workers,
+        Finding(
+            "parked tasks",
+            f"{len(parked)}",
+            healthy=not parked,
+            details=tuple(f"{s.task_id}: {str(s.parked_reason)[:200]}" for s in parked),
+        ),
+        Finding("overdue tasks", f"{len(late)}", healthy=not late, details=_overdue(late)),
+    ]
+
+
+def _overdue(late: Sequence[Overdue]) -> tuple[str, ...]:
+    return tuple(
+        f"{o.task_id}: due {o.due_at.isoformat()}, {o.late_by.total_seconds():.0f} s late "
+        f"(grace {o.grace.total_seconds():.0f} s)"
+        for o in late
+    )
+
+
+def _said(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -96,9 +96,21 @@ def _summary(counts: Counter[tuple[str, str]], seconds: float) -> int:
 
 async def check(args: argparse.Namespace) -> int:
     """Print the health report; 0 when healthy, 1 when not."""
+    from cml_jobs.exceptions import ConfigurationError
+
+    try:
+        report = await _check_health(args)
+    except ConfigurationError as exc:  # a URL that cml-jobs refuses (the message is safe)
+        print(f"redis: URL REFUSED ({exc})\nUNHEALTHY", flush=True)
+        return 1
+    print("\n".join(report.lines()), flush=True)
+    return 0 if report.healthy else 1
+
+
+async def _check_health(args: argparse.Namespace) -> Any:
     from cml_jobs.worker._health import check_health
 
-    report = await check_health(
+    return await check_health(
         args.redis_url,
         prefix=args.key_prefix,
         queue=args.queue,
@@ -106,8 +118,6 @@ async def check(args: argparse.Namespace) -> int:
         default_grace=timedelta(seconds=args.grace),
         require_worker=not args.no_worker,
     )
-    print("\n".join(report.lines()), flush=True)
-    return 0 if report.healthy else 1
 
 
 def _add_check(commands: Any) -> None:

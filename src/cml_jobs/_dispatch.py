@@ -1,11 +1,10 @@
 """Dispatch: claim due occurrences from the store and hand them to a sink as runs.
 
 Every worker runs a dispatcher; any number may run at once. Each tick reads the due
-tasks, decides in Python what each one does (``plan``: misfire grace, coalescing; or
-park a task that cannot run; or leave a task whose job this worker lacks to one that has
-it), and applies all decisions in one atomic store call that only succeeds for tasks
-still in the state the decision was made from. So each occurrence becomes a run once,
-whoever wins, and the claim decides that the run starts.
+tasks, decides in Python what each one does (see ``_decide``), and applies all decisions
+in one atomic store call that only succeeds for tasks still in the state the decision
+was made from. So each occurrence becomes a run once, whoever wins, and the claim
+decides that the run starts.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -26,7 +25,7 @@ from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._execution import Assignment
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs.exceptions import InvalidDescriptorError, StoreError
+from cml_jobs.exceptions import InvalidDescriptorError, StoreAccessError, StoreError
 from cml_jobs.stores._base import (
     ClaimResult,
     ClaimStatus,
@@ -116,6 +115,7 @@ class Dispatcher:
         self._reclaim_after: datetime | None = None
         self._next_ready: datetime | None = None  # as of the last tick
         self._generation: str | None = None
+        self.on_refused: Callable[[str], None] | None = None  # a worker stops for good
 
     def wake(self) -> None:
         """Tick now: something earlier than the next known due time was scheduled."""
@@ -240,10 +240,8 @@ class Dispatcher:
         self.hub.emit(TaskEvent(kind, decision.task_id, descriptor.name, at, due, count=count))
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Tick until ``stopping`` is set, sleeping until the next due time in between.
-
-        Store failures are logged and retried with backoff; they never end the loop.
-        """
+        """Tick until ``stopping`` is set, sleeping until the next due time in between;
+        store failures are retried with backoff, and only refused credentials end it."""
         backoff = 0.1
         while not stopping.is_set():
             try:
@@ -254,6 +252,9 @@ class Dispatcher:
                 # Full sink: a run ending wakes us. Otherwise: sleep until the next due time.
                 delay = self.poll_interval.total_seconds() if report.full else self._delay()
             except (StoreError, OSError, ConnectionError) as exc:
+                if isinstance(exc, StoreAccessError) and self.on_refused is not None:
+                    self.on_refused(str(exc))  # not transient: retrying cannot help
+                    return
                 logger.warning("dispatcher: store failed (%s); retrying in %.1f s", exc, backoff)
                 delay, backoff = backoff, min(backoff * 2, 5.0)
             except Exception:

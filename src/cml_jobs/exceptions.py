@@ -15,7 +15,8 @@ Our exception hierarchy::
     │                                  or several
     ├── TaskNotFoundError ............ (also LookupError) no task with that id
     └── StoreError ................... the world failed
-        └── StoreUnavailableError .... the store (Redis) cannot be reached
+        ├── StoreUnavailableError .... the store (Redis) cannot be reached
+        └── StoreAccessError ......... the store refused the credentials or the permissions
 
 Every message names the bad value and says what to do about it.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidTriggerError",
     "PayloadTooLargeError",
     "ServiceNotFoundError",
+    "StoreAccessError",
     "StoreError",
     "StoreUnavailableError",
     "TaskExistsError",
@@ -89,3 +91,8 @@ class StoreError(CmlJobsError):
 
 class StoreUnavailableError(StoreError):
     """The schedule store cannot be reached."""
+
+
+class StoreAccessError(StoreError):
+    """The store refused the credentials (a wrong password) or the permissions (an ACL
+    user without a command or a key) it was given; retrying cannot help."""

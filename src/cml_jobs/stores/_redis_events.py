@@ -31,6 +31,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from cml_jobs._events import EventHub, TaskEvent
+from cml_jobs.stores._redis_connection import access_denied
 
 __all__ = ["EventPublisher", "EventStream", "StreamEntry", "publish_events", "stream_key"]
 
@@ -82,6 +83,7 @@ class EventPublisher:
         self._idle = asyncio.Event()  # set: everything published has been written
         self._idle.set()
         self.dropped = 0
+        self.on_refused: Callable[[RedisError | OSError], None] | None = None
 
     def publish(self, event: TaskEvent) -> None:
         """Queue ``event`` for the stream (an ``EventHub`` callback)."""
@@ -119,6 +121,9 @@ class EventPublisher:
                 if not self._pending:
                     self._idle.set()
             except (RedisError, OSError) as exc:
+                if self.on_refused is not None and access_denied(exc):
+                    self.on_refused(exc)  # not transient: the worker stops
+                    return
                 logger.warning("event stream: cannot write (%s); retrying in %.1f s", exc, backoff)
                 self._ready.set()
                 await asyncio.sleep(backoff)
@@ -162,9 +167,8 @@ class StreamEntry(NamedTuple):
 class EventStream:
     """Follows the lifecycle events that workers (and apps) publish to Redis.
 
-    An entry that does not hold cml-jobs events (written by something else, or damaged)
-    is skipped: logged once per entry, counted in ``skipped``, and read past, so a
-    reader's position moves on and a reader restarting from it does not meet it again.
+    An entry that holds no cml-jobs events (foreign, or damaged) is skipped: logged once,
+    counted in ``skipped``, and read past, so a reader's position moves on.
 
     Example:
         ```python
@@ -231,8 +235,7 @@ class EventStream:
                 yield entry
 
     async def _read(self, after: str, wait: bool) -> tuple[list[StreamEntry], str]:
-        """The events after ``after``, and the position past everything looked at (a bare
-        entry id: after the whole entry)."""
+        """The events after ``after``, and the position past all it looked at."""
         entry_id, _, index = after.partition("/")
         found: list[StreamEntry] = []
         if index:  # the rest of a partly read entry first
@@ -271,7 +274,7 @@ class EventStream:
     def _skip(self, position: str, exc: Exception) -> None:
         if position in self._reported:
             return
-        if len(self._reported) > 10_000:
+        if len(self._reported) >= 10_000:
             self._reported.clear()
         self._reported.add(position)
         self.skipped += 1
@@ -285,12 +288,8 @@ class EventStream:
 
 
 def _events(fields: dict[Any, Any]) -> list[Any]:
-    """The events of one stream entry, as parsed JSON objects.
-
-    Raises:
-        ValueError: the entry holds no JSON array of events (UnicodeDecodeError and
-            JSONDecodeError are ValueErrors).
-    """
+    """The events of one stream entry, parsed; ValueError (UnicodeDecodeError and
+    JSONDecodeError are ones) when it holds no JSON array of events."""
     raw = fields.get(b"events", fields.get("events"))
     if raw is None:
         raise ValueError(f"no 'events' field (fields: {sorted(map(_text, fields))[:5]!r})")

@@ -45,11 +45,9 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
-from cml_jobs.exceptions import StoreError, StoreUnavailableError, TaskExistsError
+from cml_jobs.exceptions import TaskExistsError
 from cml_jobs.stores._base import (
     ClaimedRun,
     ClaimResult,
@@ -60,7 +58,7 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
-from cml_jobs.stores._redis_checks import CHECKS, STORE_DAMAGED
+from cml_jobs.stores._redis_checks import CHECKS
 from cml_jobs.stores._redis_codec import (
     claim_result,
     decision_args,
@@ -77,9 +75,12 @@ from cml_jobs.stores._redis_codec import (
     text,
 )
 from cml_jobs.stores._redis_connection import (
+    access_denied,
+    access_message,
     connection_options,
     redis_client,
     retry_options,
+    store_error,
     tls_options,
 )
 from cml_jobs.stores._redis_events import publish_events
@@ -99,6 +100,8 @@ from cml_jobs.stores._redis_scripts import (
 
 __all__ = [
     "RedisScheduleStore",
+    "access_denied",
+    "access_message",
     "connection_options",
     "damaged_keys",
     "open_redis_store",
@@ -137,6 +140,8 @@ class RedisScheduleStore:
         self._reclaim = script(checked + RECLAIM)
         self._extend = script(checked + EXTEND)
         self._finish = script(checked + FINISH)
+        # How a refused script is named to the operator ("EVALSHA (claim)").
+        self._names = {id(s): n.strip("_") for n, s in vars(self).items() if n != "_redis"}
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -171,7 +176,7 @@ class RedisScheduleStore:
         # SCAN rather than an index of ids: an index would cost two commands on every
         # one-time task's life, for an operation that is rare.
         pattern = glob_escape(self._task_prefix) + "*"
-        with self._translated():
+        with self._translated("SCAN and HGETALL (list)"):
             keys = [text(key) async for key in self._redis.scan_iter(pattern, count=1000)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -231,31 +236,19 @@ class RedisScheduleStore:
         return [bool(done) for done in await self._call(self._finish, *args)]
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
-        with self._translated():
+        with self._translated(f"EVALSHA ({self._names.get(id(script), 'a script')})"):
             return await script(keys=self._keys, args=[self._task_prefix, *args])
 
     @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
+    def _translated(self, command: str = "PING") -> Iterator[None]:
         try:
             yield
-        except NoPermissionError:
-            raise  # not the store's fault: the worker reports it and stops
-        except ResponseError as exc:
-            # Redis refused a command of a script: its data was written around cml-jobs.
-            shown = str(exc).partition(STORE_DAMAGED)[2].strip() or str(exc)
-            raise StoreError(f"the schedule store's data is damaged: {shown}") from exc
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailableError(
-                f"the schedule store cannot reach Redis at {self._where()} ({exc}); check that "
-                "Redis is running and that redis_url (CML_JOBS_REDIS_URL for workers) "
-                "points to it"
-            ) from exc
-
-    def _where(self) -> str:
-        kwargs = self._redis.connection_pool.connection_kwargs
-        if "path" in kwargs:
-            return repr(kwargs["path"])
-        return repr(f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
+        except RedisError as exc:
+            kwargs = self._redis.connection_pool.connection_kwargs
+            translated = store_error(exc, kwargs, command)
+            if translated is None:
+                raise
+            raise translated from exc
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
@@ -45,6 +46,8 @@ __all__ = [
 logger = logging.getLogger("cml_jobs.worker")
 
 FUNCTION_NAME = "cml_jobs.run"
+#: Tasks whose hand-on this worker has logged (a rolling deploy may take minutes).
+_HANDED_ON: OrderedDict[str, None] = OrderedDict()
 # arq's own timeout must never cut a run short: runs have their own per-task timeout.
 ARQ_JOB_TIMEOUT = timedelta(days=1)
 
@@ -150,9 +153,15 @@ async def _hand_on(ctx: WorkerContext, run: Run, payload: _Payload, job_name: st
         )
         await runtime.store.finish([Finish(run, Outcome.PARKED, reason)])
         return
-    logger.info(
-        "job %r of task %r is not registered in this worker; handing it on", job_name, run.task_id
-    )
+    if run.task_id not in _HANDED_ON:  # one line per task, not one per hand-on
+        _HANDED_ON[run.task_id] = None
+        if len(_HANDED_ON) > 1024:
+            _HANDED_ON.popitem(last=False)
+        logger.info(
+            "job %r of task %r is not registered in this worker; handing it on",
+            job_name,
+            run.task_id,
+        )
     job_id = f"{ctx.get('job_id', 'cml')}:h{to_ms(runtime.clock.now())}"
     await ArqSink(runtime, ctx["redis"])._enqueue(payload, job_id, HANDOFF_DELAY)
 

@@ -260,3 +260,18 @@ async def test_a_lease_score_of_infinity_does_not_break_poll(
     polled = await store.poll(T0, 10)
     assert polled.tasks == [] and polled.next_ready_at is not None
     assert polled.next_ready_at - T0 > timedelta(days=365 * 7000)
+
+
+async def test_a_parked_finish_keeps_its_own_reason_over_a_damaged_count(
+    redis_client: Client, key_prefix: str
+) -> None:
+    """n:parked = "lots" when a run finishes as parked: the task is parked with the run's
+    reason, not the count's."""
+    store = RedisScheduleStore(redis_client, prefix=key_prefix)
+    await store.add(PLAIN.new("a"), replace=False)
+    [result] = await store.claim([decision("a")], lease_until=T0 + LEASE)
+    assert result.run is not None
+    await redis_client.hset(f"{key_prefix}task:a", "n:parked", "lots")
+    finished = Finish(result.run, Outcome.PARKED, "job class removed")
+    assert await store.finish([finished]) == [True]
+    assert await parked_whole(redis_client, key_prefix, "a") == "job class removed"

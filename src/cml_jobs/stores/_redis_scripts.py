@@ -120,8 +120,7 @@ return 1
 """
 
 # ARGV: prefix, now, limit, a new generation -> {flat (id, due_at, descriptor, trace)
-#   quadruples, the ready score of the first task not returned or false, the generation,
-#   the ids dropped because their key is not a task's hash}
+#   quadruples, ready score of the first task not returned or false, generation, no-hash ids}
 POLL = """
 local unreadable = {}
 local generation = redis.call('GET', KEYS[4])
@@ -265,9 +264,10 @@ return out
 FINISH = """
 local function finish(id, fence, outcome, err, has_error, end_task, started_at)
   local key = ARGV[1] .. id
-  -- checks: a counter this finish adds to that is not a whole number parks the task
+  -- checks: a count this finish adds to that is not a whole number parks the task
   local bad = damage(fields_of(key, 'running', 'n:' .. outcome), 1, 'running', 'n:' .. outcome)
-  if bad ~= '' and end_task ~= '1' then outcome, err, has_error = 'parked', bad:sub(2), '1' end
+  if end_task == '1' or outcome == 'parked' then bad = '' end  -- nothing is counted
+  if bad ~= '' then outcome, err, has_error = 'parked', bad:sub(2), '1' end
   local released = redis.pcall('HDEL', key, 'r:' .. fence)
   if released ~= 1 then return 0 end  -- a stale fence, or the key is not a task
   redis.call('ZREM', KEYS[2], run_member(fence, id))

@@ -1,0 +1,160 @@
+"""Poison in the store beside a busy schedule: one bad key of each kind must never stop
+the healthy tasks, nor slow them down (issue 11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from operator import sub
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from cml_jobs import EventKind, RecurrentTaskDescriptor
+from cml_jobs._timing import to_ms
+from cml_jobs.events import EventStream, StreamEntry
+from tests.reliability.conftest import app_for, stay_alive
+from tests.reliability.test_hostile_input import _valid, _write_task
+from tests.workers import WorkerFleet
+
+pytestmark = [pytest.mark.reliability, pytest.mark.redis]
+
+HEALTHY = 100
+CLI = Path(sys.executable).with_name("cml-jobs")
+
+
+async def _plant_poison(client: aioredis.Redis, prefix: str, now_ms: int) -> dict[str, str]:
+    """Poison of every kind at once, all due now; task id -> what its reason must say."""
+    await client.set(f"{prefix}task:wrongtype", "a string where a hash belongs")
+    await client.zadd(f"{prefix}due", {"wrongtype": now_ms})
+    await _write_task(client, prefix, "lots", json.dumps(_valid("lots")).encode(), now_ms)
+    await client.hset(f"{prefix}task:lots", "running", "lots")
+    big = json.dumps(_valid("big", data={"sleep": "x" * (5 << 20)})).encode()
+    await _write_task(client, prefix, "big", big, now_ms)
+    other = json.dumps(_valid("someone-else")).encode()
+    await _write_task(client, prefix, "mismatch", other, now_ms)
+    await client.xadd(f"{prefix}events", {"events": b"\xff\xfe not JSON, not UTF-8"})
+    return {"lots": "running", "big": "over the limit", "mismatch": "someone-else"}
+
+
+async def _parked_within(client: aioredis.Redis, prefix: str, ids: list[str]) -> dict[str, float]:
+    """Seconds until each task's hash says it is parked (looked at every 20 ms, for 10 s)."""
+    started, found = time.monotonic(), {}
+    while len(found) < len(ids) and time.monotonic() - started < 10:
+        for task_id in ids:
+            if task_id not in found and await client.hexists(f"{prefix}task:{task_id}", "parked"):
+                found[task_id] = time.monotonic() - started
+        await asyncio.sleep(0.02)
+    return found
+
+
+def _p99(values: list[int]) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)]) if ordered else -1.0
+
+
+async def _follow(stream: EventStream, after: str, seen: list[StreamEntry]) -> None:
+    async for entry in stream.follow(after):
+        seen.append(entry)
+
+
+def _check(redis_url: str, prefix: str, queue: str) -> subprocess.CompletedProcess[str]:
+    args = ["--redis-url", redis_url, "--key-prefix", prefix, "--queue", queue]
+    return subprocess.run([str(CLI), "check", *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_poison_of_every_kind_is_parked_or_reported_and_healthy_tasks_run_on_time(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
+) -> None:
+    """100 healthy 1 s tasks on 2 workers; then, all at once, a task key holding a STRING, a
+    task whose ``running`` is "lots", a 5 MB descriptor, a descriptor whose id is not its
+    key's, and a garbage event-stream entry. Every healthy occurrence runs once, none is
+    missed; each bad task is parked with its reason within 2 s (the STRING, which cannot
+    be parked, is reported once); ``cml-jobs check`` names them all; an EventStream reader
+    following all along sees every healthy run's event, in order. p99 lateness before and
+    after the poison is printed, not asserted."""
+    workers: WorkerFleet = workers_factory(redis_url, key_prefix)
+    workers.start(2)
+    await workers.wait_ready(redis_client)
+    stream = EventStream(redis_client, prefix=key_prefix, block=timedelta(seconds=0.2))
+    seen: list[StreamEntry] = []
+    reader = asyncio.create_task(_follow(stream, await stream.last_id(), seen))
+    async with app_for(redis_url, key_prefix) as app:
+        for i in range(HEALTHY):
+            await app.bus.schedule_task(
+                RecurrentTaskDescriptor(id=f"ok-{i:03}", name="RecordingJob", interval=1)
+            )
+        await stay_alive(workers, 8)
+        poisoned_at = to_ms(app.clock.now())
+        reasons = await _plant_poison(redis_client, key_prefix, poisoned_at)
+        parked_after = await _parked_within(redis_client, key_prefix, sorted(reasons))
+        await stay_alive(workers, 8)
+        tasks = {t.id: t for t in await app.list_tasks()}
+        check = await asyncio.to_thread(_check, redis_url, key_prefix, workers.queue)
+        for i in range(HEALTHY):
+            await app.bus.cancel_task(f"ok-{i:03}")
+    logs = "\n".join(workers.stderr(p) for p in workers.processes)
+    assert workers.stop() == [0, 0]
+    reader.cancel()
+    seen += await _rest(stream, seen[-1].id if seen else "0-0")
+
+    starts = await workers.starts(redis_client)
+    per_task = Counter((s["task"], s["occurrence"]) for s in starts)
+    late: dict[str, list[int]] = {"before": [], "after": []}
+    for start in starts:
+        phase = "before" if start["occurrence"] < poisoned_at else "after"
+        late[phase].append(start["start"] - start["occurrence"])
+    print(f"parked within (s): { {k: round(v, 2) for k, v in parked_after.items()} }")
+    print(
+        f"p99 lateness: {_p99(late['before']):.0f} ms before the poison "
+        f"({len(late['before'])} runs), {_p99(late['after']):.0f} ms after "
+        f"({len(late['after'])} runs)"
+    )
+    print(f"stream: {len(seen)} events read, {stream.skipped} entries skipped")
+    print(check.stdout)
+
+    # Every healthy occurrence ran once, on its grid; none was missed or skipped.
+    assert set(per_task.values()) == {1}, [k for k, n in per_task.items() if n > 1][:5]
+    for i in range(HEALTHY):
+        task = tasks[f"ok-{i:03}"]
+        ran = sorted(o for t, o in per_task if t == task.id)
+        assert len(ran) >= 14 and set(map(sub, ran[1:], ran)) == {1000}, (task.id, ran)
+        assert set(task.counts) == {"succeeded"}, (task.id, task.counts)
+    # Each bad task parked with its reason within 2 s; the STRING reported, once.
+    assert sorted(parked_after) == sorted(reasons) and max(parked_after.values()) < 2.0
+    for task_id, words in reasons.items():
+        assert words in str(tasks[task_id].parked_reason), tasks[task_id].parked_reason
+    assert logs.count("task 'wrongtype' cannot be read or parked") == 1, logs[-3000:]
+    assert "tick failed" not in logs and "Traceback" not in logs, logs[-3000:]
+    # check names them.
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "redis: ok (reachable)" in check.stdout and "task 'wrongtype'" in check.stdout
+    assert "parked tasks: 3" in check.stdout
+    assert all(f"  {task_id}: " in check.stdout for task_id in reasons), check.stdout
+    # The event stream reader saw every healthy run, in order, past the garbage entry.
+    assert stream.skipped == 1
+    succeeded: dict[str, list[int]] = {}
+    for entry in seen:
+        event = entry.event
+        if event.kind is EventKind.SUCCEEDED and event.occurrence_at is not None:
+            succeeded.setdefault(event.task_id, []).append(to_ms(event.occurrence_at))
+    for i in range(HEALTHY):
+        task_id = f"ok-{i:03}"
+        ran = sorted(o for t, o in per_task if t == task_id)
+        assert succeeded[task_id] == ran, task_id
+
+
+async def _rest(stream: EventStream, after: str) -> list[StreamEntry]:
+    """What is left in the stream after ``after``, once every worker has stopped."""
+    found: list[StreamEntry] = []
+    while batch := await stream.read(found[-1].id if found else after):
+        found += batch
+    return found

@@ -74,7 +74,11 @@ class Decider:
             check_data(self.registry.get(descriptor.name), descriptor.data)
         except InvalidTaskDataError as exc:
             return _park(task, f"data no longer fits the job: {exc}", descriptor.name)
-        return Choice(_decision(descriptor, task, now), descriptor, descriptor.name)
+        try:
+            return Choice(_decision(descriptor, task, now), descriptor, descriptor.name)
+        except (ArithmeticError, ValueError) as exc:  # e.g. a next occurrence past year 9999
+            reason = f"its next occurrence cannot be planned ({type(exc).__name__}: {exc})"
+            return _park(task, f"{reason}; reschedule the task from the app", descriptor.name)
 
     def _unknown_job(self, task: DueTask, job_name: str, now: datetime) -> Choice:
         waited = now - task.due_at

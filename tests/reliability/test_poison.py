@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from operator import sub
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from cml_jobs import EventKind, RecurrentTaskDescriptor
+from cml_jobs import BackgroundTaskScheduler, EventKind, RecurrentTaskDescriptor
 from cml_jobs._timing import to_ms
 from cml_jobs.events import EventStream, StreamEntry
+from cml_jobs.testing import ManualClock, run_due
 from tests.reliability.conftest import app_for, stay_alive
 from tests.reliability.test_hostile_input import _valid, _write_task
 from tests.workers import WorkerFleet
@@ -158,3 +159,33 @@ async def _rest(stream: EventStream, after: str) -> list[StreamEntry]:
     while batch := await stream.read(found[-1].id if found else after):
         found += batch
     return found
+
+
+async def test_a_descriptor_whose_next_occurrence_cannot_be_planned_is_parked_alone(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    """A stored descriptor that parses but whose next occurrence lies past year 9999 (an
+    interval of 10**12 s, written around cml-jobs) is parked with that reason; the healthy
+    task due in the same tick runs."""
+    clock = ManualClock(datetime.now(timezone.utc))
+    scheduler = BackgroundTaskScheduler.configure(
+        redis_url=redis_url,
+        modules=["tests.fixtures.behaviour_jobs"],
+        key_prefix=key_prefix,
+        clock=clock,
+        run_worker=False,
+    )
+    async with scheduler:
+        await scheduler.bus.schedule_task(
+            RecurrentTaskDescriptor(id="fine", name="ScriptedJob", interval=60)
+        )
+        clock.advance(seconds=60)
+        huge = {**_valid("huge", interval=1e12), "name": "ScriptedJob"}
+        await _write_task(
+            redis_client, key_prefix, "huge", json.dumps(huge).encode(), to_ms(clock.now())
+        )
+        events = await run_due(scheduler)
+        huge_task = await scheduler.bus.get_task("huge")
+    kinds = [(e.task_id, e.kind) for e in events]
+    assert ("fine", EventKind.SUCCEEDED) in kinds and ("huge", EventKind.PARKED) in kinds
+    assert "cannot be planned" in str(huge_task.parked_reason), huge_task.parked_reason

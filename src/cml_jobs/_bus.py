@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cml_jobs import _telemetry
 from cml_jobs._codec import DescriptorCodec
@@ -17,7 +17,13 @@ from cml_jobs._descriptors import (
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs._triggers import first_occurrence, grid_point_at_or_after, ready_at
+from cml_jobs._triggers import (
+    describe_trigger,
+    first_occurrence,
+    grid_point_at_or_after,
+    next_occurrence,
+    ready_at,
+)
 from cml_jobs.exceptions import (
     InvalidDescriptorError,
     InvalidTriggerError,
@@ -166,16 +172,20 @@ class BackgroundTasksBus:
     def _first_due(self, descriptor: TaskDescriptor, now: datetime) -> datetime:
         due_at = first_occurrence(descriptor, now)
         if due_at is None:
-            raise InvalidTriggerError(f"task {descriptor.id!r} would never run; check its trigger")
+            raise InvalidTriggerError(
+                f"task {descriptor.id!r} would never run: {describe_trigger(descriptor)} has no "
+                "occurrence from now on before the calendar ends (year 9999); check its trigger"
+            )
         grace = descriptor.misfire_grace_time
-        if isinstance(descriptor, ScheduledTaskDescriptor) and grace is not None:
-            late = now - due_at
-            if late > grace:
-                raise InvalidTriggerError(
-                    f"scheduled_at={due_at.isoformat()!r} is {late.total_seconds():.0f} s in the "
-                    f"past, beyond misfire_grace_time ({grace.total_seconds():.0f} s); "
-                    "pick a future time"
-                )
+        late = now - due_at
+        if grace is not None and late > grace and next_occurrence(descriptor, due_at) is None:
+            # Its only occurrence left is already missed: nothing would ever run.
+            which = "scheduled_at" if descriptor.kind == "scheduled" else "last occurrence"
+            raise InvalidTriggerError(
+                f"task {descriptor.id!r} would never run: its {which}, {due_at.isoformat()!r}, "
+                f"is {late.total_seconds():.0f} s in the past, beyond misfire_grace_time "
+                f"({grace.total_seconds():.0f} s); pick a future time"
+            )
         return due_at
 
     async def cancel_task(self, task_id: str) -> int:
@@ -209,7 +219,8 @@ class BackgroundTasksBus:
         self._emit(EventKind.PAUSED, task_id, "", None)
 
     async def resume_task(self, task_id: str) -> None:
-        """Resume a paused task from its next occurrence after now.
+        """Resume a paused task from its next occurrence after now; a task whose ``end_at``
+        passed meanwhile ends.
 
         Raises:
             TaskNotFoundError: no task has this id.
@@ -220,6 +231,8 @@ class BackgroundTasksBus:
         descriptor = self._codec.decode(state.descriptor_json)
         now = self._clock.now()
         due_at = self._resume_at(descriptor, state, now)
+        if due_at is None and not state.running:  # its end_at passed meanwhile: it has ended
+            await self._store.remove(task_id)
         ready = None if due_at is None else ready_at(descriptor, due_at)
         await self._store.set_paused(task_id, paused=False, due_at=due_at, ready_at=ready)
         self._emit(EventKind.RESUMED, task_id, descriptor.name, due_at)
@@ -232,7 +245,9 @@ class BackgroundTasksBus:
             return state.due_at  # a one-time task keeps its time; grace decides if it runs
         if isinstance(descriptor, RecurrentTaskDescriptor) and state.due_at is not None:
             return grid_point_at_or_after(descriptor, state.due_at, now)
-        return first_occurrence(descriptor, now)
+        if isinstance(descriptor, RecurrentTaskDescriptor) and descriptor.start_at is None:
+            return first_occurrence(descriptor, now)
+        return next_occurrence(descriptor, now - timedelta(microseconds=1))
 
     async def get_task(self, task_id: str) -> TaskInfo:
         """The task with this id.

@@ -20,6 +20,7 @@ from cml_jobs._descriptors import (
     ScheduledTaskDescriptor,
 )
 from cml_jobs._events import EventKind, TaskEvent
+from cml_jobs._migrate._cli import add_migrate_parser, run_from_args
 from cml_jobs._scheduler import BackgroundTaskScheduler
 from cml_jobs._timing import Clock, SystemClock
 
@@ -149,7 +150,15 @@ def _add_check(commands: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cml-jobs`` command."""
-    parser = argparse.ArgumentParser(prog="cml-jobs", description=__doc__)
+    from cml_jobs import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cml-jobs",
+        description="cml-jobs: typed background jobs for asyncio apps. This command runs "
+        "the demo, the health check and migrations (also as: python -m cml_jobs); "
+        "workers run as: arq cml_jobs.WorkerSettings.",
+    )
+    parser.add_argument("--version", action="version", version=f"cml-jobs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="run three demo tasks for a few seconds")
     run_demo.add_argument(
@@ -157,9 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_demo.add_argument("--seconds", type=float, default=10.0, help="how long to run")
     _add_check(commands)
+    add_migrate_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "check":
         return asyncio.run(check(args))
+    if args.command == "migrate":
+        return run_from_args(args)
     return asyncio.run(demo(args.redis_url, args.seconds))
 
 

@@ -9,11 +9,19 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
+from types import ModuleType
 from typing import Any
 
 from cml_jobs.exceptions import ConfigurationError
 
-__all__ = ["ENVIRONMENT", "Settings", "load_object", "redacted", "refuse_query_credentials"]
+__all__ = [
+    "ENVIRONMENT",
+    "Settings",
+    "import_module",
+    "load_object",
+    "redacted",
+    "refuse_query_credentials",
+]
 
 
 @dataclass(frozen=True, repr=False)
@@ -192,7 +200,28 @@ def load_object(path: str) -> Any:
         module_name, _, attribute = path.rpartition(".")
     if not module_name or not attribute:
         raise ValueError(f"expected 'package.module:Name', got {path!r}")
-    return getattr(importlib.import_module(module_name), attribute)
+    return getattr(import_module(module_name, f"named by {path!r}"), attribute)
+
+
+def import_module(name: str, origin: str) -> ModuleType:
+    """``importlib.import_module``, saying where Python looked when the module itself is
+    not found (the usual cause: a worker started from another directory).
+
+    Raises:
+        ModuleNotFoundError: ``name`` cannot be found; the message says where Python
+            looked, and ``origin`` where the name came from.
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+            raise  # the module exists, but something it imports does not: the traceback says
+        raise ModuleNotFoundError(
+            f"cannot import module {name!r} ({origin}): {exc}. Python looks in the current "
+            f"directory ({os.getcwd()}) and on PYTHONPATH: start the process from the "
+            "directory that holds the module, or add that directory to PYTHONPATH",
+            name=exc.name,
+        ) from exc
 
 
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).

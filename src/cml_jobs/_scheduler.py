@@ -25,6 +25,41 @@ __all__ = ["BackgroundTaskScheduler"]
 logger = logging.getLogger("cml_jobs")
 
 
+_SEED_REDIS = ("redis_host", "redis_port", "redis_db")
+_SEED_MONGO = ("mongo_uri", "mongo_db", "mongo_collection")
+
+
+def _store_url(redis_url: str | None, settings: dict[str, Any]) -> str:
+    """The store URL, from ``redis_url`` or from the seed's store settings, which are
+    taken out of ``settings``."""
+    mongo = sorted(set(settings) & set(_SEED_MONGO))
+    if mongo:
+        raise ConfigurationError(
+            f"cml-jobs has no MongoDB store: {mongo!r} cannot be used; keep tasks in Redis "
+            'with redis_url="redis://host:6379/1", or in this process with "memory://"'
+        )
+    seed = {name: settings.pop(name) for name in _SEED_REDIS if name in settings}
+    if not seed:
+        return redis_url or "memory://"
+    host, port, db = (
+        seed.get("redis_host", "localhost"),
+        seed.get("redis_port", 6379),
+        seed.get("redis_db", 0),
+    )
+    if not (isinstance(host, str) and type(port) is int and type(db) is int):
+        raise ConfigurationError(
+            f"redis_host={host!r}, redis_port={port!r}, redis_db={db!r}: expected a host name "
+            'and two whole numbers; or give redis_url="redis://host:6379/1" instead'
+        )
+    url = f"redis://{host}:{port}/{db}"
+    if redis_url is not None:
+        raise ConfigurationError(
+            f"redis_url={redis_url!r} and {sorted(seed)!r} both say where the store is; "
+            f"give only redis_url (the others amount to redis_url={url!r})"
+        )
+    return url
+
+
 class BackgroundTaskScheduler:
     """Schedules tasks and, with ``run_worker``, runs them in this process.
 
@@ -53,10 +88,10 @@ class BackgroundTaskScheduler:
     @classmethod
     def configure(
         cls,
-        *,
         container: Any = None,
+        *,
         modules: Iterable[str] = (),
-        redis_url: str = "memory://",
+        redis_url: str | None = None,
         store: ScheduleStore | None = None,
         clock: Clock | None = None,
         run_worker: bool | None = None,
@@ -65,7 +100,8 @@ class BackgroundTaskScheduler:
         """Configure a scheduler; nothing connects until ``start``.
 
         Args:
-            container: a dependency-injector container; jobs get it in ``configure``.
+            container: a dependency-injector container; jobs get it in ``configure``. It
+                may be given by position, as in ``configure(container, modules=[...])``.
             modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
             redis_url: ``"memory://"`` (the default: everything in this process, nothing
                 kept) or a Redis URL shared with the workers.
@@ -75,14 +111,18 @@ class BackgroundTaskScheduler:
                 default is True for ``memory://`` and False for Redis, where workers run
                 as ``arq cml_jobs.WorkerSettings``.
             **settings: any other ``Settings`` field (``lease``, ``poll_interval``,
-                ``max_jobs``, ``key_prefix``, ``queue_name``, ``drain_timeout``...).
+                ``max_jobs``, ``key_prefix``, ``queue_name``, ``drain_timeout``...). The
+                seed's ``redis_host``, ``redis_port`` and ``redis_db`` are accepted too, and
+                become ``redis_url="redis://{redis_host}:{redis_port}/{redis_db}"``.
 
         Raises:
-            ConfigurationError: an unknown setting.
+            ConfigurationError: an unknown setting, ``redis_url`` given beside
+                ``redis_host``/``redis_port``/``redis_db``, or a MongoDB setting.
         """
-        config = Settings(
-            redis_url=redis_url, modules=tuple(modules), container=container
-        ).with_changes(**settings)
+        url = _store_url(redis_url, settings)
+        config = Settings(redis_url=url, modules=tuple(modules), container=container).with_changes(
+            **settings
+        )
         return cls(config, store=store, clock=clock, run_worker=run_worker)
 
     @property

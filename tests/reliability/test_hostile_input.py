@@ -222,7 +222,7 @@ async def test_oversized_or_non_json_data_is_refused_and_nothing_is_written(
             with pytest.raises(PayloadTooLargeError):
                 await app.bus.schedule_task(
                     RecurrentTaskDescriptor(
-                        id="big", name="RecordingJob", interval=1, data={"sleep": "x" * size}
+                        id="big", name="RecordingJob", interval=1, data={"note": "x" * size}
                     )
                 )
             refused[label] = f"PayloadTooLargeError in {time.perf_counter() - started:.2f} s"

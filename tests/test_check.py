@@ -275,6 +275,10 @@ async def test_check_tells_damaged_data_and_parked_tasks_apart_from_an_unreachab
     assert "task 'hollow': has no descriptor" in out, out
     assert "parked tasks: 1\n  stuck: stored descriptor is invalid" in out, out
     assert "fine" not in out and out.rstrip().endswith("UNHEALTHY"), out
+    # A liveness probe names them too, but passes: restarting a worker cannot fix them.
+    probe = await asyncio.to_thread(_check, *args, "--liveness")
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert "task 'wrongtype'" in probe.stdout and "  stuck: " in probe.stdout
     await redis_client.delete(*(f"{key_prefix}task:{t}" for t in ("stuck", "wrongtype", "hollow")))
     healthy = await asyncio.to_thread(_check, *args)
     assert healthy.returncode == 0, healthy.stdout

@@ -118,6 +118,7 @@ async def _check_health(args: argparse.Namespace) -> Any:
         now=SystemClock().now(),
         default_grace=timedelta(seconds=args.grace),
         require_worker=not args.no_worker,
+        liveness=args.liveness,
     )
 
 
@@ -146,6 +147,12 @@ def _add_check(commands: Any) -> None:
         help="seconds a task without misfire_grace_time may be late (default 60)",
     )
     run_check.add_argument("--no-worker", action="store_true", help="do not require a live worker")
+    run_check.add_argument(
+        "--liveness",
+        action="store_true",
+        help="fail only on what restarting a worker can fix: parked tasks and unreadable "
+        "keys are reported, not failed on (for a liveness probe)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

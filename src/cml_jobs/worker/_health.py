@@ -38,12 +38,17 @@ class Overdue:
 @dataclass(frozen=True)
 class Finding:
     """One line of the health report: a topic, what was found, whether that is healthy,
-    and the details (one indented line each: the tasks it names)."""
+    and the details (one indented line each: the tasks it names).
+
+    ``restart_helps`` is False for findings about the data (parked tasks, unreadable keys),
+    which no restart of a worker can fix: a liveness probe reports them without failing.
+    """
 
     topic: str
     summary: str
     healthy: bool = True
     details: tuple[str, ...] = ()
+    restart_helps: bool = True
 
 
 @dataclass
@@ -51,11 +56,13 @@ class HealthReport:
     """What ``check_health`` found, one ``Finding`` per topic, in the order looked at."""
 
     findings: list[Finding] = field(default_factory=list)
+    liveness: bool = False  # only findings that a restart can fix count
 
     @property
     def healthy(self) -> bool:
-        """Every finding is healthy."""
-        return all(finding.healthy for finding in self.findings)
+        """Every finding is healthy (with ``liveness``: every one a restart can fix)."""
+        counted = [f for f in self.findings if f.restart_helps or not self.liveness]
+        return all(finding.healthy for finding in counted)
 
     def lines(self) -> list[str]:
         """The report, one finding per line, each followed by its details."""
@@ -75,6 +82,8 @@ def overdue_tasks(
     found = []
     for state in states:
         if state.paused or state.parked_reason is not None or state.due_at is None:
+            continue
+        if not state.descriptor_json:  # no task to claim: reported as unreadable data
             continue
         try:
             grace = parse_descriptor(state.descriptor_json).misfire_grace_time
@@ -96,13 +105,14 @@ async def check_health(
     default_grace: timedelta = DEFAULT_GRACE,
     require_worker: bool = True,
     timeout: timedelta = timedelta(seconds=3),
+    liveness: bool = False,
 ) -> HealthReport:
-    """Look at Redis, the workers and the schedule once."""
+    """Look at Redis, the workers and the schedule once (see ``HealthReport.liveness``)."""
     seconds = timeout.total_seconds()
     client = redis_client(
         redis_url, patient=False, socket_connect_timeout=seconds, socket_timeout=seconds
     )
-    report = HealthReport()
+    report = HealthReport(liveness=liveness)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -139,7 +149,7 @@ async def findings(
     """
     damaged = await damaged_keys(client, prefix)
     summary = f"{len(damaged)} key(s) UNREADABLE" if damaged else "readable"
-    data = Finding("data", summary, healthy=not damaged, details=tuple(damaged))
+    data = Finding("data", summary, not damaged, tuple(damaged), restart_helps=False)
     seen = await client.get(f"{queue}:health-check")
     if seen is None:
         workers = Finding("workers", "NONE polling the queue", healthy=not require_worker)
@@ -157,6 +167,7 @@ async def findings(
             f"{len(parked)}",
             healthy=not parked,
             details=tuple(f"{s.task_id}: {str(s.parked_reason)[:200]}" for s in parked),
+            restart_helps=False,
         ),
         Finding("overdue tasks", f"{len(late)}", healthy=not late, details=_overdue(late)),
     ]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from operator import sub
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from cml_jobs import BackgroundTaskScheduler, EventKind, RecurrentTaskDescriptor
+from cml_jobs import BackgroundTaskScheduler, EventKind, RecurrentTaskDescriptor, TaskInfo
 from cml_jobs._timing import to_ms
 from cml_jobs.events import EventStream, StreamEntry
 from cml_jobs.testing import ManualClock, run_due
@@ -72,6 +73,22 @@ def _check(redis_url: str, prefix: str, queue: str) -> subprocess.CompletedProce
     return subprocess.run([str(CLI), "check", *args], capture_output=True, text=True, timeout=60)
 
 
+@dataclass
+class Observed:
+    """What the poison scenario saw."""
+
+    poisoned_at: int  # ms
+    reasons: dict[str, str]  # bad task id -> what its park reason must say
+    parked_after: dict[str, float]  # bad task id -> seconds from planting to parked
+    tasks: dict[str, TaskInfo]
+    check: subprocess.CompletedProcess[str]
+    logs: str
+    stream: EventStream
+    seen: list[StreamEntry]
+    starts: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[dict[str, Any]] = field(default_factory=list)
+
+
 async def test_poison_of_every_kind_is_parked_or_reported_and_healthy_tasks_run_on_time(
     redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
 ) -> None:
@@ -83,74 +100,97 @@ async def test_poison_of_every_kind_is_parked_or_reported_and_healthy_tasks_run_
     following all along sees every healthy run's event, in order. p99 lateness before and
     after the poison is printed, not asserted."""
     workers: WorkerFleet = workers_factory(redis_url, key_prefix)
+    seen = await _poison_scenario(redis_client, redis_url, key_prefix, workers)
+    seen.starts = await workers.starts(redis_client)
+    seen.finished = await workers.records(redis_client)
+    _print_figures(seen)
+    _assert_every_healthy_occurrence_ran_once(seen)
+    _assert_the_poison_was_parked_or_reported(seen)
+    _assert_the_stream_reader_saw_every_run(seen)
+
+
+async def _poison_scenario(
+    client: aioredis.Redis, redis_url: str, prefix: str, workers: WorkerFleet
+) -> Observed:
     workers.start(2)
-    await workers.wait_ready(redis_client)
-    stream = EventStream(redis_client, prefix=key_prefix, block=timedelta(seconds=0.2))
+    await workers.wait_ready(client)
+    stream = EventStream(client, prefix=prefix, block=timedelta(seconds=0.2))
     seen: list[StreamEntry] = []
     reader = asyncio.create_task(_follow(stream, await stream.last_id(), seen))
-    async with app_for(redis_url, key_prefix) as app:
+    async with app_for(redis_url, prefix) as app:
         for i in range(HEALTHY):
             await app.bus.schedule_task(
                 RecurrentTaskDescriptor(id=f"ok-{i:03}", name="RecordingJob", interval=1)
             )
         await stay_alive(workers, 8)
         poisoned_at = to_ms(app.clock.now())
-        reasons = await _plant_poison(redis_client, key_prefix, poisoned_at)
-        parked_after = await _parked_within(redis_client, key_prefix, sorted(reasons))
+        reasons = await _plant_poison(client, prefix, poisoned_at)
+        parked_after = await _parked_within(client, prefix, sorted(reasons))
         await stay_alive(workers, 8)
         tasks = {t.id: t for t in await app.list_tasks()}
-        check = await asyncio.to_thread(_check, redis_url, key_prefix, workers.queue)
+        check = await asyncio.to_thread(_check, redis_url, prefix, workers.queue)
         for i in range(HEALTHY):
             await app.bus.cancel_task(f"ok-{i:03}")
     logs = "\n".join(workers.stderr(p) for p in workers.processes)
     assert workers.stop() == [0, 0]
     reader.cancel()
     seen += await _rest(stream, seen[-1].id if seen else "0-0")
+    return Observed(poisoned_at, reasons, parked_after, tasks, check, logs, stream, seen)
 
-    starts = await workers.starts(redis_client)
-    per_task = Counter((s["task"], s["occurrence"]) for s in starts)
+
+def _print_figures(seen: Observed) -> None:
     # Steady state only: the 5 s before the poison (the first runs' burst left out), and
     # the 5 s from the poison on.
     late: dict[str, list[int]] = {"before": [], "after": []}
-    for start in starts:
-        since = start["occurrence"] - poisoned_at
+    for start in seen.starts:
+        since = start["occurrence"] - seen.poisoned_at
         if -5000 <= since < 5000:
             late["before" if since < 0 else "after"].append(start["start"] - start["occurrence"])
-    print(f"parked within (s): { {k: round(v, 2) for k, v in parked_after.items()} }")
+    print(f"parked within (s): { {k: round(v, 2) for k, v in seen.parked_after.items()} }")
     for phase, values in late.items():
         print(
             f"lateness {phase} the poison: p99 {_p99(values):.0f} ms, max {max(values)} ms, "
             f"{len(values)} runs"
         )
-    print(f"stream: {len(seen)} events read, {stream.skipped} entries skipped")
-    print(check.stdout)
+    print(f"stream: {len(seen.seen)} events read, {seen.stream.skipped} entries skipped")
+    print(seen.check.stdout)
 
-    # Every healthy occurrence ran once, on its grid; none was missed or skipped.
+
+def _assert_every_healthy_occurrence_ran_once(seen: Observed) -> None:
+    """Once each, on its task's 1 s grid; none missed or skipped."""
+    per_task = Counter((s["task"], s["occurrence"]) for s in seen.starts)
     assert set(per_task.values()) == {1}, [k for k, n in per_task.items() if n > 1][:5]
     for i in range(HEALTHY):
-        task = tasks[f"ok-{i:03}"]
+        task = seen.tasks[f"ok-{i:03}"]
         ran = sorted(o for t, o in per_task if t == task.id)
         assert len(ran) >= 14 and set(map(sub, ran[1:], ran)) == {1000}, (task.id, ran)
         assert set(task.counts) == {"succeeded"}, (task.id, task.counts)
-    # Each bad task parked with its reason within 2 s; the STRING reported, once.
+
+
+def _assert_the_poison_was_parked_or_reported(seen: Observed) -> None:
+    """Each bad task parked with its reason within 2 s, the STRING reported once, no tick
+    failed, and check names them all."""
+    parked_after, reasons, check = seen.parked_after, seen.reasons, seen.check
     assert sorted(parked_after) == sorted(reasons) and max(parked_after.values()) < 2.0
     for task_id, words in reasons.items():
-        assert words in str(tasks[task_id].parked_reason), tasks[task_id].parked_reason
-    assert logs.count("task 'wrongtype' cannot be read or parked") == 1, logs[-3000:]
-    assert "tick failed" not in logs and "Traceback" not in logs, logs[-3000:]
-    # check names them.
+        assert words in str(seen.tasks[task_id].parked_reason), seen.tasks[task_id]
+    assert seen.logs.count("task 'wrongtype' cannot be read or parked") == 1, seen.logs[-3000:]
+    assert "tick failed" not in seen.logs and "Traceback" not in seen.logs, seen.logs[-3000:]
     assert check.returncode == 1, check.stdout + check.stderr
     assert "redis: ok (reachable)" in check.stdout and "task 'wrongtype'" in check.stdout
     assert "parked tasks: 3" in check.stdout
     assert all(f"  {task_id}: " in check.stdout for task_id in reasons), check.stdout
-    # The event stream reader saw every healthy run, in order, past the garbage entry.
-    assert stream.skipped == 1
+
+
+def _assert_the_stream_reader_saw_every_run(seen: Observed) -> None:
+    """Every finished healthy run's event, in order, past the garbage entry."""
+    assert seen.stream.skipped == 1
     succeeded: dict[str, list[int]] = {}
-    for entry in seen:
+    for entry in seen.seen:
         event = entry.event
         if event.kind is EventKind.SUCCEEDED and event.occurrence_at is not None:
             succeeded.setdefault(event.task_id, []).append(to_ms(event.occurrence_at))
-    finished = Counter((r["task"], r["occurrence"]) for r in await workers.records(redis_client))
+    finished = Counter((r["task"], r["occurrence"]) for r in seen.finished)
     for i in range(HEALTHY):
         task_id = f"ok-{i:03}"
         ran = sorted(o for t, o in finished if t == task_id)  # not the runs cancelled at the end

@@ -34,6 +34,7 @@ RUN_ELSEWHERE = {
     "tests/fixtures/seed_snippets.py": "tests/test_seed_compat.py",  # untyped, as the seed
     "examples/apscheduler/before.py": "tests/test_migrate_convert.py",  # APScheduler's app
     "examples/apscheduler/after.py": "tests/test_migrate_convert.py",  # beside before.py
+    "examples/postgres_orders.py": "tests/test_postgres_scheduling.py",  # needs PostgreSQL
 }
 # Guides that must show code (every page under guides/, and these).
 GUIDES = ["observability.md", "security.md", "reliability.md", "deployment.md", "index.md"]

@@ -33,9 +33,9 @@ from cml_jobs import (
     ScheduledTaskDescriptor,
     TaskEvent,
 )
-from cml_jobs._cli import main
-from cml_jobs._migrate._click import migrate_group
 from cml_jobs._migrate._load import redis_connect_args
+from cml_jobs.cli import main as cli
+from cml_jobs.cli._migrate import migrate_group
 
 APP = "tests.fixtures.apscheduler_app"
 MAPS = [
@@ -137,6 +137,12 @@ def expected_descriptors(aps: dict[str, datetime | None]) -> dict[str, dict[str,
             data={"recipient": "boss@example.com"}, misfire_grace_time=1, jitter=60),
     ]  # fmt: skip
     return {d.id: d.model_dump(mode="json") for d in descriptors}
+
+
+def main(args: list[str]) -> int:
+    """Run the ``cml-jobs`` command line as a script would, and return its exit code."""
+    code = cli.main(args, prog_name="cml-jobs", standalone_mode=False)
+    return int(code or 0)
 
 
 async def migrate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
@@ -290,7 +296,7 @@ async def test_the_click_command_runs_the_same_migration(
     source: Source, target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The click version of the command (for a click command line) takes the same options
-    and prints the same report as the argparse one."""
+    and prints the same report as the whole command line."""
     populate(source, lead=timedelta(minutes=5), extra=True)
     code, report = await migrate(capsys, *source.args, *MAPS)
     runner = CliRunner()

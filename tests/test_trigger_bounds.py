@@ -15,8 +15,8 @@ from cml_jobs import (
     InvalidTriggerError,
     RecurrentTaskDescriptor,
     TaskEvent,
-    TaskNotFoundError,
 )
+from cml_jobs.exceptions import TaskNotFoundError
 from cml_jobs.stores import ScheduleStore
 from cml_jobs.testing import ManualClock, run_due
 from tests.fixtures.behaviour_jobs import ScriptedJob
@@ -113,8 +113,8 @@ async def test_start_at_long_ago_joins_the_grid_at_its_latest_point(
 async def test_end_at_is_the_last_occurrence_and_the_task_then_ends(
     scheduler: BackgroundTaskScheduler, clock: ManualClock, kind: str
 ) -> None:
-    """No occurrence comes after end_at; after the last run the task is gone, as a
-    one-time task is after its run."""
+    """No occurrence comes after end_at; after the last run the task has ended, as a
+    one-time task has after its run: listed, ended, until history_retention, then gone."""
     end = MIDNIGHT + 25 * MIN
     info = await scheduler.bus.schedule_task(every_10_minutes(kind, start_at=T0, end_at=end))
     ran = []
@@ -123,6 +123,8 @@ async def test_end_at_is_the_last_occurrence_and_the_task_then_ends(
         clock.advance(MIN)
     assert info.next_run_time == MIDNIGHT
     assert ran == [MIDNIGHT, MIDNIGHT + 10 * MIN, MIDNIGHT + 20 * MIN]
+    assert (await scheduler.bus.get_task("t")).ended_at == MIDNIGHT + 20 * MIN
+    clock.advance(timedelta(days=7))
     assert await scheduler.list_tasks() == []
     with pytest.raises(TaskNotFoundError):
         await scheduler.bus.get_task("t")
@@ -139,7 +141,7 @@ async def test_end_at_on_an_occurrence_includes_it(
     clock.set(end)
     events = await run_due(scheduler)
     assert seen(events) == [("started", end, 1), ("succeeded", end, 1)]
-    assert await scheduler.list_tasks() == []
+    assert [(t.id, t.ended_at) for t in await scheduler.list_tasks()] == [("t", end)]
 
 
 @KINDS
@@ -204,4 +206,4 @@ async def test_a_start_at_at_the_end_of_the_calendar_runs_once_and_ends(
     )
     clock.set(last)
     assert [e.kind.value for e in await run_due(scheduler)] == ["started", "succeeded"]
-    assert await scheduler.list_tasks() == []
+    assert [(t.id, t.ended_at) for t in await scheduler.list_tasks()] == [("t", last)]

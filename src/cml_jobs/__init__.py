@@ -43,9 +43,10 @@ from cml_jobs.exceptions import (
     StoreUnavailableError,
     TaskExistsError,
     TaskNotFoundError,
+    TaskParkedError,
     UnknownJobError,
 )
-from cml_jobs.stores import Outcome
+from cml_jobs.stores import Outcome, RunRecord, WorkerInfo
 
 if TYPE_CHECKING:
     from cml_jobs._di import ServiceProvider
@@ -76,6 +77,7 @@ __all__ = [
     "RecurrentBackgroundJob",
     "RecurrentTaskDescriptor",
     "RunContext",
+    "RunRecord",
     "ScheduledBackgroundJob",
     "ScheduledTaskDescriptor",
     "ServiceNotFoundError",
@@ -91,7 +93,9 @@ __all__ = [
     "TaskExistsError",
     "TaskInfo",
     "TaskNotFoundError",
+    "TaskParkedError",
     "UnknownJobError",
+    "WorkerInfo",
     "WorkerSettings",
     "backgroundjob",
     "worker_settings",

@@ -3,93 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 
 from cml_jobs import _telemetry
 from cml_jobs._codec import DescriptorCodec
 from cml_jobs._descriptors import (
     MAX_DESCRIPTOR_BYTES,
-    RecurrentTaskDescriptor,
-    ScheduledTaskDescriptor,
     TaskDescriptor,
 )
 from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._operations import Operations, _not_found
 from cml_jobs._registry import JobRegistry
+from cml_jobs._task_info import TaskInfo, count_by_state
 from cml_jobs._timing import Clock
 from cml_jobs._triggers import (
     describe_trigger,
     first_occurrence,
-    grid_point_at_or_after,
     next_occurrence,
     ready_at,
 )
 from cml_jobs.exceptions import (
-    InvalidDescriptorError,
+    ConfigurationError,
     InvalidTriggerError,
     PayloadTooLargeError,
-    TaskNotFoundError,
 )
-from cml_jobs.stores._base import NewTask, Outcome, ScheduleStore, TaskState
+from cml_jobs.stores._base import (
+    NewTask,
+    ScheduleStore,
+    TransactionalStore,
+)
 
 __all__ = ["BackgroundTasksBus", "TaskInfo"]
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    """A scheduled task as ``list_tasks`` and ``get_task`` show it.
-
-    Attributes:
-        id: the task id.
-        name: the job name ("" if the stored descriptor is unreadable).
-        descriptor: the task's descriptor, or None if the stored one is invalid.
-        next_run_time: the next occurrence, or None (paused, parked, or running its last).
-        last_run_time: when the latest run started.
-        last_outcome: how the latest occurrence ended.
-        last_error: a summary of the latest failure.
-        paused: paused with ``pause_task``.
-        parked_reason: why the task was parked, or None.
-        running: runs going on now.
-        counts: occurrences per outcome.
-    """
-
-    id: str
-    name: str
-    descriptor: TaskDescriptor | None
-    next_run_time: datetime | None
-    last_run_time: datetime | None = None
-    last_outcome: Outcome | None = None
-    last_error: str | None = None
-    paused: bool = False
-    parked_reason: str | None = None
-    running: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_state(cls, state: TaskState, codec: DescriptorCodec | None = None) -> TaskInfo:
-        """Build from the store's record, read with ``codec`` (plain JSON by default)."""
-        try:
-            descriptor: TaskDescriptor | None = (codec or _PLAIN).decode(state.descriptor_json)
-        except InvalidDescriptorError:
-            descriptor = None
-        live = not state.paused and state.parked_reason is None
-        return cls(
-            id=state.task_id,
-            name=descriptor.name if descriptor else "",
-            descriptor=descriptor,
-            next_run_time=state.due_at if live else None,
-            last_run_time=state.last_run_at,
-            last_outcome=state.last_outcome,
-            last_error=state.last_error,
-            paused=state.paused,
-            parked_reason=state.parked_reason,
-            running=state.running,
-            counts=state.counts,
-        )
-
-
-class BackgroundTasksBus:
-    """Schedules tasks into the store, after checking them against the registry.
+class BackgroundTasksBus(Operations):
+    """Schedules tasks into the store, after checking them against the registry, and
+    operates on them (history, workers, extra runs: see the methods from ``get_history``
+    on).
 
     Args:
         store: where tasks live.
@@ -112,19 +63,23 @@ class BackgroundTasksBus:
     ) -> None:
         self._store = store
         self._registry = registry
-        self._codec = codec or _PLAIN
+        self._codec = codec or DescriptorCodec()
         self._clock = clock
         self._hub = hub
         self._on_scheduled = on_scheduled
 
-    async def schedule_task(self, descriptor: TaskDescriptor, *, replace: bool = False) -> TaskInfo:
-        """Validate ``descriptor`` and schedule it. Nothing is written if it is refused.
-
-        Scheduling the same descriptor again is a no-op.
+    async def schedule_task(
+        self, descriptor: TaskDescriptor, *, replace: bool = False, connection: Any = None
+    ) -> TaskInfo:
+        """Validate ``descriptor`` and schedule it (again: a no-op). Nothing is written if
+        it is refused.
 
         Args:
             descriptor: the task.
             replace: replace a different task that has the same id.
+            connection: your asyncpg connection, a transaction open on it (PostgreSQL
+                store): the task is scheduled if that transaction commits, never if it
+                rolls back. The ``scheduled`` event is emitted before your commit.
 
         Returns:
             The task as stored.
@@ -136,7 +91,9 @@ class BackgroundTasksBus:
                 further in the past than its ``misfire_grace_time``.
             PayloadTooLargeError: the descriptor exceeds ``MAX_DESCRIPTOR_BYTES``.
             TaskExistsError: a different task has this id and ``replace`` is False.
+            ConfigurationError: ``connection`` is given to a store that cannot use it.
         """
+        store = self._store if connection is None else _within(self._store, connection)
         self._registry.validate(descriptor)
         now = self._clock.now()
         due_at = self._first_due(descriptor, now)
@@ -144,9 +101,9 @@ class BackgroundTasksBus:
         with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
             ready = ready_at(descriptor, due_at)
             task = NewTask(descriptor.id, encoded, due_at, ready, trace_context)
-            added = await self._store.add(task, replace=replace)
+            added = await store.add(task, replace=replace)
         if not added:  # the same task was already there: show it as it is
-            return await self.get_task(descriptor.id)
+            return await self._info(store, descriptor.id)
         self._scheduled(descriptor, due_at)
         # As the store keeps it (to the millisecond), without reading it back.
         next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
@@ -208,14 +165,23 @@ class BackgroundTasksBus:
         self._emit(EventKind.CANCELLED, task_id, "", None)
         return started
 
-    async def pause_task(self, task_id: str) -> None:
+    async def pause_task(self, task_id: str, *, note: str | None = None) -> None:
         """Stop a task from running until ``resume_task``; occurrences meanwhile are not run.
+
+        Args:
+            task_id: the task.
+            note: why, for the other operators: shown as ``TaskInfo.note`` until the task
+                is resumed (at most 1 KiB).
 
         Raises:
             TaskNotFoundError: no task has this id.
         """
+        if note is not None and len(note.encode()) > 1024:
+            raise ValueError(f"the note is {len(note.encode())} bytes; keep it under 1 KiB")
         if not await self._store.set_paused(task_id, paused=True, due_at=None, ready_at=None):
             raise _not_found(task_id)
+        if note is not None:
+            await self._ops().set_note(task_id, note)
         self._emit(EventKind.PAUSED, task_id, "", None)
 
     async def resume_task(self, task_id: str) -> None:
@@ -235,19 +201,11 @@ class BackgroundTasksBus:
             await self._store.remove(task_id)
         ready = None if due_at is None else ready_at(descriptor, due_at)
         await self._store.set_paused(task_id, paused=False, due_at=due_at, ready_at=ready)
+        if state.note is not None:
+            await self._ops().set_note(task_id, None)
         self._emit(EventKind.RESUMED, task_id, descriptor.name, due_at)
         if self._on_scheduled is not None:
             self._on_scheduled()
-
-    @staticmethod
-    def _resume_at(descriptor: TaskDescriptor, state: TaskState, now: datetime) -> datetime | None:
-        if isinstance(descriptor, ScheduledTaskDescriptor):
-            return state.due_at  # a one-time task keeps its time; grace decides if it runs
-        if isinstance(descriptor, RecurrentTaskDescriptor) and state.due_at is not None:
-            return grid_point_at_or_after(descriptor, state.due_at, now)
-        if isinstance(descriptor, RecurrentTaskDescriptor) and descriptor.start_at is None:
-            return first_occurrence(descriptor, now)
-        return next_occurrence(descriptor, now - timedelta(microseconds=1))
 
     async def get_task(self, task_id: str) -> TaskInfo:
         """The task with this id.
@@ -255,44 +213,38 @@ class BackgroundTasksBus:
         Raises:
             TaskNotFoundError: no task has this id.
         """
-        state = await self._store.get(task_id)
+        return TaskInfo.from_state(await self._live(task_id), self._codec)
+
+    async def _info(self, store: ScheduleStore, task_id: str) -> TaskInfo:
+        state = await store.get(task_id)
         if state is None:
             raise _not_found(task_id)
         return TaskInfo.from_state(state, self._codec)
 
     async def list_tasks(self) -> list[TaskInfo]:
-        """Every task, ordered by id, paused and parked ones included.
+        """Every task, ordered by id, paused, parked and ended ones included (an ended task
+        is listed until ``history_retention`` after it ended).
 
         Also refreshes the counts that the ``cml_jobs.tasks`` gauge reports.
         """
-        tasks = [TaskInfo.from_state(state, self._codec) for state in await self._store.list()]
-        _telemetry.set_task_counts(_count(tasks))
+        now = self._clock.now()
+        tasks = [
+            TaskInfo.from_state(state, self._codec)
+            for state in await self._store.list()
+            if state.expires_at is None or state.expires_at > now
+        ]
+        _telemetry.set_task_counts(count_by_state(tasks))
         return tasks
 
     def _emit(self, kind: EventKind, task_id: str, name: str, at: datetime | None) -> None:
         self._hub.emit(TaskEvent(kind, task_id, name, self._clock.now(), at))
 
 
-_PLAIN = DescriptorCodec()
-
-
-def _count(tasks: list[TaskInfo]) -> dict[str, int]:
-    """Tasks per state, for the ``cml_jobs.tasks`` gauge: parked, else paused, else
-    running, else scheduled (if it has a next occurrence)."""
-    counts = dict.fromkeys(_telemetry.TASK_STATES, 0)
-    for task in tasks:
-        if task.parked_reason is not None:
-            counts["parked"] += 1
-        elif task.paused:
-            counts["paused"] += 1
-        elif task.running:
-            counts["running"] += 1
-        elif task.next_run_time is not None:
-            counts["scheduled"] += 1
-    return counts
-
-
-def _not_found(task_id: str) -> TaskNotFoundError:
-    return TaskNotFoundError(
-        f"no task with id {task_id!r} is scheduled; list_tasks() shows the ones that are"
-    )
+def _within(store: ScheduleStore, connection: Any) -> ScheduleStore:
+    if not isinstance(store, TransactionalStore):
+        raise ConfigurationError(
+            f"schedule_task(connection=...) writes in your own transaction, which "
+            f"{type(store).__name__} cannot do; keep tasks in PostgreSQL "
+            "(store_url='postgresql://...'), or leave connection out"
+        )
+    return store.within(connection)

@@ -48,8 +48,15 @@ class Settings:
             ``max_jobs`` at once, and leaves tasks of jobs it lacks to workers that have
             them; ``"queue"``: a worker process's runs go through the arq queue to
             whichever worker polls first (an app's ``run_worker`` always runs locally).
+        history_size: runs kept in each task's history (``get_history``), newest first.
+        history_retention: how long a task that ended (a one-time task after its run)
+            stays listed with its outcome and history.
         signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
             run only descriptors whose signature matches (the key never goes to Redis).
+        store_url: where tasks are kept, when not in ``redis_url``: a
+            ``postgresql://user@host:5432/database`` URL (``?schema=name`` for a schema
+            other than ``cml_jobs``) keeps them in PostgreSQL; workers still use
+            ``redis_url`` for arq. None (the default): the store is ``redis_url``.
     """
 
     redis_url: str = "memory://"
@@ -65,12 +72,17 @@ class Settings:
     unknown_job_grace: timedelta = timedelta(minutes=5)
     drain_timeout: timedelta = timedelta(seconds=30)
     dispatch: str = "local"
+    history_size: int = 100
+    history_retention: timedelta = timedelta(days=7)
     signing_key: str | None = field(default=None, repr=False)
+    store_url: str | None = None
 
     def __repr__(self) -> str:
-        # Never the password in the URL, nor the signing key (its field is repr=False).
+        # Never the password in a URL, nor the signing key (its field is repr=False).
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
         values["redis_url"] = redacted(self.redis_url)
+        if self.store_url is not None:
+            values["store_url"] = redacted(self.store_url)
         return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in values.items()) + ")"
 
     def __post_init__(self) -> None:
@@ -78,8 +90,21 @@ class Settings:
 
     @property
     def embedded(self) -> bool:
-        """True for the ``memory://`` mode."""
-        return self.redis_url.startswith("memory://")
+        """True for the ``memory://`` mode: the store lives in this process."""
+        return self.store_kind == "memory"
+
+    @property
+    def store_location(self) -> str:
+        """The URL of the store: ``store_url``, or ``redis_url`` when it is None."""
+        return self.redis_url if self.store_url is None else self.store_url
+
+    @property
+    def store_kind(self) -> str:
+        """``"memory"``, ``"redis"`` or ``"postgresql"``: which store the settings name."""
+        scheme = self.store_location.partition("://")[0]
+        if scheme in _POSTGRES_SCHEMES:
+            return "postgresql"
+        return "memory" if scheme == "memory" else "redis"
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some settings changed; unknown names are refused."""
@@ -164,18 +189,27 @@ def _positive_int(raw: str) -> int:
 
 
 _URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 _DISPATCH_MODES = ("local", "queue")
 
 
-def _redis_url(raw: str) -> str:
+def _url(raw: str, schemes: tuple[str, ...], example: str) -> str:
     scheme, separator, _ = raw.partition("://")
-    if not separator or scheme not in _URL_SCHEMES:
+    if not separator or scheme not in schemes:
         raise ValueError(
-            "expected a URL such as redis://host:6379/0 (schemes: "
-            + ", ".join(f"{name}://" for name in _URL_SCHEMES)
+            f"expected a URL such as {example} (schemes: "
+            + ", ".join(f"{name}://" for name in schemes)
             + ")"
         )
     return raw
+
+
+def _redis_url(raw: str) -> str:
+    return _url(raw, _URL_SCHEMES, "redis://host:6379/0")
+
+
+def _store_url(raw: str) -> str:
+    return _url(raw, (*_POSTGRES_SCHEMES, *_URL_SCHEMES), "postgresql://host:5432/database")
 
 
 def _dispatch(raw: str) -> str:
@@ -227,6 +261,11 @@ def import_module(name: str, origin: str) -> ModuleType:
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "CML_JOBS_REDIS_URL": ("redis_url", _redis_url, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_STORE_URL": (
+        "store_url",
+        _store_url,
+        "where tasks are kept when not in Redis: postgresql://user@host:5432/db[?schema=name]",
+    ),
     "CML_JOBS_MODULES": ("modules", _modules, "comma-separated modules to scan for jobs"),
     "CML_JOBS_CONTAINER": (
         "container",
@@ -266,6 +305,16 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "signing_key",
         str,
         "HMAC key: descriptors are signed, and unsigned or tampered ones parked (default off)",
+    ),
+    "CML_JOBS_HISTORY_SIZE": (
+        "history_size",
+        _positive_int,
+        "runs kept in each task's history (default 100)",
+    ),
+    "CML_JOBS_HISTORY_RETENTION": (
+        "history_retention",
+        _seconds,
+        "seconds an ended task stays listed with its history (default 604800: 7 days)",
     ),
     "CML_JOBS_DRAIN_TIMEOUT": (
         "drain_timeout",

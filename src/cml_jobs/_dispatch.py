@@ -1,10 +1,11 @@
 """Dispatch: claim due occurrences from the store and hand them to a sink as runs.
 
 Every worker runs a dispatcher; any number may run at once. Each tick reads the due
-tasks, decides in Python what each one does (see ``_decide``), and applies all decisions
-in one atomic store call that only succeeds for tasks still in the state the decision
-was made from. So each occurrence becomes a run once, whoever wins, and the claim
-decides that the run starts.
+tasks, decides in Python what each one does (``plan``: misfire grace, coalescing; or
+park a task that cannot run; or leave a task whose job this worker lacks to one that has
+it), and applies all decisions in one atomic store call that only succeeds for tasks
+still in the state the decision was made from. So each occurrence becomes a run once,
+whoever wins, and the claim decides that the run starts.
 """
 
 from __future__ import annotations
@@ -13,28 +14,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from cml_jobs import _telemetry
+from cml_jobs._claims import ClaimReporter, TickReport
 from cml_jobs._codec import DescriptorCodec
 from cml_jobs._decide import Choice, Decider
-from cml_jobs._descriptors import TaskDescriptor
-from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._events import EventHub
 from cml_jobs._execution import Assignment
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
 from cml_jobs.exceptions import InvalidDescriptorError, StoreAccessError, StoreError
-from cml_jobs.stores._base import (
-    ClaimResult,
-    ClaimStatus,
-    Decision,
-    DueTask,
-    Finish,
-    Outcome,
-    ScheduleStore,
-)
+from cml_jobs.stores._base import ClaimResult, DueTask, Finish, Outcome, ScheduleStore
+from cml_jobs.stores._ops import OperationsStore, RunRecord
 
 __all__ = ["Dispatcher", "RunSink", "TickReport"]
 
@@ -44,7 +38,6 @@ logger = logging.getLogger("cml_jobs.dispatch")
 #: a job that kills its worker must not take down every worker in turn.
 MAX_LOST_ATTEMPTS = 3
 _RECLAIM_EVERY = timedelta(seconds=1)
-_UNCOUNTED = (ClaimStatus.RACED, ClaimStatus.GONE, ClaimStatus.PARKED)
 
 
 class RunSink(Protocol):
@@ -57,18 +50,6 @@ class RunSink(Protocol):
     async def submit(self, assignments: Sequence[Assignment]) -> None:
         """Hand over claimed runs."""
         ...
-
-
-@dataclass(frozen=True)
-class TickReport:
-    """What one dispatcher tick did."""
-
-    claimed: int = 0
-    reissued: int = 0
-    missed: int = 0
-    skipped: int = 0
-    parked: int = 0
-    full: bool = False  # the batch limit was reached: more may be due right now
 
 
 class Dispatcher:
@@ -89,6 +70,7 @@ class Dispatcher:
             each run at its own time.
         unknown_job_grace: how long a task whose job no worker has run waits before it is
             parked.
+        worker: this worker's id, for history rows.
     """
 
     def __init__(
@@ -105,11 +87,13 @@ class Dispatcher:
         poll_interval: timedelta = timedelta(seconds=1),
         lookahead: timedelta = timedelta(0),
         unknown_job_grace: timedelta = timedelta(minutes=5),
+        worker: str = "",
     ) -> None:
         self.store, self.clock, self.sink, self.hub = store, clock, sink, hub
         self.codec, self.lease, self.batch, self.lookahead = codec, lease, batch, lookahead
         self.decider = Decider(codec=codec, registry=registry, unknown_job_grace=unknown_job_grace)
         self.poll_interval = poll_interval
+        self.reporter = ClaimReporter(clock=clock, hub=hub, worker=worker)
         self._wake = asyncio.Event()
         self._starved = False  # the last tick had no room for everything that was due
         self._reclaim_after: datetime | None = None
@@ -143,14 +127,23 @@ class Dispatcher:
         choices = [self.decider.choose(task, now) for task in polled.tasks]
         decisions = [choice.decision for choice in choices]
         results = await self.store.claim(decisions, lease_until=lease_until)
-        report = self._report(choices, results)
+        report, rows = self.reporter.report(choices, results)
         self._starved = len(reissued) + len(polled.tasks) >= room
         self._next_ready = min(
             (t for t in (polled.next_ready_at, *(d.next_ready_at for d in decisions)) if t),
             default=None,
         )
+        await self._record(rows)  # before the runs, which end later
         await self.sink.submit([*reissued, *_assignments(choices, results, polled.tasks)])
         return replace(report, reissued=len(reissued), full=self._starved)
+
+    async def _record(self, rows: list[RunRecord]) -> None:
+        """History rows of occurrences that did not run; losing them loses no run."""
+        if rows and isinstance(self.store, OperationsStore):
+            try:
+                await self.store.record(rows)
+            except StoreError as exc:
+                logger.warning("dispatcher: %d history row(s) not recorded (%s)", len(rows), exc)
 
     async def _reissue(self, now: datetime, lease_until: datetime, room: int) -> list[Assignment]:
         # Leases are seconds long: looking for expired ones once a second is enough, and
@@ -165,7 +158,8 @@ class Dispatcher:
             run = claimed.run
             if run.attempt > MAX_LOST_ATTEMPTS:
                 error = f"worker lost during {MAX_LOST_ATTEMPTS} attempts; not re-run"
-                lost.append(Finish(run, Outcome.FAILED, error))
+                row = self.reporter.lost(run, error)
+                lost.append(Finish(run, Outcome.FAILED, error, history=row))
                 logger.error("task %r: %s", run.task_id, error)
                 continue
             try:
@@ -173,12 +167,15 @@ class Dispatcher:
             except InvalidDescriptorError as exc:
                 lost.append(Finish(run, Outcome.PARKED, f"stored descriptor is invalid: {exc}"))
                 continue
-            logger.warning(
-                "task %r: the run of %s lost its worker; re-running it (attempt %d)",
-                run.task_id,
-                run.occurrence_at.isoformat(),
-                run.attempt,
-            )
+            if run.extra and run.attempt == 1:  # its turn came (trigger_task, backfill)
+                logger.info("task %r: extra run of %s", run.task_id, run.occurrence_at.isoformat())
+            else:
+                logger.warning(
+                    "task %r: the run of %s lost its worker; re-running it (attempt %d)",
+                    run.task_id,
+                    run.occurrence_at.isoformat(),
+                    run.attempt,
+                )
             assignments.append(Assignment(run, descriptor, claimed.trace_context))
         await self.store.finish(lost)
         return assignments
@@ -193,55 +190,12 @@ class Dispatcher:
             _telemetry.record_store_reset()
         self._generation = generation
 
-    def _report(self, choices: Sequence[Choice], results: Sequence[ClaimResult]) -> TickReport:
-        """Log, count and announce what the claim did besides handing out runs."""
-        claimed = missed = skipped = parked = 0
-        for choice, result in zip(choices, results, strict=True):
-            decision, descriptor = choice.decision, choice.descriptor
-            if result.status is ClaimStatus.PARKED:
-                parked += 1
-                self._parked(decision, choice.job_name, result.reason)
-            if descriptor is None or result.status in _UNCOUNTED:
-                continue
-            claimed += result.status is ClaimStatus.CLAIMED
-            if decision.missed:
-                missed += decision.missed
-                logger.warning(
-                    "task %r: %d occurrence(s) missed (later than misfire_grace_time), "
-                    "the first due at %s",
-                    decision.task_id,
-                    decision.missed,
-                    decision.expected_due_at.isoformat(),
-                )
-                self._count(EventKind.MISSED, Outcome.MISSED, decision, descriptor, decision.missed)
-            if result.status is ClaimStatus.SKIPPED:
-                skipped += 1
-                self._count(EventKind.SKIPPED, Outcome.SKIPPED, decision, descriptor, 1)
-        return TickReport(claimed=claimed, missed=missed, skipped=skipped, parked=parked)
-
-    def _parked(self, decision: Decision, job_name: str, reason: str | None) -> None:
-        reason = reason or decision.park_reason
-        logger.error("task %r parked: %s", decision.task_id, reason)
-        _telemetry.record_outcome(job_name or "unknown", Outcome.PARKED)
-        at, due = self.clock.now(), decision.expected_due_at
-        event = TaskEvent(EventKind.PARKED, decision.task_id, job_name, at, due, error=reason)
-        self.hub.emit(event)
-
-    def _count(
-        self,
-        kind: EventKind,
-        outcome: Outcome,
-        decision: Decision,
-        descriptor: TaskDescriptor,
-        count: int,
-    ) -> None:
-        _telemetry.record_outcome(descriptor.name, outcome, count=count)
-        at, due = self.clock.now(), decision.expected_due_at
-        self.hub.emit(TaskEvent(kind, decision.task_id, descriptor.name, at, due, count=count))
-
     async def run(self, stopping: asyncio.Event) -> None:
-        """Tick until ``stopping`` is set, sleeping until the next due time in between;
-        store failures are retried with backoff, and only refused credentials end it."""
+        """Tick until ``stopping`` is set, sleeping until the next due time in between.
+
+        Store failures are logged and retried with backoff; only refused credentials (with
+        ``on_refused`` set) end the loop.
+        """
         backoff = 0.1
         while not stopping.is_set():
             try:

@@ -27,8 +27,10 @@ __all__ = [
     "lateness",
     "misfired",
     "next_occurrence",
+    "occurrences_between",
     "plan",
     "ready_at",
+    "upcoming",
 ]
 
 # A cron backlog longer than this is not walked occurrence by occurrence: the count of
@@ -172,6 +174,35 @@ def describe_trigger(descriptor: TaskDescriptor) -> str:
     for name, at in (("start_at", descriptor.start_at), ("end_at", descriptor.end_at)):
         text += "" if at is None else f", {name}={at.isoformat()!r}"
     return text
+
+
+def upcoming(descriptor: TaskDescriptor, first: datetime | None, k: int) -> list[datetime]:
+    """``first`` (an occurrence) and the occurrences after it: ``k`` at most."""
+    found: list[datetime] = []
+    while first is not None and len(found) < k:
+        found.append(first)
+        first = next_occurrence(descriptor, first)
+    return found
+
+
+def occurrences_between(
+    descriptor: TaskDescriptor, anchor: datetime, start: datetime, end: datetime, limit: int
+) -> list[datetime]:
+    """The occurrences in ``[start, end]``, at most ``limit`` (one more tells the caller
+    that the window holds too many). ``anchor`` is an occurrence of the task (its next
+    due time), through which a recurrent task without ``start_at`` has its grid."""
+    if isinstance(descriptor, RecurrentTaskDescriptor):
+        base = descriptor.start_at or anchor
+        steps = -((base - start) // descriptor.interval)  # ceiling division, either side
+        on_grid = base + steps * descriptor.interval
+        first = _until_end(descriptor, max(on_grid, descriptor.start_at or on_grid))
+    else:  # on the grid, from start_at if any, to end_at if any
+        first = next_occurrence(descriptor, start - timedelta(microseconds=1))
+    found: list[datetime] = []
+    while first is not None and first <= end and len(found) < limit:
+        found.append(first)
+        first = next_occurrence(descriptor, first)
+    return found
 
 
 def jitter_offset(descriptor: TaskDescriptor, occurrence_at: datetime) -> timedelta:

@@ -11,6 +11,7 @@ Our exception hierarchy::
     │   │   ├── InvalidTaskDataError . data that does not fit the job's constructor, or is not JSON
     │   │   └── PayloadTooLargeError . a descriptor above the size limit
     │   ├── TaskExistsError .......... a task with that id exists and replace=False
+    │   ├── TaskParkedError .......... the task is parked: unpark it before running it
     │   └── ServiceNotFoundError ..... (also LookupError) get_required_service found no provider,
     │                                  or several
     ├── TaskNotFoundError ............ (also LookupError) no task with that id
@@ -37,6 +38,7 @@ __all__ = [
     "StoreUnavailableError",
     "TaskExistsError",
     "TaskNotFoundError",
+    "TaskParkedError",
     "UnknownJobError",
 ]
 
@@ -75,6 +77,10 @@ class PayloadTooLargeError(InvalidDescriptorError):
 
 class TaskExistsError(ConfigurationError):
     """A task with this id is already scheduled and ``replace=True`` was not given."""
+
+
+class TaskParkedError(ConfigurationError):
+    """The task is parked (its descriptor could not run); ``unpark_task`` it first."""
 
 
 class ServiceNotFoundError(ConfigurationError, LookupError):

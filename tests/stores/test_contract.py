@@ -1,10 +1,10 @@
 """The ``ScheduleStore`` contract: one suite that every store must pass.
 
 Each test runs on every store through the ``store`` fixture: the memory store, the Redis
-store, and the Redis store holding descriptors signed by ``DescriptorCodec`` (the store
-must hand them back byte for byte). Time never moves by itself: every ``now`` is a fixed
-aware UTC datetime derived from ``T0``. The Redis-only tests at the end write hostile data
-straight into Redis.
+store, the Redis store holding descriptors signed by ``DescriptorCodec`` (the store must
+hand them back byte for byte), and the PostgreSQL store (a schema of the test's own).
+Time never moves by itself: every ``now`` is a fixed aware UTC datetime derived from
+``T0``. The Redis-only tests at the end write hostile data straight into Redis.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ PLAIN = Tasks(DescriptorCodec())
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("redis-signed", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def flavour(request: pytest.FixtureRequest) -> str:
@@ -93,6 +94,9 @@ def store(flavour: str, request: pytest.FixtureRequest) -> ScheduleStore:
     """An empty store of the flavour (overrides the conftest one: adds "redis-signed")."""
     if flavour == "memory":
         return InMemoryScheduleStore()
+    if flavour == "postgres":
+        found: ScheduleStore = request.getfixturevalue("postgres_store")
+        return found
     client: redis.asyncio.Redis = request.getfixturevalue("redis_client")
     return RedisScheduleStore(client, prefix=request.getfixturevalue("key_prefix"))
 

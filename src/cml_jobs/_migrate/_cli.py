@@ -1,10 +1,9 @@
-"""The ``migrate apscheduler`` command line: an argparse sub-command that builds
-``MigrateOptions`` and hands them to ``run_migrate``. Nothing else lives here, so another
-command-line front end only has to build the same options."""
+"""What the ``migrate apscheduler`` command runs: option values in, ``MigrateOptions`` to
+``run_migrate``, an exit code out. The click command (``cml_jobs.cli._migrate``) only
+parses the options."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from cml_jobs._migrate._load import Source
 from cml_jobs._migrate._run import EXIT_ERROR, MigrateOptions, parse_mapping, run_migrate
 
-__all__ = ["DESCRIPTION", "add_migrate_parser", "run_from_args", "run_from_values"]
+__all__ = ["DESCRIPTION", "run_from_values"]
 
 DESCRIPTION = """\
 Read the jobs of an APScheduler 3 job store (through APScheduler's own RedisJobStore or
@@ -22,57 +21,6 @@ Nothing is written unless --apply is given, and then only if every job converts 
 CML_JOBS_KEY_PREFIX, and are validated against the jobs in CML_JOBS_MODULES (or
 --modules). APScheduler 3 pickles its jobs: reading them unpickles the store's data, so
 point this only at a store you trust. The source store is never changed."""
-
-
-def add_migrate_parser(commands: Any) -> None:
-    """Add ``migrate apscheduler`` to an argparse sub-parsers object."""
-    migrate = commands.add_parser("migrate", help="move scheduled jobs from another scheduler")
-    sources = migrate.add_subparsers(dest="migrate_from", required=True)
-    parser = sources.add_parser(
-        "apscheduler", help="from an APScheduler 3 job store", description=DESCRIPTION
-    )
-    store = parser.add_argument_group("the APScheduler job store (one of)")
-    store.add_argument("--redis-url", help="a RedisJobStore's Redis, redis://host:6379/0")
-    store.add_argument("--jobs-key", default="apscheduler.jobs", help="its jobs_key")
-    store.add_argument("--run-times-key", default="apscheduler.run_times", help="its run_times_key")
-    store.add_argument("--sqlalchemy-url", help="an SQLAlchemyJobStore's database URL")
-    store.add_argument("--tablename", default="apscheduler_jobs", help="its tablename")
-    store.add_argument("--tableschema", default=None, help="its tableschema")
-    parser.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="MODULE:CALLABLE=JobName",
-        help="the cml-jobs job that replaces an APScheduler callable (repeatable)",
-    )
-    parser.add_argument("--modules", default="", help="job modules (default CML_JOBS_MODULES)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", dest="apply", action="store_false", help="only show (default)")
-    mode.add_argument(
-        "--apply", "--no-dry-run", dest="apply", action="store_true", help="schedule the tasks"
-    )
-    parser.set_defaults(apply=False)  # store_false alone would default --dry-run's dest to True
-    parser.add_argument(
-        "--skip-unconvertible",
-        action="store_true",
-        help="schedule the jobs that convert even when others are refused",
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run ``migrate apscheduler`` as parsed by the parser ``add_migrate_parser`` built."""
-    return run_from_values(
-        redis_url=args.redis_url,
-        jobs_key=args.jobs_key,
-        run_times_key=args.run_times_key,
-        sqlalchemy_url=args.sqlalchemy_url,
-        tablename=args.tablename,
-        tableschema=args.tableschema,
-        maps=args.map,
-        modules=args.modules,
-        apply=args.apply,
-        skip_unconvertible=args.skip_unconvertible,
-    )
 
 
 def run_from_values(

@@ -28,6 +28,11 @@ local function fields_of(key, ...)
   if values.err then return nil end
   return values
 end
+local function holds(key, wanted)
+  -- the key is absent or of the type wanted (a list, for a task's history)
+  local found = redis.call('TYPE', key).ok
+  return found == 'none' or found == wanted
+end
 local function whole(value)
   -- absent, or a whole number written as the store writes it (no 'inf', 'nan', '1e9')
   return not value or (#value < 19 and string.find(value, '^%-?%d+$') ~= nil)
@@ -45,6 +50,24 @@ local function damage(values, first, ...)
     end
   end
   return ''
+end
+local function checked_finish(key, id, outcome, err, has_error, end_task, row)
+  -- FINISH's checks: a count the finish adds to that is no whole number parks the task
+  -- (unless the run ends or parks it anyway); a history key of another type keeps no row
+  local bad = damage(fields_of(key, 'running', 'n:' .. outcome), 1, 'running', 'n:' .. outcome)
+  if bad ~= '' and end_task ~= '1' and outcome ~= 'parked' then
+    outcome, err, has_error = 'parked', bad:sub(2), '1'
+  end
+  if row ~= '' and not holds(ARGV[2] .. id, 'list') then row = '' end
+  return outcome, err, has_error, row
+end
+local function readable_run(key, id, fence, run)
+  -- RECLAIM's check: a run field must read "{occurrence ms}|{attempt}...", or its task is
+  -- parked (false) rather than re-issued with a time that is no time
+  local occurrence, attempt = string.match(run, '^([^|]*)|([^|]+)')
+  if occurrence and attempt and occurrence ~= '' and whole(occurrence) then return true end
+  park(key, id, 'stored run ' .. fence .. ' is not "{occurrence}|{attempt}": ' .. run:sub(1, 40))
+  return false
 end
 local function store_damage()
   for i, wanted in ipairs({'zset', 'zset', 'string', 'string'}) do

@@ -115,6 +115,9 @@ def task_state(task_id: str, fields: Mapping[str, str]) -> TaskState:
         last_error=fields.get("last_error") or None,
         counts={k[2:]: _count(v) for k, v in fields.items() if k.startswith("n:") and _count(v)},
         trace_context=fields.get("trace"),
+        note=fields.get("note"),
+        ended_at=at("ended_at"),
+        expires_at=at("expires"),
     )
 
 
@@ -138,6 +141,8 @@ def decision_args(d: Decision) -> list[str]:
 
 def finish_args(finish: Finish) -> list[str]:
     error_args = ["", "0"] if finish.error is None else [finish.error, "1"]
+    row = finish.history
+    history = ["", ""] if row is None else [row.to_json(), ms(row.ended_at)]
     return [
         finish.run.task_id,
         str(finish.run.fence),
@@ -145,17 +150,24 @@ def finish_args(finish: Finish) -> list[str]:
         *error_args,
         "1" if finish.end_task else "0",
         opt_ms(finish.started_at),
+        *history,
     ]
 
 
 def reissued(flat: Sequence[Any]) -> list[ClaimedRun]:
     return [
         ClaimedRun(
-            Run(text(flat[i]), int(flat[i + 1]), from_ms(flat[i + 2]), int(flat[i + 3])),
+            Run(
+                text(flat[i]),
+                int(flat[i + 1]),
+                from_ms(flat[i + 2]),
+                int(flat[i + 3]),
+                text(flat[i + 6]) == "1",
+            ),
             text(flat[i + 4]),
             text(flat[i + 5]) or None,
         )
-        for i in range(0, len(flat), 6)
+        for i in range(0, len(flat), 7)
     ]
 
 

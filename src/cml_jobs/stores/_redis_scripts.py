@@ -63,7 +63,7 @@ local function release(key, id, fence)
   return 1
 end
 local function park(key, id, reason)
-  redis.call('HSET', key, 'parked', reason, 'last_outcome', 'parked', 'running', 0)
+  redis.call('HSET', key, 'parked', reason, 'last_outcome', 'parked', 'running', 0, 'waiting', 0)
   count(key, 'n:parked', 1)
   redis.call('ZREM', KEYS[1], id)
   for _, f in ipairs(redis.call('HKEYS', key)) do
@@ -72,13 +72,15 @@ local function park(key, id, reason)
 end
 """
 
-# ARGV: prefix, id, descriptor, due, ready, replace, trace ("" for none)
+# ARGV: prefix, id, descriptor, due, ready, replace, trace ("" for none), history key
 # -> 1 written, 0 same, -1 conflict
 ADD = """
 local id = ARGV[2]
 local key = ARGV[1] .. id
 if redis.call('EXISTS', key) == 1 and not is_task(key) then
   redis.call('DEL', key)  -- not a task's hash (written by something else): not a task
+elseif redis.call('HEXISTS', key, 'ended_at') == 1 then
+  drop_task(key, id)  -- an ended task is only kept to be seen: a new one replaces it
 elseif redis.call('EXISTS', key) == 1 then
   if redis.call('HGET', key, 'descriptor') == ARGV[3] then return 0 end
   if ARGV[6] ~= '1' then return -1 end
@@ -90,10 +92,11 @@ else
   redis.call('HSET', key, 'descriptor', ARGV[3], 'due_at', ARGV[4])
 end
 redis.call('ZADD', KEYS[1], ARGV[5], id)
+redis.call('PERSIST', ARGV[8])  -- (ops) its history, kept for a task that had ended
 return 1
 """
 
-# ARGV: prefix, id -> how many of its runs were under way, or -1 when there is no task
+# ARGV: prefix, id, history key -> how many of its runs were under way, or -1 (no task)
 REMOVE = """
 local key = ARGV[1] .. ARGV[2]
 if redis.call('EXISTS', key) == 0 then return -1 end
@@ -102,21 +105,8 @@ if not is_task(key) then
   redis.call('ZREM', KEYS[1], ARGV[2])
   return -1
 end
+redis.call('DEL', ARGV[3])  -- (ops) its history
 return drop_task(key, ARGV[2])
-"""
-
-# ARGV: prefix, id, paused ("1"/"0"), due, ready ("" for none)
-SET_PAUSED = """
-local key = ARGV[1] .. ARGV[2]
-if redis.call('EXISTS', key) == 0 or not is_task(key) then return 0 end
-if ARGV[3] == '1' then
-  redis.call('HSET', key, 'paused', '1')
-  redis.call('ZREM', KEYS[1], ARGV[2])
-else
-  redis.call('HDEL', key, 'paused')
-  schedule(key, ARGV[2], ARGV[4], ARGV[5])
-end
-return 1
 """
 
 # ARGV: prefix, now, limit, a new generation -> {flat (id, due_at, descriptor, trace)
@@ -214,7 +204,7 @@ return out
 """
 
 # ARGV: prefix, now, lease, limit
-# -> flat (id, fence, occurrence, attempt, descriptor, trace) sextuples
+# -> flat (id, fence, occurrence, attempt, descriptor, trace, extra "1"/"0") septuples
 RECLAIM = """
 local out = {}
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[4])) do
@@ -224,20 +214,22 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT'
   local key = id and ARGV[1] .. id
   local run = old and redis.pcall('HGET', key, 'r:' .. old)
   if type(run) ~= 'string' then run = nil end
-  redis.call('ZREM', KEYS[2], m)  -- also when the run's task is gone, or m is malformed
-  local rbar = run and string.find(run, '|', 1, true)
-  if run and not (rbar and whole(string.sub(run, 1, rbar - 1))) then  -- checks
-    park(key, id, 'stored run ' .. old .. ' is not "{occurrence}|{attempt}": ' .. run:sub(1, 40))
-  elseif rbar then
+  -- occurrence, attempt[, 'x' (extra)[, max_instances]]; checks: unreadable, its task parks
+  local f = run and readable_run(key, id, old, run) and run_fields(run)
+  local waits = f and f[2] == '0' and not its_turn(key, f[4])
+  -- (ops) an extra run waiting its turn looks again in 1 s; any other run leaves the index
+  -- (also when the run's task is gone, or m is malformed)
+  if waits then redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + 1000, m)
+  else redis.call('ZREM', KEYS[2], m) end
+  if f and f[2] and not waits then
     release(key, id, old)
     local v = redis.call('HMGET', key, 'descriptor', 'trace', 'parked')
-    local occurrence = string.sub(run, 1, rbar - 1)
-    local attempt = (tonumber(string.sub(run, rbar + 1)) or 1) + 1
+    local attempt, extra = (tonumber(f[2]) or 1) + 1, f[3] == 'x'
+    if f[2] == '0' then count(key, 'waiting', -1) end
     if v[1] and not v[3] then
-      local fence = new_run(key, id, occurrence, attempt, ARGV[3])
-      out[#out + 1] = id; out[#out + 1] = fence
-      out[#out + 1] = occurrence; out[#out + 1] = attempt
-      out[#out + 1] = v[1]; out[#out + 1] = v[2] or ''
+      local fence = new_run(key, id, f[1], extra and attempt .. '|x' or attempt, ARGV[3])
+      out[#out + 1] = id; out[#out + 1] = fence; out[#out + 1] = f[1]; out[#out + 1] = attempt
+      out[#out + 1] = v[1]; out[#out + 1] = v[2] or ''; out[#out + 1] = extra and '1' or '0'
     end
   end
 end
@@ -259,19 +251,19 @@ end
 return out
 """
 
-# ARGV: prefix, then per finish: id, fence, outcome, error, has_error ("0" for none),
-# end_task, started_at ("" for none) -> one 1/0 per finish
+# ARGV: prefix, history prefix, history size, retention ms, then per finish: id, fence,
+# outcome, error, has_error ("0" for none), end_task, started_at ("" for none), history row
+# ("" for none), ended_at ("" for none) -> one 1/0 per finish
 FINISH = """
-local function finish(id, fence, outcome, err, has_error, end_task, started_at)
+local function finish(id, fence, outcome, err, has_error, end_task, started_at, row, ended)
   local key = ARGV[1] .. id
-  -- checks: a count this finish adds to that is not a whole number parks the task
-  local bad = damage(fields_of(key, 'running', 'n:' .. outcome), 1, 'running', 'n:' .. outcome)
-  if end_task == '1' or outcome == 'parked' then bad = '' end  -- nothing is counted
-  if bad ~= '' then outcome, err, has_error = 'parked', bad:sub(2), '1' end
+  -- checks: damaged counts park the task; a history key of another type keeps no row
+  outcome, err, has_error, row = checked_finish(key, id, outcome, err, has_error, end_task, row)
   local released = redis.pcall('HDEL', key, 'r:' .. fence)
   if released ~= 1 then return 0 end  -- a stale fence, or the key is not a task
   redis.call('ZREM', KEYS[2], run_member(fence, id))
   if has_error ~= '1' then err = '' end  -- '' reads as no error
+  if row ~= '' then keep_row(id, row) end  -- (ops) the run's history row
   local changed = {}
   if started_at ~= '' then changed = {'last_run_at', started_at} end
   if outcome == 'parked' then
@@ -281,9 +273,14 @@ local function finish(id, fence, outcome, err, has_error, end_task, started_at)
   end
   local st = redis.call('HMGET', key, 'due_at', 'parked', 'running', 'n:' .. outcome)
   local running = (tonumber(st[3]) or 1) - 1
-  if end_task == '1' or (running <= 0 and not st[1] and not st[2]) then
+  local ends = end_task == '1' or (running <= 0 and not st[1] and not st[2])
+  if ends and (ended == '' or end_task == '1') then
     drop_task(key, id, end_task ~= '1')  -- ended: nothing left to record on it
+    if row ~= '' then redis.call('PEXPIRE', ARGV[2] .. id, tonumber(ARGV[4])) end  -- (ops)
     return 1
+  elseif ends then  -- (ops) a one-time task: kept, ended, for the retention
+    keep_ended(key, id, ended)
+    running = 0
   end
   for _, v in ipairs({'running', running, 'last_outcome', outcome, 'last_error', err,
       'n:' .. outcome, (tonumber(st[4]) or 0) + 1}) do
@@ -293,8 +290,8 @@ local function finish(id, fence, outcome, err, has_error, end_task, started_at)
   return 1
 end
 local out = {}
-for i = 2, #ARGV, 7 do
-  out[#out + 1] = finish(unpack(ARGV, i, i + 6))
+for i = 5, #ARGV, 9 do
+  out[#out + 1] = finish(unpack(ARGV, i, i + 8))
 end
 return out
 """

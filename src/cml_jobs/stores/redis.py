@@ -21,6 +21,10 @@ in the store cannot be read (for ``cml-jobs check``).
 #                         n:{outcome}  occurrences per Outcome value
 #                         r:{fence}    "{occurrence ms}|{attempt}", one field per run under way
 #                         trace        W3C traceparent of the scheduling span; absent if none
+#                         note         an operator's note; ended_at, expires (ms) once ended
+#                         waiting      extra runs (r: fields "{occ}|0|x|{max}") not handed out
+#   {p}history:{id} LIST  JSON run history rows, newest first, trimmed to history_size
+#   {p}workers    HASH    worker id -> WorkerInfo JSON, refreshed by each heartbeat
 #   {p}due        ZSET    task id -> ready time (ms); only tasks that can be claimed
 #   {p}runs       ZSET    "{fence:016d}|{task id}" -> lease expiry (ms); the zero padding
 #                         orders runs whose leases end together oldest first
@@ -38,7 +42,7 @@ import builtins
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis.asyncio
@@ -58,6 +62,7 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
+from cml_jobs.stores._ops import DEFAULT_HISTORY_RETENTION, DEFAULT_HISTORY_SIZE
 from cml_jobs.stores._redis_checks import CHECKS
 from cml_jobs.stores._redis_codec import (
     claim_result,
@@ -85,6 +90,7 @@ from cml_jobs.stores._redis_connection import (
 )
 from cml_jobs.stores._redis_events import publish_events
 from cml_jobs.stores._redis_inspect import damaged_keys
+from cml_jobs.stores._redis_ops import OPS_LIB, RedisOperations
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
@@ -95,7 +101,6 @@ from cml_jobs.stores._redis_scripts import (
     POLL,
     RECLAIM,
     REMOVE,
-    SET_PAUSED,
 )
 
 __all__ = [
@@ -116,30 +121,43 @@ __all__ = [
 _APP_RETRIES = 3
 
 
-class RedisScheduleStore:
-    """A ``ScheduleStore`` on Redis, shared by every process that uses the same prefix.
+class RedisScheduleStore(RedisOperations):
+    """A ``ScheduleStore`` and ``OperationsStore`` on Redis, shared by every process that
+    uses the same prefix.
 
     Args:
         redis: any ``redis.asyncio.Redis`` (arq's ``ArqRedis`` included), with or
             without ``decode_responses``. The store does not close it.
         prefix: prepended to every key, so several apps or tests can share one database.
+        history_size: runs kept per task in its history.
+        history_retention: how long a task that ended stays, with its history.
     """
 
-    def __init__(self, redis: redis.asyncio.Redis, *, prefix: str = "cml:") -> None:
+    def __init__(
+        self,
+        redis: redis.asyncio.Redis,
+        *,
+        prefix: str = "cml:",
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_retention: timedelta = DEFAULT_HISTORY_RETENTION,
+    ) -> None:
         self._redis = redis
         self._task_prefix = f"{prefix}task:"
+        self._history_prefix, self._workers_key = f"{prefix}history:", f"{prefix}workers"
+        self._retention_ms = str(max(history_retention // timedelta(milliseconds=1), 1))
+        self._history_size = str(max(history_size, 1))
         self._keys = [f"{prefix}due", f"{prefix}runs", f"{prefix}fence", f"{prefix}generation"]
         script = self._redis.register_script
         checked = LIB + CHECKS  # every writing script checks the shared keys first
         self._add = script(checked + ADD)
         self._remove = script(checked + REMOVE)
-        self._set_paused = script(checked + SET_PAUSED)
         self._poll = script(checked + POLL)
         self._get = script(GET)
         self._claim = script(checked + CLAIM)
-        self._reclaim = script(checked + RECLAIM)
+        self._reclaim = script(checked + OPS_LIB + RECLAIM)
         self._extend = script(checked + EXTEND)
-        self._finish = script(checked + FINISH)
+        self._finish = script(checked + OPS_LIB + FINISH)
+        self._register_ops(checked)
         # How a refused script is named to the operator ("EVALSHA (claim)").
         self._names = {id(s): n.strip("_") for n, s in vars(self).items() if n != "_redis"}
 
@@ -154,8 +172,9 @@ class RedisScheduleStore:
         times = (ms(task.due_at), ms(task.ready_at))
         replacing = "1" if replace else "0"
         trace = task.trace_context or ""
+        history = self._history_prefix + task.task_id
         written = await self._call(
-            self._add, task.task_id, task.descriptor_json, *times, replacing, trace
+            self._add, task.task_id, task.descriptor_json, *times, replacing, trace, history
         )
         if written == -1:
             raise TaskExistsError(
@@ -165,7 +184,7 @@ class RedisScheduleStore:
         return bool(written)
 
     async def remove(self, task_id: str) -> int | None:
-        started = int(await self._call(self._remove, task_id))
+        started = int(await self._call(self._remove, task_id, self._history_prefix + task_id))
         return None if started < 0 else started
 
     async def get(self, task_id: str) -> TaskState | None:
@@ -233,7 +252,12 @@ class RedisScheduleStore:
         if not finishes:
             return []
         args = [arg for finish in finishes for arg in finish_args(finish)]
-        return [bool(done) for done in await self._call(self._finish, *args)]
+        done = await self._call(self._finish, *self._history_args(), *args)
+        return [bool(ok) for ok in done]
+
+    def _history_args(self) -> builtins.list[str]:
+        """The arguments FINISH and RECORD start with: where and how much history goes."""
+        return [self._history_prefix, self._history_size, self._retention_ms]
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
         with self._translated(f"EVALSHA ({self._names.get(id(script), 'a script')})"):
@@ -253,7 +277,7 @@ class RedisScheduleStore:
 
 @contextlib.asynccontextmanager
 async def open_redis_store(
-    url: str, *, prefix: str = "cml:", patient: bool = False
+    url: str, *, prefix: str = "cml:", patient: bool = False, **history: Any
 ) -> AsyncIterator[RedisScheduleStore]:
     """A ``RedisScheduleStore`` on a client of its own for ``url``, closed at exit.
 
@@ -262,6 +286,7 @@ async def open_redis_store(
         prefix: the store's key prefix.
         patient: wait for Redis for as long as it takes (a worker's heartbeat); otherwise
             calls fail with ``StoreUnavailableError`` after a few retries (an app).
+        **history: ``history_size`` and ``history_retention``, as the store takes them.
 
     Raises:
         StoreUnavailableError: Redis cannot be reached (not patient).
@@ -270,7 +295,7 @@ async def open_redis_store(
         {} if patient else {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), _APP_RETRIES)}
     )
     client = redis_client(url, patient=True, **options)
-    store = RedisScheduleStore(client, prefix=prefix)
+    store = RedisScheduleStore(client, prefix=prefix, **history)
     try:
         with store._translated():
             await client.ping()

@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 from redis.exceptions import RedisError
 
 from cml_jobs.exceptions import StoreAccessError
-from cml_jobs.stores.redis import RedisScheduleStore, access_denied, access_message
+from cml_jobs.stores import ScheduleStore
+from cml_jobs.stores.redis import access_denied, access_message
 from cml_jobs.worker._arq import WorkerContext
 
 __all__ = ["Stopper", "preflight", "stopper"]
@@ -53,7 +54,7 @@ def kwargs_of(client: Any) -> dict[str, Any]:
     return kwargs
 
 
-async def preflight(store: RedisScheduleStore, pool: Any, queue: str, now: datetime) -> None:
+async def preflight(store: ScheduleStore, pool: Any, queue: str, now: datetime) -> None:
     """Stop at start-up when Redis refuses what a worker does first: the store's poll
     script, and arq's read of the queue."""
     try:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
 from datetime import timedelta
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from arq import func
 from arq.connections import ArqRedis, RedisSettings
@@ -69,6 +69,7 @@ class _Payload(TypedDict):
     a: int  # attempt
     c: str | None  # W3C traceparent of the span that scheduled the task
     d: str  # the descriptor, as stored
+    x: NotRequired[bool]  # an extra run (trigger_task, backfill)
 
 
 def dumps(value: Any) -> bytes:
@@ -110,6 +111,8 @@ class ArqSink:
                 "c": assignment.trace_context,
                 "d": codec.encode(assignment.descriptor),
             }
+            if run.extra:
+                payload["x"] = True
             await self._enqueue(payload, f"cml:{run.task_id}:{payload['o']}:{run.fence}")
 
     async def _enqueue(
@@ -125,7 +128,9 @@ async def _run(ctx: WorkerContext, payload: _Payload) -> None:
     """The arq function: execute one queued run in this worker, if it is still valid."""
     engine = ctx["cml_jobs"]
     runtime = engine.runtime
-    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"])
+    run = Run(
+        payload["t"], payload["f"], from_ms(payload["o"]), payload["a"], payload.get("x", False)
+    )
     try:
         descriptor = runtime.codec.decode(payload["d"])
     except InvalidDescriptorError as exc:

@@ -1,5 +1,5 @@
-"""Health: is Redis reachable, is its data readable, is a worker polling, is any task
-parked, or overdue beyond its grace.
+"""Health: is Redis reachable (or refusing the credentials), is its data readable, is a
+worker polling, is any task parked, or overdue beyond its grace.
 
 ``cml-jobs check`` prints the report and exits non-zero when it is unhealthy, so that it
 can serve as a container's liveness or readiness probe.
@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-import redis.asyncio
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from cml_jobs._descriptors import parse_descriptor
 from cml_jobs.exceptions import InvalidDescriptorError, StoreError
 from cml_jobs.stores import TaskState
 from cml_jobs.stores.redis import RedisScheduleStore, damaged_keys, redis_client
+from cml_jobs.worker._fleet_health import FleetFindings, fleet_findings
 
-__all__ = ["Finding", "HealthReport", "Overdue", "check_health", "findings", "overdue_tasks"]
+__all__ = ["HealthReport", "Overdue", "check_health", "overdue_tasks"]
 
 #: How late a task without a ``misfire_grace_time`` may be before it counts as overdue.
 DEFAULT_GRACE = timedelta(seconds=60)
@@ -35,43 +36,73 @@ class Overdue:
     grace: timedelta
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One line of the health report: a topic, what was found, whether that is healthy,
-    and the details (one indented line each: the tasks it names).
-
-    ``restart_helps`` is False for findings about the data (parked tasks, unreadable keys),
-    which no restart of a worker can fix: a liveness probe reports them without failing.
-    """
-
-    topic: str
-    summary: str
-    healthy: bool = True
-    details: tuple[str, ...] = ()
-    restart_helps: bool = True
-
-
 @dataclass
 class HealthReport:
-    """What ``check_health`` found, one ``Finding`` per topic, in the order looked at."""
+    """What ``check_health`` found.
 
-    findings: list[Finding] = field(default_factory=list)
-    liveness: bool = False  # only findings that a restart can fix count
+    Attributes:
+        redis_error: why Redis could not be reached, or None.
+        worker: arq's health-check line of the latest worker that polled the queue
+            (workers refresh it every 15 s; it expires after 16 s), or None.
+        overdue: tasks past due by more than their grace.
+        require_worker: a missing worker makes the report unhealthy.
+        fleet: the registered workers and parked tasks (see ``FleetFindings``).
+        redis_refused: Redis answered, but refused the credentials (``redis_error`` says how).
+        data_error: Redis answered, but reading the schedule failed (how), or None.
+        unreadable: one line per key under the prefix that cannot be read (``damaged_keys``).
+        liveness: judge only what restarting a worker can fix: parked tasks and unreadable
+            keys are shown, but leave the report healthy.
+    """
+
+    redis_error: str | None = None
+    worker: str | None = None
+    overdue: list[Overdue] = field(default_factory=list)
+    require_worker: bool = True
+    fleet: FleetFindings = field(default_factory=FleetFindings)
+    redis_refused: bool = False
+    data_error: str | None = None
+    unreadable: list[str] = field(default_factory=list)
+    liveness: bool = False
 
     @property
     def healthy(self) -> bool:
-        """Every finding is healthy (with ``liveness``: every one a restart can fix)."""
-        counted = [f for f in self.findings if f.restart_helps or not self.liveness]
-        return all(finding.healthy for finding in counted)
+        """Redis answers, its data is readable, a worker is alive (if required), nothing is
+        overdue, enough workers are registered and no task is parked (see ``liveness``)."""
+        worker_ok = self.worker is not None or not self.require_worker
+        data_ok = (self.data_error is None and not self.unreadable) or self.liveness
+        fleet_ok = self.fleet.healthy or (self.liveness and self._enough_workers)
+        return self.redis_error is None and data_ok and worker_ok and not self.overdue and fleet_ok
+
+    @property
+    def _enough_workers(self) -> bool:
+        return len(self.fleet.workers) >= self.fleet.min_workers
 
     def lines(self) -> list[str]:
-        """The report, one finding per line, each followed by its details."""
-        lines = []
-        for finding in self.findings:
-            lines.append(f"{finding.topic}: {finding.summary}")
-            lines += [f"  {detail}" for detail in finding.details]
+        """The report, one finding per line."""
+        if self.redis_error is not None:
+            said = "REFUSED the credentials" if self.redis_refused else "UNREACHABLE"
+            return [f"redis: {said} ({self.redis_error})"]
+        worker = f"alive ({self.worker})" if self.worker else "NONE polling the queue"
+        lines = ["redis: ok (reachable)", *self._data_lines(), f"workers: {worker}"]
+        lines.append(f"overdue tasks: {len(self.overdue)}")
+        for late in self.overdue:
+            seconds, grace = late.late_by.total_seconds(), late.grace.total_seconds()
+            lines.append(
+                f"  {late.task_id}: due {late.due_at.isoformat()}, "
+                f"{seconds:.0f} s late (grace {grace:.0f} s)"
+            )
+        lines += self.fleet.lines()
         lines.append("healthy" if self.healthy else "UNHEALTHY")
         return lines
+
+    def _data_lines(self) -> list[str]:
+        if self.data_error is not None:
+            return [f"data: UNREADABLE ({self.data_error})"]
+        if not self.unreadable:
+            return ["data: readable"]
+        return [f"data: {len(self.unreadable)} key(s) UNREADABLE"] + [
+            f"  {line}" for line in self.unreadable
+        ]
 
 
 def overdue_tasks(
@@ -105,81 +136,44 @@ async def check_health(
     default_grace: timedelta = DEFAULT_GRACE,
     require_worker: bool = True,
     timeout: timedelta = timedelta(seconds=3),
+    min_workers: int = 0,
+    store_url: str | None = None,
     liveness: bool = False,
 ) -> HealthReport:
-    """Look at Redis, the workers and the schedule once (see ``HealthReport.liveness``)."""
+    """Look at Redis, the workers and the schedule once (``min_workers``: how many workers
+    must be registered; the tasks are read from PostgreSQL when ``store_url`` names a
+    database)."""
     seconds = timeout.total_seconds()
     client = redis_client(
         redis_url, patient=False, socket_connect_timeout=seconds, socket_timeout=seconds
     )
-    report = HealthReport(liveness=liveness)
+    report = HealthReport(require_worker=require_worker, liveness=liveness)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
-        refused = isinstance(exc, AuthenticationError | NoPermissionError)
-        verdict = "REFUSED the credentials" if refused else "UNREACHABLE"
-        report.findings.append(Finding("redis", f"{verdict} ({_said(exc)})", healthy=False))
+        report.redis_error = str(exc) or type(exc).__name__
+        report.redis_refused = isinstance(exc, AuthenticationError | NoPermissionError)
         await client.aclose()
         return report
-    report.findings.append(Finding("redis", "ok (reachable)"))
     try:
-        report.findings += await findings(
-            client, prefix, queue, now, default_grace, require_worker=require_worker
-        )
-    except (RedisError, StoreError, OSError) as exc:
-        report.findings.append(Finding("data", f"UNREADABLE ({_said(exc)})", healthy=False))
+        report.unreadable = await damaged_keys(client, prefix)
+        seen = await client.get(f"{queue}:health-check")
+        report.worker = seen.decode() if isinstance(seen, bytes) else seen
+        store = RedisScheduleStore(client, prefix=prefix)
+        states = await _tasks(client, prefix, store_url)
+        report.overdue = overdue_tasks(states, now, default_grace)
+        report.fleet = await fleet_findings(store, states, now, min_workers)
+    except (RedisError, StoreError, OSError) as exc:  # Redis answered: reading failed
+        report.data_error = str(exc) or type(exc).__name__
     finally:
         await client.aclose()
     return report
 
 
-async def findings(
-    client: redis.asyncio.Redis,
-    prefix: str,
-    queue: str,
-    now: datetime,
-    default_grace: timedelta,
-    *,
-    require_worker: bool,
-) -> list[Finding]:
-    """What a reachable Redis holds: unreadable data, workers, parked and overdue tasks.
+async def _tasks(client: Any, prefix: str, store_url: str | None) -> list[TaskState]:
+    if store_url is None or not store_url.startswith(("postgresql://", "postgres://")):
+        return await RedisScheduleStore(client, prefix=prefix).list()
+    from cml_jobs.stores.postgres import open_postgres_store
 
-    Raises:
-        RedisError, StoreError: Redis refused a read.
-    """
-    damaged = await damaged_keys(client, prefix)
-    summary = f"{len(damaged)} key(s) UNREADABLE" if damaged else "readable"
-    data = Finding("data", summary, not damaged, tuple(damaged), restart_helps=False)
-    seen = await client.get(f"{queue}:health-check")
-    if seen is None:
-        workers = Finding("workers", "NONE polling the queue", healthy=not require_worker)
-    else:  # arq keeps one health key per queue: the latest worker's line
-        line = seen.decode(errors="replace") if isinstance(seen, bytes) else seen
-        workers = Finding("workers", f"alive (at least 1; latest: {line})")
-    states = await RedisScheduleStore(client, prefix=prefix).list()
-    parked = [state for state in states if state.parked_reason is not None]
-    late = overdue_tasks(states, now, default_grace)
-    return [
-        data,
-        workers,
-        Finding(
-            "parked tasks",
-            f"{len(parked)}",
-            healthy=not parked,
-            details=tuple(f"{s.task_id}: {str(s.parked_reason)[:200]}" for s in parked),
-            restart_helps=False,
-        ),
-        Finding("overdue tasks", f"{len(late)}", healthy=not late, details=_overdue(late)),
-    ]
-
-
-def _overdue(late: Sequence[Overdue]) -> tuple[str, ...]:
-    return tuple(
-        f"{o.task_id}: due {o.due_at.isoformat()}, {o.late_by.total_seconds():.0f} s late "
-        f"(grace {o.grace.total_seconds():.0f} s)"
-        for o in late
-    )
-
-
-def _said(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    async with open_postgres_store(store_url) as store:
+        return await store.list()

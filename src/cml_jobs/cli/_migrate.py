@@ -1,5 +1,5 @@
-"""``migrate apscheduler`` as a click command, for a click-based ``cml-jobs`` command line:
-``group.add_command(migrate_group)``. The same options as the argparse sub-command."""
+"""``cml-jobs migrate apscheduler``: move the jobs of an APScheduler 3 job store over
+(docs/guides/migrating-from-apscheduler.md)."""
 
 from __future__ import annotations
 

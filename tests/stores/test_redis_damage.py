@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from tests.stores.test_contract import LEASE, MINUTE, PLAIN, T0, decision
+from tests.stores.test_contract import LEASE, MINUTE, PLAIN, SEC, T0, decision
 
 from cml_jobs.exceptions import StoreError
-from cml_jobs.stores import ClaimStatus, Finish, Outcome, Run
+from cml_jobs.stores import ClaimStatus, Finish, Outcome, Run, RunRecord
 from cml_jobs.stores.redis import RedisScheduleStore
 
 pytestmark = pytest.mark.redis
@@ -71,7 +71,7 @@ SHARED_DAMAGE: dict[str, tuple[str, Callable[[Client, str], Awaitable[Any]]]] = 
 
 
 def _calls(run: Run) -> dict[str, Callable[[Store], Awaitable[Any]]]:
-    """One call of each writing script."""
+    """One call of each writing script (the operations' ones too)."""
     return {
         "add": lambda s: s.add(PLAIN.new("d", version=2), replace=True),
         "remove": lambda s: s.remove("c"),
@@ -81,6 +81,11 @@ def _calls(run: Run) -> dict[str, Callable[[Store], Awaitable[Any]]]:
         "reclaim": lambda s: s.reclaim_expired(now=T0 + LEASE, lease_until=T0 + MINUTE, limit=9),
         "extend": lambda s: s.extend([run], lease_until=T0 + MINUTE),
         "finish": lambda s: s.finish([Finish(run, Outcome.SUCCEEDED)]),
+        "add_runs": lambda s: s.add_runs("c", [T0], max_instances=1, now=T0),
+        "unpark": lambda s: s.unpark("c", due_at=T0, ready_at=T0),
+        "update": lambda s: s.update("c", PLAIN.text("c", 2), due_at=T0, ready_at=T0),
+        "set_note": lambda s: s.set_note("c", "a note"),
+        "record": lambda s: s.record([RunRecord("c", T0, Outcome.MISSED, T0)]),
     }
 
 
@@ -275,3 +280,23 @@ async def test_a_parked_finish_keeps_its_own_reason_over_a_damaged_count(
     finished = Finish(result.run, Outcome.PARKED, "job class removed")
     assert await store.finish([finished]) == [True]
     assert await parked_whole(redis_client, key_prefix, "a") == "job class removed"
+
+
+async def test_a_history_key_of_another_type_keeps_no_row_and_breaks_nothing(
+    redis_client: Client, key_prefix: str
+) -> None:
+    """A task's history key holding a STRING: its run finishes and is counted (no row, the
+    STRING untouched); a batch of history rows for it and another task keeps the other's."""
+    store = RedisScheduleStore(redis_client, prefix=key_prefix)
+    for task_id in "ab":
+        await store.add(PLAIN.new(task_id), replace=False)
+    await redis_client.set(f"{key_prefix}history:a", "not a list")
+    [result] = await store.claim([decision("a")], lease_until=T0 + LEASE)
+    assert result.run is not None
+    row = RunRecord("a", T0, Outcome.SUCCEEDED, T0 + SEC)
+    assert await store.finish([Finish(result.run, Outcome.SUCCEEDED, history=row)]) == [True]
+    state = await store.get("a")
+    assert state is not None and state.counts == {"succeeded": 1} and state.running == 0
+    await store.record([row, RunRecord("b", T0, Outcome.MISSED, T0 + SEC)])
+    assert await redis_client.get(f"{key_prefix}history:a") == b"not a list"
+    assert [r.task_id for r in await store.history("b", 10)] == ["b"]

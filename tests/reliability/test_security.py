@@ -261,13 +261,14 @@ async def test_store_unavailable_error_shows_no_password() -> None:
 
 
 #: What Redis may refuse a worker, and the ACL rules that make it refuse: a wrong password,
-#: keys outside the user's patterns, a command missing from its rules (met at start-up, or
-#: only once a task is due).
+#: keys outside the user's patterns, a command missing from its rules (met at start-up: the
+#: poll script, the worker registry; or only once a task is due: the claim).
 REFUSALS: dict[str, tuple[str, str, str]] = {  # case -> (rules, password given, command)
     "wrong password": (MINIMAL_ACL, "n0t-The-Pa55", "AUTH"),
     "no key access": (MINIMAL_ACL.replace("~cml:*", "~other:*"), SECRET, "EVALSHA (poll)"),
     "no evalsha": (MINIMAL_ACL.replace("+evalsha", ""), SECRET, "EVALSHA (poll)"),
-    "no hset": (MINIMAL_ACL.replace("+hset ", ""), SECRET, "EVALSHA (claim)"),
+    "no hset": (MINIMAL_ACL.replace("+hset ", ""), SECRET, "HSET (the worker registry)"),
+    "no zadd": (MINIMAL_ACL.replace("+zadd ", ""), SECRET, "EVALSHA (claim)"),
 }
 
 
@@ -284,7 +285,7 @@ async def test_a_worker_that_redis_refuses_exits_at_once_naming_user_and_command
     await server.start()
     admin = client_factory(server.url)
     await _acl_user(admin, rules)
-    if case == "no hset":  # a task due at once: the claim is what the user may not do
+    if case == "no zadd":  # a task due at once: the claim is what the user may not do
         await _schedule_as_admin(server.url)
     workers = _fleet(_url(server.port, password=password), server.url)
     [process] = workers.start()

@@ -14,7 +14,13 @@ from cml_jobs.stores._redis_codec import glob_escape, text
 __all__ = ["damaged_keys"]
 
 #: The store's shared keys and the type each must have (see the layout in ``redis.py``).
-_SHARED = {"due": "zset", "runs": "zset", "fence": "string", "generation": "string"}
+_SHARED = {
+    "due": "zset",
+    "runs": "zset",
+    "fence": "string",
+    "generation": "string",
+    "workers": "hash",
+}
 
 
 async def damaged_keys(client: redis.asyncio.Redis, prefix: str) -> list[str]:

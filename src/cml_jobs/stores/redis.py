@@ -264,7 +264,7 @@ class RedisScheduleStore(RedisOperations):
             return await script(keys=self._keys, args=[self._task_prefix, *args])
 
     @contextlib.contextmanager
-    def _translated(self, command: str = "PING") -> Iterator[None]:
+    def _translated(self, command: str = "a command") -> Iterator[None]:
         try:
             yield
         except RedisError as exc:

@@ -20,7 +20,7 @@ from cml_jobs.events import EventStream, StreamEntry
 from cml_jobs.exceptions import ConfigurationError
 from cml_jobs.stores import ScheduleStore
 from cml_jobs.stores.redis import publish_events
-from cml_jobs.worker._access import preflight, stopper
+from cml_jobs.worker._access import preflight, refusals_stop_the_worker, stopper
 from cml_jobs.worker._arq import (
     ARQ_JOB_TIMEOUT,
     ArqSink,
@@ -157,7 +157,8 @@ class _Lifecycle:
         queue = ArqSink(runtime, pool) if settings.dispatch == "queue" else None
         engine = Engine(runtime, queue=queue, open_store=store_opener(settings))
         engine.dispatcher.on_refused = stop
-        ctx["cml_jobs"] = await stack.enter_async_context(engine)
+        with refusals_stop_the_worker():  # e.g. the worker registry's HSET
+            ctx["cml_jobs"] = await stack.enter_async_context(engine)
         logger.info("cml-jobs worker started on queue %r", settings.queue_name)
 
     async def _store(self, pool: Any, stack: AsyncExitStack) -> ScheduleStore:

@@ -5,8 +5,9 @@ it, unlike a lost connection, which a worker waits out for as long as it takes."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -17,7 +18,7 @@ from cml_jobs.stores import ScheduleStore
 from cml_jobs.stores.redis import access_denied, access_message
 from cml_jobs.worker._arq import WorkerContext
 
-__all__ = ["Stopper", "preflight", "stopper"]
+__all__ = ["Stopper", "preflight", "refusals_stop_the_worker", "stopper"]
 
 logger = logging.getLogger("cml_jobs.worker")
 
@@ -67,6 +68,15 @@ async def preflight(store: ScheduleStore, pool: Any, queue: str, now: datetime) 
         if not access_denied(exc):
             raise
         _exit(access_message(exc, kwargs_of(pool), f"ZRANGEBYSCORE (the queue {queue!r})"), exc)
+
+
+@contextlib.contextmanager
+def refusals_stop_the_worker() -> Iterator[None]:
+    """At start-up: a refusal by the store stops the worker with one clear line."""
+    try:
+        yield
+    except StoreAccessError as exc:
+        _exit(str(exc), exc)
 
 
 def _exit(message: str, cause: BaseException) -> NoReturn:

@@ -159,10 +159,11 @@ class BackgroundTasksBus(Operations):
         Raises:
             TaskNotFoundError: no task has this id.
         """
+        name = await self._job_name(task_id)
         started = await self._store.remove(task_id)
         if started is None:
             raise _not_found(task_id)
-        self._emit(EventKind.CANCELLED, task_id, "", None)
+        self._emit(EventKind.CANCELLED, task_id, name, None)
         return started
 
     async def pause_task(self, task_id: str, *, note: str | None = None) -> None:
@@ -182,7 +183,7 @@ class BackgroundTasksBus(Operations):
             raise _not_found(task_id)
         if note is not None:
             await self._ops().set_note(task_id, note)
-        self._emit(EventKind.PAUSED, task_id, "", None)
+        self._emit(EventKind.PAUSED, task_id, await self._job_name(task_id), None)
 
     async def resume_task(self, task_id: str) -> None:
         """Resume a paused task from its next occurrence after now; a task whose ``end_at``
@@ -235,6 +236,11 @@ class BackgroundTasksBus(Operations):
         ]
         _telemetry.set_task_counts(count_by_state(tasks))
         return tasks
+
+    async def _job_name(self, task_id: str) -> str:
+        """The task's job name, for its events ("" when it is gone or unreadable)."""
+        state = await self._store.get(task_id)
+        return "" if state is None else TaskInfo.from_state(state, self._codec).name
 
     def _emit(self, kind: EventKind, task_id: str, name: str, at: datetime | None) -> None:
         self._hub.emit(TaskEvent(kind, task_id, name, self._clock.now(), at))

@@ -14,7 +14,7 @@ from cml_jobs._decide import Choice
 from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._timing import Clock
-from cml_jobs.stores._base import ClaimResult, ClaimStatus, Decision, Outcome, Run
+from cml_jobs.stores._base import ClaimResult, ClaimStatus, Decision, Finish, Outcome, Run
 from cml_jobs.stores._ops import RunRecord
 
 __all__ = ["ClaimReporter", "TickReport"]
@@ -91,10 +91,26 @@ class ClaimReporter:
         note = f"{n} occurrence(s) from this one later than misfire_grace_time; not run"
         return self._row(decision.task_id, first, Outcome.MISSED, note)
 
-    def lost(self, run: Run, error: str) -> RunRecord:
-        """The history row of a run given up after its worker was lost too often."""
+    def lost(self, run: Run, times: int) -> Finish:
+        """How a run given up after its worker was lost ``times`` times is finished:
+        failed, with its history row."""
+        error = f"worker lost during {times} attempts; not re-run"
         row = self._row(run.task_id, run.occurrence_at, Outcome.FAILED, error)
-        return replace(row, lateness=None, attempt=run.attempt - 1, error_type="WorkerLost")
+        row = replace(row, lateness=None, attempt=run.attempt - 1, error_type="WorkerLost")
+        return Finish(run, Outcome.FAILED, error, history=row)
+
+    def ended(self, finish: Finish, job_name: str) -> None:
+        """Log, count and announce a re-issued run that was ended instead of re-run (given
+        up after lost workers, or parked), once the store recorded it."""
+        run, outcome, row = finish.run, finish.outcome, finish.history
+        parked = " parked" if outcome is Outcome.PARKED else ""
+        logger.error("task %r%s: %s", run.task_id, parked, finish.error)
+        error_type = row.error_type if row is not None else None
+        _telemetry.record_outcome(job_name or "unknown", outcome, error_type=error_type)
+        kind = EventKind.PARKED if outcome is Outcome.PARKED else EventKind.FAILED
+        at, due, error = self.clock.now(), run.occurrence_at, finish.error
+        attempt = row.attempt if row is not None else run.attempt
+        self.hub.emit(TaskEvent(kind, run.task_id, job_name, at, due, attempt, error=error))
 
     def _row(
         self, task_id: str, occurrence: datetime, outcome: Outcome, note: str | None

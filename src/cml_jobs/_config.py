@@ -12,6 +12,7 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
+from cml_jobs._redis_url import SENTINEL_SCHEME, is_sentinel_url, parse_sentinel_url
 from cml_jobs.exceptions import ConfigurationError
 
 __all__ = [
@@ -30,7 +31,9 @@ class Settings:
 
     Attributes:
         redis_url: ``memory://`` (the embedded default: one process, nothing kept) or a
-            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers.
+            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers,
+            or ``redis+sentinel://[user:password@]host1:26379,host2:26379/service[/db]``
+            for a primary that Redis Sentinel names (followed through failovers).
         modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
         container: a dependency-injector container, handed to jobs' ``configure``.
         key_prefix: prefix of every Redis key cml-jobs writes.
@@ -188,7 +191,7 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-_URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+_URL_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, "memory")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _DISPATCH_MODES = ("local", "queue")
 
@@ -201,6 +204,11 @@ def _url(raw: str, schemes: tuple[str, ...], example: str) -> str:
             + ", ".join(f"{name}://" for name in schemes)
             + ")"
         )
+    if is_sentinel_url(raw):
+        try:
+            parse_sentinel_url(raw)
+        except ConfigurationError as exc:  # from_env names the variable and the URL
+            raise ValueError(str(exc)) from exc
     return raw
 
 
@@ -260,7 +268,11 @@ def import_module(name: str, origin: str) -> ModuleType:
 
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "CML_JOBS_REDIS_URL": ("redis_url", _redis_url, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_REDIS_URL": (
+        "redis_url",
+        _redis_url,
+        "Redis URL (redis://, rediss://, unix://, redis+sentinel://)",
+    ),
     "CML_JOBS_STORE_URL": (
         "store_url",
         _store_url,

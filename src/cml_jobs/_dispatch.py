@@ -153,31 +153,34 @@ class Dispatcher:
             return []  # looks again at once)
         self._reclaim_after = now + _RECLAIM_EVERY
         expired = await self.store.reclaim_expired(now=now, lease_until=lease_until, limit=room)
-        assignments, lost = [], []
+        assignments, ended, names = [], [], []
         for claimed in expired:
             run = claimed.run
-            if run.attempt > MAX_LOST_ATTEMPTS:
-                error = f"worker lost during {MAX_LOST_ATTEMPTS} attempts; not re-run"
-                row = self.reporter.lost(run, error)
-                lost.append(Finish(run, Outcome.FAILED, error, history=row))
-                logger.error("task %r: %s", run.task_id, error)
-                continue
             try:
                 descriptor = self.codec.decode(claimed.descriptor_json)
             except InvalidDescriptorError as exc:
-                lost.append(Finish(run, Outcome.PARKED, f"stored descriptor is invalid: {exc}"))
+                ended.append(Finish(run, Outcome.PARKED, f"stored descriptor is invalid: {exc}"))
+                names.append("")
+                continue
+            if run.attempt > MAX_LOST_ATTEMPTS:
+                ended.append(self.reporter.lost(run, MAX_LOST_ATTEMPTS))
+                names.append(descriptor.name)
                 continue
             if run.extra and run.attempt == 1:  # its turn came (trigger_task, backfill)
                 logger.info("task %r: extra run of %s", run.task_id, run.occurrence_at.isoformat())
             else:
                 logger.warning(
-                    "task %r: the run of %s lost its worker; re-running it (attempt %d)",
+                    "task %r: the run of %s was given back or lost by its worker; re-running it "
+                    "(attempt %d)",
                     run.task_id,
                     run.occurrence_at.isoformat(),
                     run.attempt,
                 )
             assignments.append(Assignment(run, descriptor, claimed.trace_context))
-        await self.store.finish(lost)
+        recorded = await self.store.finish(ended)
+        for finish, name, ok in zip(ended, names, recorded, strict=True):
+            if ok:
+                self.reporter.ended(finish, name)
         return assignments
 
     def _check_generation(self, generation: str) -> None:

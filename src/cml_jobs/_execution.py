@@ -245,7 +245,7 @@ class Executor:
         """This worker is stopping mid-run: let another worker re-run the occurrence now
         rather than after the lease."""
         run = assignment.run
-        await self.store.extend([run], lease_until=self.clock.now())
+        await self.store.extend([run], lease_until=self.clock.now(), release=True)
         logger.warning("run of task %r interrupted; released for a re-run", run.task_id)
         self._reporter.emit(EventKind.INTERRUPTED, run, assignment.descriptor.name)
 

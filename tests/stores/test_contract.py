@@ -954,6 +954,42 @@ async def test_extending_a_lease_into_the_past_gives_the_run_back_at_once(
     assert (again.run.occurrence_at, again.run.attempt) == (T0, 2)
 
 
+async def test_a_run_given_back_with_release_is_re_issued_as_the_same_attempt(
+    store: ScheduleStore, tasks: Tasks
+) -> None:
+    """extend(release=True) by a worker that stops cleanly: the run is re-issued at once
+    and keeps its attempt, however often that happens (a heartbeat renewal in between
+    changes nothing); a lease that simply expires still costs an attempt."""
+    await store.add(tasks.new(), replace=False)
+    run = await claim_run(store, lease_until=T0 + LEASE)
+    for _ in range(3):
+        assert await store.extend([run], lease_until=T0, release=True) == [True]
+        assert await store.extend([run], lease_until=T0) == [True]  # the heartbeat, late
+        [again] = await reclaim(store, T0)
+        assert (again.run.occurrence_at, again.run.attempt, again.run.extra) == (T0, 1, False)
+        assert again.run.fence > run.fence
+        run = again.run
+    [lost] = await reclaim(store, T0 + LEASE)
+    assert lost.run.attempt == 2
+    assert await store.extend([lost.run], lease_until=T0 + LEASE, release=True) == [True]
+    [kept] = await reclaim(store, T0 + LEASE)
+    assert kept.run.attempt == 2
+    state = await store.get("t1")
+    assert state is not None and state.running == 1
+
+
+async def test_releasing_a_stale_fence_changes_nothing(store: ScheduleStore, tasks: Tasks) -> None:
+    """A release through a fence that was re-issued meanwhile is refused and leaves the
+    live run as it was: it still costs an attempt when its own lease expires."""
+    await store.add(tasks.new(), replace=False)
+    old = await claim_run(store, lease_until=T0 + SEC)
+    [again] = await reclaim(store, T0 + SEC, lease_until=T0 + 2 * SEC)
+    assert await store.extend([old], lease_until=T0, release=True) == [False]
+    assert await reclaim(store, T0 + SEC) == []
+    [third] = await reclaim(store, T0 + 2 * SEC)
+    assert (third.run.attempt, again.run.attempt) == (3, 2)
+
+
 async def test_extend_of_no_runs_returns_nothing(store: ScheduleStore) -> None:
     """An empty batch is a no-op."""
     assert await store.extend([], lease_until=T0 + LEASE) == []

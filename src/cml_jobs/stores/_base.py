@@ -147,14 +147,21 @@ class ScheduleStore(Protocol):
         """Re-issue up to ``limit`` runs whose lease expired at or before ``now``.
 
         Each expired run is replaced by a run of the same occurrence with a new fence,
-        ``attempt + 1`` and its lease ending at ``lease_until``; the old fence stops being
-        valid. Runs of tasks that no longer exist, or are parked, are dropped.
+        ``attempt + 1`` (the same attempt for a run given back with ``extend(...,
+        release=True)``: no worker was lost) and its lease ending at ``lease_until``; the
+        old fence stops being valid. Runs of tasks that no longer exist, or are parked,
+        are dropped.
         """
         ...
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         """Move the lease of each run still valid to ``lease_until`` (the heartbeat; a
         ``lease_until`` in the past gives the run back for an immediate re-issue).
+
+        With ``release``, a worker that stops cleanly gives the runs back: their re-issue
+        keeps their attempt, so a rolling restart is not taken for a lost worker.
 
         Returns:
             Per run, whether its fence is still valid; a worker stops a run that is not.

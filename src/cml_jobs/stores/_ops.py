@@ -11,8 +11,9 @@ coalesced occurrences).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -100,8 +101,7 @@ class RunRecord:
         Raises:
             ValueError: the text is not such a row (tampered with).
         """
-        try:
-            row = json.loads(raw)
+        with _reading(raw, "run history row") as row:
             return cls(
                 task_id=str(row["task_id"]),
                 occurrence_at=datetime.fromisoformat(row["occurrence_at"]),
@@ -115,8 +115,16 @@ class RunRecord:
                 error_type=row.get("error_type"),
                 error_message=row.get("error_message"),
             )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a run history row: {raw!r:.200}") from exc
+
+
+@contextlib.contextmanager
+def _reading(raw: str | bytes, what: str) -> Iterator[Any]:
+    """``raw`` parsed as JSON, for a block that builds a record from it: a missing or
+    mistyped field there is a ``ValueError`` that names ``what`` and shows ``raw``."""
+    try:
+        yield json.loads(raw)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a {what}: {raw!r:.200}") from exc
 
 
 def _at(value: str | None) -> datetime | None:
@@ -177,8 +185,7 @@ class WorkerInfo:
         Raises:
             ValueError: the text is not such a worker (tampered with).
         """
-        try:
-            row = json.loads(raw)
+        with _reading(raw, "worker record") as row:
             times = {
                 name: datetime.fromisoformat(row[name])
                 for name in ("started_at", "heartbeat_at", "expires_at")
@@ -192,8 +199,6 @@ class WorkerInfo:
                 max_jobs=int(row.get("max_jobs", 0)),
                 **times,
             )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a worker record: {raw!r:.200}") from exc
 
 
 @runtime_checkable

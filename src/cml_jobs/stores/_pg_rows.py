@@ -65,6 +65,12 @@ class NewRun:
     attempt: int = 1
 
 
+def next_attempt(stored: int) -> int:
+    """The attempt of a re-issued run: the next, or the same for a run given back
+    (``extend(release=True)`` stores its attempt negative)."""
+    return -stored if stored < 0 else stored + 1
+
+
 @dataclass
 class Changes:
     """What a batch did: the rows it touched, runs to create, runs released, and tasks

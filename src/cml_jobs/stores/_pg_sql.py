@@ -98,8 +98,10 @@ class Statements:
         "WHERE r.lease_until <= $1 ORDER BY r.lease_until, r.fence LIMIT $2 "
         "FOR UPDATE SKIP LOCKED"
     )
+    # A run given back (release) keeps its attempt, stored negative until its re-issue.
     extend = (
-        "UPDATE {s}.runs r SET lease_until = $1 "
+        "UPDATE {s}.runs r SET lease_until = $1, "
+        "attempt = CASE WHEN $4::boolean THEN -abs(r.attempt) ELSE r.attempt END "
         "FROM unnest($2::bigint[], $3::text[]) AS u(fence, task_id) "
         "WHERE r.fence = u.fence AND r.task_id = u.task_id RETURNING r.fence, r.task_id"
     )

@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cml_jobs._config import refuse_query_credentials
+from cml_jobs._redis_url import is_sentinel_url
 from cml_jobs.exceptions import (
     ConfigurationError,
     StoreAccessError,
@@ -28,6 +29,7 @@ from cml_jobs.exceptions import (
     StoreUnavailableError,
 )
 from cml_jobs.stores._redis_checks import STORE_DAMAGED
+from cml_jobs.stores._redis_sentinel import sentinel_client
 
 __all__ = [
     "PatientRetry",
@@ -132,6 +134,8 @@ def store_error(error: RedisError, connection: Mapping[str, Any], command: str) 
 
 
 def _where(connection: Mapping[str, Any]) -> str:
+    if "where" in connection:  # said by the caller (the primary of a Sentinel service)
+        return str(connection["where"])
     if "path" in connection:
         return str(connection["path"])
     host, port = connection.get("host", "?"), connection.get("port", "?")
@@ -158,14 +162,20 @@ def redis_client(url: str, *, patient: bool, **options: Any) -> redis.asyncio.Re
     """A ``redis.asyncio.Redis`` for ``url`` with cml-jobs' TLS defaults and retry policy.
 
     Args:
-        url: a ``redis://`` or ``rediss://`` URL.
+        url: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a ``redis+sentinel://``
+            one (a client of the primary the Sentinels name, followed through failovers).
         patient: whether commands wait for Redis for as long as it takes (see
-            ``retry_options``).
+            ``retry_options``); a patient client also waits out a Sentinel failover.
         **options: further ``Redis`` keywords, e.g. ``socket_timeout``.
 
     Raises:
-        ConfigurationError: the URL's TLS options are not valid (see ``tls_options``).
+        ConfigurationError: the URL's TLS options are not valid (see ``tls_options``),
+            or a ``redis+sentinel://`` URL is not valid.
     """
+    # -- Sentinel (redis+sentinel://): same retry policy, the primary found by Sentinel.
+    if is_sentinel_url(url):
+        return sentinel_client(url, **{**retry_options(patient=patient), **options})
+    # -- end Sentinel
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
         url, **{**tls_options(url), **retry_options(patient=patient), **options}
     )

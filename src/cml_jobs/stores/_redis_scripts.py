@@ -223,8 +223,8 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT'
   else redis.call('ZREM', KEYS[2], m) end
   if f and f[2] and not waits then
     release(key, id, old)
-    local v = redis.call('HMGET', key, 'descriptor', 'trace', 'parked')
-    local attempt, extra = (tonumber(f[2]) or 1) + 1, f[3] == 'x'
+    local v, n = redis.call('HMGET', key, 'descriptor', 'trace', 'parked'), tonumber(f[2]) or 1
+    local attempt, extra = n < 0 and -n or n + 1, f[3] == 'x'  -- n < 0: given back (EXTEND)
     if f[2] == '0' then count(key, 'waiting', -1) end
     if v[1] and not v[3] then
       local fence = new_run(key, id, f[1], extra and attempt .. '|x' or attempt, ARGV[3])
@@ -236,17 +236,17 @@ end
 return out
 """
 
-# ARGV: prefix, lease, then pairs of id, fence -> one 1/0 per pair
+# ARGV: prefix, lease, release ("1": store the attempt negative), then id, fence pairs -> 1/0 each
 EXTEND = """
 local out = {}
-for i = 3, #ARGV, 2 do
-  local id, fence = ARGV[i], ARGV[i + 1]
-  if redis.pcall('HEXISTS', ARGV[1] .. id, 'r:' .. fence) == 1 then
-    redis.call('ZADD', KEYS[2], ARGV[2], run_member(fence, id))
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
+for i = 4, #ARGV, 2 do
+  local key, field = ARGV[1] .. ARGV[i], 'r:' .. ARGV[i + 1]
+  local live = redis.pcall('HEXISTS', key, field) == 1
+  out[#out + 1] = live and 1 or 0
+  if live then redis.call('ZADD', KEYS[2], ARGV[2], run_member(ARGV[i + 1], ARGV[i])) end
+  local run = live and ARGV[3] == '1' and redis.call('HGET', key, field) or ''
+  local occurrence, attempt, rest = string.match(run, '^([^|]*)|([1-9]%d*)(.*)$')
+  if attempt then redis.call('HSET', key, field, occurrence .. '|-' .. attempt .. rest) end
 end
 return out
 """

@@ -58,6 +58,7 @@ class InMemoryScheduleStore(MemoryOperations):
         self._history: dict[str, deque[RunRecord]] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._fence = 0
+        self._given_back: set[int] = set()  # fences released by a worker that stopped
         self._generation = uuid.uuid4().hex
 
     # -- tasks -------------------------------------------------------------------------
@@ -165,9 +166,10 @@ class InMemoryScheduleStore(MemoryOperations):
             task = self._tasks.get(task_id)
             if task is not None and not self._its_turn(task, fence, now):
                 continue
+            given_back = fence in self._given_back  # by a worker that stopped: no loss
             old = self._release(task_id, fence)
             if old is not None and task is not None:
-                attempt, until = old.attempt + 1, ms(lease_until)
+                attempt, until = old.attempt + (not given_back), ms(lease_until)
                 run = self._new_run(task_id, old.occurrence_at, attempt, until, old.extra)
                 reissued.append(ClaimedRun(run, task.descriptor_json, task.trace_context))
         return reissued
@@ -185,12 +187,16 @@ class InMemoryScheduleStore(MemoryOperations):
 
     # -- runs --------------------------------------------------------------------------
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         valid = []
         for run in runs:
             ok = run.fence in self._leases and self._leases[run.fence][0] == run.task_id
             if ok:
                 self._leases[run.fence] = (run.task_id, ms(lease_until))
+                if release:
+                    self._given_back.add(run.fence)
             valid.append(ok)
         return valid
 
@@ -239,6 +245,7 @@ class InMemoryScheduleStore(MemoryOperations):
 
     def _release(self, task_id: str, fence: int) -> Run | None:
         self._leases.pop(fence, None)
+        self._given_back.discard(fence)
         task = self._tasks.get(task_id)
         if task is not None:
             task.waiting.pop(fence, None)
@@ -250,6 +257,7 @@ class InMemoryScheduleStore(MemoryOperations):
             return False
         for fence in task.runs:
             self._leases.pop(fence, None)
+            self._given_back.discard(fence)
         return True
 
     def _live_due(self) -> builtins.list[tuple[datetime, str]]:

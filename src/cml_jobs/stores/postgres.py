@@ -42,7 +42,7 @@ from cml_jobs.stores._pg_connect import (
     transact,
     unavailable,
 )
-from cml_jobs.stores._pg_rows import Changes, NewRun, apply_decision, apply_finish, ms
+from cml_jobs.stores._pg_rows import Changes, NewRun, apply_decision, apply_finish, ms, next_attempt
 from cml_jobs.stores._pg_schema import SCHEMA_VERSION, Conn, migrate
 from cml_jobs.stores._pg_sql import Statements
 from cml_jobs.stores._pg_write import lock_rows, task_state, write_changes
@@ -192,7 +192,7 @@ class PostgresScheduleStore:
             live = [r for r in expired if r["parked"] is None]
             changes = Changes(released={r["fence"] for r in expired})
             changes.new_runs = [
-                NewRun(r["task_id"], r["occurrence_at"], i, attempt=r["attempt"] + 1)
+                NewRun(r["task_id"], r["occurrence_at"], i, attempt=next_attempt(r["attempt"]))
                 for i, r in enumerate(live)
             ]
             fences = await write_changes(conn, self._sql, changes, ms(lease_until))
@@ -209,13 +209,14 @@ class PostgresScheduleStore:
 
     # -- runs --------------------------------------------------------------------------
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         if not runs:
             return []
-        fences = [run.fence for run in runs]
-        ids = [run.task_id for run in runs]
+        args = (ms(lease_until), [run.fence for run in runs], [run.task_id for run in runs])
         sql = self._sql.extend
-        valid = await self._one(lambda conn: conn.fetch(sql, ms(lease_until), fences, ids))
+        valid = await self._one(lambda conn: conn.fetch(sql, *args, release))
         kept = {(row["fence"], row["task_id"]) for row in valid}
         return [(run.fence, run.task_id) in kept for run in runs]
 

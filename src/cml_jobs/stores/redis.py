@@ -19,7 +19,7 @@ in the store cannot be read (for ``cml-jobs check``).
 #                         running      runs handed out and not finished (absent: 0)
 #                         last_run_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
-#                         r:{fence}    "{occurrence ms}|{attempt}", one field per run under way
+#                         r:{fence}    "{occurrence ms}|{attempt}" a run under way (<0: given back)
 #                         trace        W3C traceparent of the scheduling span; absent if none
 #                         note         an operator's note; ended_at, expires (ms) once ended
 #                         waiting      extra runs (r: fields "{occ}|0|x|{max}") not handed out
@@ -102,6 +102,7 @@ from cml_jobs.stores._redis_scripts import (
     RECLAIM,
     REMOVE,
 )
+from cml_jobs.stores._redis_sentinel import sentinel_client
 
 __all__ = [
     "RedisScheduleStore",
@@ -113,6 +114,7 @@ __all__ = [
     "publish_events",
     "redis_client",
     "retry_options",
+    "sentinel_client",
     "tls_options",
 ]
 
@@ -242,11 +244,13 @@ class RedisScheduleStore(RedisOperations):
         flat = await self._call(self._reclaim, ms(now), ms(lease_until), str(limit))
         return reissued(flat)
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         if not runs:
             return []
-        pairs = fence_pairs(runs)
-        return [bool(ok) for ok in await self._call(self._extend, ms(lease_until), *pairs)]
+        args = (ms(lease_until), "1" if release else "0", *fence_pairs(runs))
+        return [bool(ok) for ok in await self._call(self._extend, *args)]
 
     async def finish(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
         if not finishes:
@@ -268,7 +272,10 @@ class RedisScheduleStore(RedisOperations):
         try:
             yield
         except RedisError as exc:
-            kwargs = self._redis.connection_pool.connection_kwargs
+            pool = self._redis.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            if hasattr(pool, "service_name"):  # redis+sentinel://
+                kwargs["where"] = f"the primary of Sentinel service {pool.service_name!r}"
             translated = store_error(exc, kwargs, command)
             if translated is None:
                 raise
@@ -282,7 +289,7 @@ async def open_redis_store(
     """A ``RedisScheduleStore`` on a client of its own for ``url``, closed at exit.
 
     Args:
-        url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: a ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL.
         prefix: the store's key prefix.
         patient: wait for Redis for as long as it takes (a worker's heartbeat); otherwise
             calls fail with ``StoreUnavailableError`` after a few retries (an app).

@@ -27,6 +27,7 @@ from cml_jobs.worker._arq import (
     WorkerContext,
     dumps,
     loads,
+    redis_pool,
     redis_settings,
     run_function,
 )
@@ -83,7 +84,9 @@ def _require_shared_redis(settings: Settings) -> None:
 
 def _arq_options(settings: Settings, lifecycle: _Lifecycle) -> dict[str, Any]:
     """The attributes of arq's ``WorkerSettings`` class for these settings."""
+    pool = redis_pool(settings.redis_url, settings.queue_name)
     return {
+        **({} if pool is None else {"redis_pool": pool}),
         "functions": [run_function],
         "redis_settings": redis_settings(settings.redis_url),
         "queue_name": settings.queue_name,

@@ -18,18 +18,25 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
 from datetime import timedelta
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 from arq import func
 from arq.connections import ArqRedis, RedisSettings
 
 from cml_jobs._decide import HANDOFF_DELAY
 from cml_jobs._execution import Assignment
+from cml_jobs._redis_url import is_sentinel_url, parse_sentinel_url
 from cml_jobs._runtime import Engine, Runtime
 from cml_jobs._timing import from_ms, to_ms
 from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores import Finish, Outcome, Run
-from cml_jobs.stores.redis import access_denied, access_message, connection_options, retry_options
+from cml_jobs.stores.redis import (
+    access_denied,
+    access_message,
+    connection_options,
+    retry_options,
+    sentinel_client,
+)
 
 __all__ = [
     "ARQ_JOB_TIMEOUT",
@@ -39,6 +46,7 @@ __all__ = [
     "WorkerContext",
     "dumps",
     "loads",
+    "redis_pool",
     "redis_settings",
     "run_function",
 ]
@@ -223,8 +231,11 @@ def redis_settings(url: str) -> RedisSettings:
 
     Raises:
         ConfigurationError: a TLS option on a ``redis://`` URL, or a TLS option's value
-            that is not valid (the message never includes the URL).
+            that is not valid (the message never includes the URL); a
+            ``redis+sentinel://`` URL that is not valid.
     """
+    if is_sentinel_url(url):
+        return _sentinel_settings(url)
     parsed = RedisSettings.from_dsn(url)
     settings = SafeRedisSettings(**{f.name: getattr(parsed, f.name) for f in fields(parsed)})
     options = {**connection_options(url), **retry_options(patient=True)}
@@ -233,3 +244,40 @@ def redis_settings(url: str) -> RedisSettings:
     settings.conn_retries = 1_000_000_000
     settings.conn_retry_delay = 1
     return settings
+
+
+def _sentinel_settings(url: str) -> RedisSettings:
+    """arq's own Sentinel settings for a ``redis+sentinel://`` URL: what ``arq --check``
+    connects with. The worker itself runs on ``redis_pool(url, ...)``."""
+    target = parse_sentinel_url(url)
+    return SafeRedisSettings(
+        host=list(target.sentinels),
+        database=target.db,
+        username=target.username,
+        password=target.password,
+        sentinel=True,
+        sentinel_master=target.service_name,
+    )
+
+
+def redis_pool(url: str, queue_name: str) -> ArqRedis | None:
+    """The worker's arq pool for a ``redis+sentinel://`` URL; None for any other URL (arq
+    builds the pool from ``redis_settings``).
+
+    arq's own Sentinel pool gives its connections no retry policy, so the first command
+    cut off by a failover would end the worker. This pool retries as every worker
+    connection does (``retry_options(patient=True)``) and asks the Sentinels for the
+    primary at each new connection, so the worker follows the primary through a failover.
+    The pool connects lazily, in the worker's event loop.
+
+    Raises:
+        ConfigurationError: the URL is not a valid ``redis+sentinel://`` URL.
+    """
+    if not is_sentinel_url(url):
+        return None
+    client = sentinel_client(url, redis_class=ArqRedis, **retry_options(patient=True))
+    pool = cast(ArqRedis, client)  # an instance of a subclass of redis_class
+    pool.job_serializer = dumps
+    pool.job_deserializer = loads
+    pool.default_queue_name = queue_name
+    return pool

@@ -65,7 +65,8 @@ MINIMAL_ACL = (
     "+get +set +psetex +del +exists +expire +incr +incrby "
     "+hget +hgetall +hmget +hset +hdel +hexists +hincrby +hkeys +type "
     "+zadd +zrem +zrange +zrangebyscore +zscore +zcard "
-    "+scan +xadd +watch +unwatch +multi +exec +discard +persist +pexpire +lpush +ltrim +lrange "
+    "+lpush +ltrim +lrange +pexpire +persist "
+    "+scan +xadd +watch +unwatch +multi +exec +discard "
     "~cml:* ~cml_jobs:* ~arq:job:cml:* ~arq:in-progress:cml:* ~arq:retry:cml:* "
     "~arq:result:cml:* ~arq:abort"
 )

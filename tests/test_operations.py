@@ -170,17 +170,30 @@ async def test_upcoming_gives_the_next_occurrences_by_trigger_arithmetic(
     assert await scheduler.bus.upcoming("sync", 2) == []
 
 
-@pytest.mark.redis
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def shared_store(request: pytest.FixtureRequest) -> dict[str, str]:
+    """How processes name one shared store of the test's own: a Redis prefix, or a
+    PostgreSQL schema."""
+    if request.param == "postgres":
+        return {"store_url": request.getfixturevalue("postgres_url")}
+    redis_url: str = request.getfixturevalue("redis_url")
+    return {"redis_url": redis_url, "key_prefix": request.getfixturevalue("key_prefix")}
+
+
 async def test_trigger_task_runs_exactly_once_with_three_workers(
-    redis_url: str, key_prefix: str
+    shared_store: dict[str, str],
 ) -> None:
-    """Three in-process workers on one Redis prefix: a triggered run runs once."""
+    """Three in-process workers on one shared store: a triggered run runs once."""
     AccountSyncJob.runs.clear()
     apps = [
         BackgroundTaskScheduler.configure(
             modules=JOBS,
-            redis_url=redis_url,
-            key_prefix=key_prefix,
+            **shared_store,
             run_worker=True,
             poll_interval=timedelta(milliseconds=50),
         )

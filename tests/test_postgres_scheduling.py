@@ -21,6 +21,7 @@ from cml_jobs import (
     BackgroundTaskScheduler,
     ConfigurationError,
     EventKind,
+    Outcome,
     ScheduledTaskDescriptor,
     TaskEvent,
     TaskNotFoundError,
@@ -90,7 +91,10 @@ async def test_a_rolled_back_task_is_never_stored_nor_run_and_a_committed_one_ru
             await scheduler.bus.get_task("receipt-o-1")
         await orders.place_order(app_pool, scheduler, "o-2", charge_ok)
         await asyncio.wait_for(done.wait(), 20)  # a poll would take a minute
-        assert await scheduler.list_tasks() == []  # a one-time task ends with its run
+        # A one-time task ends with its run, and stays listed, ended, with its outcome.
+        [task] = await scheduler.list_tasks()
+        assert (task.id, task.last_outcome) == ("receipt-o-2", Outcome.SUCCEEDED)
+        assert task.ended_at is not None
     assert [row["id"] for row in await app_pool.fetch("SELECT id FROM orders")] == ["o-2"]
     assert [(e.kind, e.task_id) for e in finished] == [
         (EventKind.STARTED, "receipt-o-2"),

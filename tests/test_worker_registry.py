@@ -76,6 +76,19 @@ async def test_a_killed_worker_drops_out_once_its_heartbeat_expires(
             assert datetime.now(timezone.utc) - killed_at > timedelta(seconds=1)
 
 
+@pytest.mark.postgres
+async def test_workers_on_the_postgres_store_are_listed_and_leave(postgres_url: str) -> None:
+    """On PostgreSQL as on Redis: an app sees another app's worker register, and leave."""
+    observer = BackgroundTaskScheduler.configure(store_url=postgres_url, run_worker=False)
+    worker = BackgroundTaskScheduler.configure(store_url=postgres_url, run_worker=True, **FAST)
+    async with observer:
+        assert await observer.list_workers() == []
+        async with worker:
+            [seen] = await observer.list_workers()
+            assert (seen.id, seen.pid) == (worker.runtime.executor.worker, os.getpid())
+        assert await observer.list_workers() == []
+
+
 def _check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(CLI), "check", *args], capture_output=True, text=True, timeout=60, cwd=ROOT

@@ -33,7 +33,7 @@ async def open_store(
     if settings.store_kind == "postgresql":
         from cml_jobs.stores.postgres import open_postgres_store
 
-        async with open_postgres_store(settings.store_location) as found:
+        async with open_postgres_store(settings.store_location, **history) as found:
             yield given or found, None
         return
     from cml_jobs.stores.redis import open_redis_store
@@ -50,7 +50,9 @@ def open_store_patiently(settings: Settings) -> AbstractAsyncContextManager[Sche
     if settings.store_kind == "postgresql":
         from cml_jobs.stores.postgres import open_postgres_store
 
-        return open_postgres_store(settings.store_location, patient=True)
+        return open_postgres_store(
+            settings.store_location, patient=True, **history_options(settings)
+        )
     from cml_jobs.stores.redis import open_redis_store
 
     return open_redis_store(

@@ -2,7 +2,7 @@
 the workers, run a task now or over a past window, unpark, update, and preview a trigger.
 
 ``BackgroundTasksBus`` inherits these methods; they need a store that is also an
-``OperationsStore`` (memory and Redis are).
+``OperationsStore`` (memory, Redis and PostgreSQL are).
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ class Operations:
         if not isinstance(self._store, OperationsStore):
             raise ConfigurationError(
                 f"the store {type(self._store).__name__} keeps no history or workers; use the "
-                "memory or Redis store, or implement cml_jobs.stores.OperationsStore"
+                "memory, Redis or PostgreSQL store, or implement cml_jobs.stores.OperationsStore"
             )
         return self._store
 

@@ -4,7 +4,7 @@
 tests); ``RedisScheduleStore`` and ``PostgresScheduleStore`` share tasks between
 processes and hosts. A new store (MongoDB, say) implements the Protocol and passes
 ``tests/stores/test_contract.py``. Capabilities beyond the contract are Protocols of their
-own: ``OperationsStore`` (run history, the worker registry, extra runs; memory and Redis),
+own: ``OperationsStore`` (run history, the worker registry, extra runs; every store here),
 ``WakeupSource`` and ``TransactionalStore`` (PostgreSQL).
 """
 

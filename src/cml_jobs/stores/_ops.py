@@ -2,9 +2,9 @@
 task edits an operator makes (unpark, update, notes).
 
 Kept apart from ``ScheduleStore`` (the engine's hot path, ten methods) so that a store can
-run jobs without it; the memory and Redis stores implement both. History rows of runs
-that finish are written by ``ScheduleStore.finish`` itself (``Finish.history``), in the
-same atomic step; ``record`` is for outcomes decided elsewhere (missed, skipped,
+run jobs without it; the memory, Redis and PostgreSQL stores implement both. History rows
+of runs that finish are written by ``ScheduleStore.finish`` itself (``Finish.history``),
+in the same atomic step; ``record`` is for outcomes decided elsewhere (missed, skipped,
 coalesced occurrences).
 """
 
@@ -203,7 +203,8 @@ class WorkerInfo:
 
 @runtime_checkable
 class OperationsStore(Protocol):
-    """What a store keeps for operators, beside the schedule. Memory and Redis implement it.
+    """What a store keeps for operators, beside the schedule. Memory, Redis and PostgreSQL
+    implement it.
 
     As for ``ScheduleStore``: every method is atomic, times are aware and kept to the
     millisecond, and ``now`` is always given.

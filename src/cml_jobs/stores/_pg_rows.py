@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from cml_jobs.stores._ops import RunRecord
 from cml_jobs.stores._records import (
     ClaimResult,
     ClaimStatus,
@@ -20,7 +21,17 @@ from cml_jobs.stores._records import (
     Run,
 )
 
-__all__ = ["Changes", "NewRun", "TaskRow", "apply_decision", "apply_finish", "ms"]
+__all__ = [
+    "Changes",
+    "NewRun",
+    "TaskRow",
+    "apply_decision",
+    "apply_finish",
+    "later",
+    "ms",
+    "schedule_times",
+    "storable",
+]
 
 
 def ms(at: datetime) -> datetime:
@@ -48,6 +59,8 @@ class TaskRow:
     last_outcome: str | None
     last_error: str | None
     counts: dict[str, int]
+    ended_at: datetime | None = None
+    expires_at: datetime | None = None
     runs: set[int] = field(default_factory=set)
     deleted: bool = False
 
@@ -63,6 +76,7 @@ class NewRun:
     occurrence_at: datetime
     index: int  # its position in the batch's results
     attempt: int = 1
+    extra: bool = False
 
 
 def next_attempt(stored: int) -> int:
@@ -73,19 +87,21 @@ def next_attempt(stored: int) -> int:
 
 @dataclass
 class Changes:
-    """What a batch did: the rows it touched, runs to create, runs released, and tasks
-    whose every run is released (parked: also those created earlier in the batch)."""
+    """What a batch did: the rows it touched, runs to create, runs released, tasks
+    whose every run is released (parked: also those created earlier in the batch), and
+    history rows to keep."""
 
     touched: dict[str, TaskRow] = field(default_factory=dict)
     new_runs: list[NewRun] = field(default_factory=list)
     released: set[int] = field(default_factory=set)
     cleared: set[str] = field(default_factory=set)
+    history: list[RunRecord] = field(default_factory=list)
 
     def touch(self, row: TaskRow) -> None:
         self.touched[row.task_id] = row
 
     def park(self, row: TaskRow, reason: str) -> None:
-        row.parked = reason
+        row.parked = storable(reason)
         row.last_outcome = Outcome.PARKED.value
         row.count(Outcome.PARKED)
         self.cleared.add(row.task_id)
@@ -99,9 +115,28 @@ class Changes:
         self.touch(row)
 
 
+def storable(text: str | None) -> str | None:
+    """``text`` as a PostgreSQL text column holds it: NUL, which it refuses, shown as
+    U+FFFD (an error message may carry any character)."""
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
+def later(at: datetime, span: timedelta) -> datetime:
+    """``at + span``, or the latest time a datetime holds (near year 9999)."""
+    return at + min(span, datetime.max.replace(tzinfo=timezone.utc) - at)
+
+
+def schedule_times(
+    due_at: datetime | None, ready_at: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """The due and ready times a task is given: no ready time without a due time, and
+    ready when due unless told."""
+    due = None if due_at is None else ms(due_at)
+    return due, due if ready_at is None or due is None else ms(ready_at)
+
+
 def _schedule(row: TaskRow, due_at: datetime | None, ready_at: datetime | None) -> None:
-    row.due_at = None if due_at is None else ms(due_at)
-    row.ready_at = row.due_at if ready_at is None or due_at is None else ms(ready_at)
+    row.due_at, row.ready_at = schedule_times(due_at, ready_at)
 
 
 def _running(row: TaskRow, changes: Changes) -> int:
@@ -141,8 +176,11 @@ def apply_decision(
     return ClaimResult(task_id, status, run)
 
 
-def apply_finish(finish: Finish, row: TaskRow | None, changes: Changes) -> bool:
-    """Apply one finish to its task's row (None: no such task); see ``finish``."""
+def apply_finish(
+    finish: Finish, row: TaskRow | None, changes: Changes, retention: timedelta
+) -> bool:
+    """Apply one finish to its task's row (None: no such task); see ``finish``. A task
+    that ends with a history row is kept, ended, for ``retention``."""
     fence = finish.run.fence
     if row is None or row.deleted or fence not in row.runs:
         return False  # a stale fence: the run was re-issued, or its task cancelled
@@ -151,13 +189,24 @@ def apply_finish(finish: Finish, row: TaskRow | None, changes: Changes) -> bool:
     changes.touch(row)
     if finish.started_at is not None:
         row.last_run_at = ms(finish.started_at)
+    if finish.history is not None:
+        changes.history.append(finish.history)
     if finish.outcome is Outcome.PARKED:
         changes.park(row, finish.error or "parked")
         return True
     row.last_outcome = Outcome(finish.outcome).value
-    row.last_error = finish.error
+    row.last_error = storable(finish.error)
     row.count(Outcome(finish.outcome))
     ended = row.due_at is None and not row.runs and row.parked is None
-    if finish.end_task or ended:
+    if ended and not finish.end_task and finish.history is not None:
+        _end(row, finish.history.ended_at, retention)  # a one-time task's run
+    elif finish.end_task or ended:
         changes.delete(row)
     return True
+
+
+def _end(row: TaskRow, at: datetime, retention: timedelta) -> None:
+    """A task whose last run finished: kept, ended, until its retention is over."""
+    row.due_at = row.ready_at = None
+    row.ended_at = ms(at)
+    row.expires_at = later(row.ended_at, retention)

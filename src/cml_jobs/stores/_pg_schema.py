@@ -24,7 +24,7 @@ __all__ = ["SCHEMA_VERSION", "Conn", "channel", "check_schema_name", "migrate"]
 Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 #: The version this code writes and reads. Add a step to ``_MIGRATIONS`` to raise it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each step takes the schema from the previous version to the next; {s} is the quoted schema.
 #
@@ -36,6 +36,15 @@ SCHEMA_VERSION = 1
 #           replaced task never matches again. Fences come from one sequence: unique and
 #           increasing across tasks and replacements.
 #   meta    name -> value: schema_version, generation (written once with the schema).
+#
+# Version 2 (run history, ended tasks, extra runs, the worker registry):
+#   tasks   + note; ended_at and expires_at once a task ended (kept until expires_at).
+#   runs    + extra (trigger_task, backfill); waiting holds the max_instances of an extra
+#           run not handed out yet (attempt 0), NULL for every other run.
+#   history one row per recorded run (RunRecord JSON), newest = highest seq; trimmed to
+#           history_size per task. Not tied to tasks: a task's history outlives it
+#           (expires_at set) until its retention is over.
+#   workers one row per registered worker (WorkerInfo JSON), until expires_at.
 _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE {s}.tasks (
@@ -63,6 +72,26 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX runs_lease ON {s}.runs (lease_until, fence);
     CREATE INDEX runs_task ON {s}.runs (task_id);
+    """,
+    """
+    ALTER TABLE {s}.tasks ADD COLUMN note text, ADD COLUMN ended_at timestamptz,
+        ADD COLUMN expires_at timestamptz;
+    CREATE INDEX tasks_expiry ON {s}.tasks (expires_at) WHERE expires_at IS NOT NULL;
+    ALTER TABLE {s}.runs ADD COLUMN extra boolean NOT NULL DEFAULT false,
+        ADD COLUMN waiting integer;
+    CREATE TABLE {s}.history (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        task_id text COLLATE "C" NOT NULL,
+        body text NOT NULL,
+        expires_at timestamptz
+    );
+    CREATE INDEX history_task ON {s}.history (task_id, seq);
+    CREATE INDEX history_expiry ON {s}.history (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE {s}.workers (
+        id text COLLATE "C" PRIMARY KEY,
+        body text NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
     """,
 )
 

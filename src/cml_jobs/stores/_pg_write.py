@@ -33,6 +33,8 @@ async def lock_rows(conn: Conn, sql: Statements, task_ids: Iterable[str]) -> dic
             last_outcome=r["last_outcome"],
             last_error=r["last_error"],
             counts=_counts(r["counts"]),
+            ended_at=r["ended_at"],
+            expires_at=r["expires_at"],
         )
         for r in await conn.fetch(sql.lock_tasks, ids)
     }
@@ -63,6 +65,7 @@ async def write_changes(
         [run.task_id for run in new],
         [run.occurrence_at for run in new],
         [run.attempt for run in new],
+        [run.extra for run in new],
         lease_until,
     )
     if late:
@@ -83,6 +86,8 @@ def _columns(rows: list[TaskRow]) -> list[list[Any]]:
         [row.last_outcome for row in rows],
         [row.last_error for row in rows],
         [json.dumps(row.counts) for row in rows],
+        [row.ended_at for row in rows],
+        [row.expires_at for row in rows],
     ]
 
 
@@ -112,4 +117,7 @@ def task_state(row: asyncpg.Record | Mapping[str, Any]) -> TaskState:
         last_error=row["last_error"],
         counts={k: v for k, v in _counts(row["counts"]).items() if v},
         trace_context=row["trace"],
+        note=row["note"],
+        ended_at=row["ended_at"],
+        expires_at=row["expires_at"],
     )

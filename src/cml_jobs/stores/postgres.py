@@ -6,7 +6,8 @@ Every method is one statement, or one transaction; claims lock the tasks they ch
 taken with ``SKIP LOCKED``. Scheduling or resuming a task notifies the schema's channel,
 which wakes every dispatcher listening (``wakeups``) as soon as the transaction commits.
 ``within`` gives the store on an app's own connection, so a task is scheduled in the
-app's transaction: committed with it, or never. The library creates and migrates its
+app's transaction: committed with it, or never. A finish writes its run's history row
+in its own transaction (``_pg_ops``). The library creates and migrates its
 tables itself (``_pg_schema``). asyncpg is imported here and in the ``_pg_*`` helpers
 only.
 """
@@ -17,7 +18,7 @@ import builtins
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -34,6 +35,7 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
+from cml_jobs.stores._ops import DEFAULT_HISTORY_RETENTION, DEFAULT_HISTORY_SIZE
 from cml_jobs.stores._pg_connect import (
     UNAVAILABLE,
     listening,
@@ -42,7 +44,8 @@ from cml_jobs.stores._pg_connect import (
     transact,
     unavailable,
 )
-from cml_jobs.stores._pg_rows import Changes, NewRun, apply_decision, apply_finish, ms, next_attempt
+from cml_jobs.stores._pg_ops import PostgresOperations, keep_history, reclaim
+from cml_jobs.stores._pg_rows import Changes, apply_decision, apply_finish, ms, schedule_times
 from cml_jobs.stores._pg_schema import SCHEMA_VERSION, Conn, migrate
 from cml_jobs.stores._pg_sql import Statements
 from cml_jobs.stores._pg_write import lock_rows, task_state, write_changes
@@ -52,8 +55,9 @@ __all__ = ["SCHEMA_VERSION", "PostgresScheduleStore", "open_postgres_store"]
 T = TypeVar("T")
 
 
-class PostgresScheduleStore:
-    """A ``ScheduleStore`` on PostgreSQL. Open one with ``open_postgres_store``.
+class PostgresScheduleStore(PostgresOperations):
+    """A ``ScheduleStore`` and ``OperationsStore`` on PostgreSQL. Open one with
+    ``open_postgres_store``.
 
     Args:
         pool: an asyncpg pool, or a single connection (then every call runs in a
@@ -61,6 +65,8 @@ class PostgresScheduleStore:
         dsn: the URL the pool connects with (the ``wakeups`` connection uses it too).
         schema: the schema the tables live in (created by ``open_postgres_store``).
         patient: retry a server that is away for as long as it takes (a worker).
+        history_size: runs kept per task in its history.
+        history_retention: how long a task that ended stays, with its history.
     """
 
     def __init__(
@@ -70,12 +76,16 @@ class PostgresScheduleStore:
         dsn: str = "",
         schema: str = "cml_jobs",
         patient: bool = False,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_retention: timedelta = DEFAULT_HISTORY_RETENTION,
     ) -> None:
         self._pool = pool
         self._dsn = dsn
         self._schema = schema
         self._patient = patient
         self._sql = Statements(schema)
+        self._history_size = max(history_size, 1)
+        self._retention = max(history_retention, timedelta(milliseconds=1))
 
     @property
     def schema(self) -> str:
@@ -95,7 +105,13 @@ class PostgresScheduleStore:
                 "the asyncpg connection your transaction is open on (with SQLAlchemy: "
                 "(await conn.get_raw_connection()).driver_connection)"
             )
-        return PostgresScheduleStore(connection, dsn=self._dsn, schema=self._schema)
+        return PostgresScheduleStore(
+            connection,
+            dsn=self._dsn,
+            schema=self._schema,
+            history_size=self._history_size,
+            history_retention=self._retention,
+        )
 
     def wakeups(self, callback: Callable[[], None]) -> AbstractAsyncContextManager[None]:
         """Call ``callback`` whenever any process schedules or resumes a task, until exit."""
@@ -113,14 +129,16 @@ class PostgresScheduleStore:
             while True:
                 if await conn.fetchrow(self._sql.insert_task, *row, self._sql.channel):
                     return True
-                found = await conn.fetchval(self._sql.descriptor_for_update, task.task_id)
-                if found == task.descriptor_json:
-                    return False
-                if found is not None and not replace:
-                    raise TaskExistsError(
-                        f"a different task with id {task.task_id!r} is already scheduled; "
-                        "pass replace=True to replace it, or cancel it first"
-                    )
+                found = await conn.fetchrow(self._sql.descriptor_for_update, task.task_id)
+                # (an ended task is only kept to be seen: a new one replaces it)
+                if found is not None and found["ended_at"] is None:
+                    if found["descriptor"] == task.descriptor_json:
+                        return False
+                    if not replace:
+                        raise TaskExistsError(
+                            f"a different task with id {task.task_id!r} is already "
+                            "scheduled; pass replace=True to replace it, or cancel it first"
+                        )
                 await conn.execute(self._sql.delete_task, task.task_id)  # its runs go too
 
         return await self._run(work)
@@ -149,9 +167,7 @@ class PostgresScheduleStore:
         if paused:
             args: tuple[Any, ...] = (self._sql.pause, task_id)
         else:
-            due = None if due_at is None else ms(due_at)
-            ready = due if due is None or ready_at is None else ms(ready_at)
-            args = (self._sql.resume, task_id, due, ready, self._sql.channel)
+            args = (self._sql.resume, task_id, *schedule_times(due_at, ready_at), self._sql.channel)
         return await self._one(lambda conn: conn.fetchrow(*args)) is not None
 
     # -- dispatch ----------------------------------------------------------------------
@@ -188,22 +204,7 @@ class PostgresScheduleStore:
             return []
 
         async def work(conn: Conn) -> builtins.list[ClaimedRun]:
-            expired = await conn.fetch(self._sql.expired, ms(now), limit)
-            live = [r for r in expired if r["parked"] is None]
-            changes = Changes(released={r["fence"] for r in expired})
-            changes.new_runs = [
-                NewRun(r["task_id"], r["occurrence_at"], i, attempt=next_attempt(r["attempt"]))
-                for i, r in enumerate(live)
-            ]
-            fences = await write_changes(conn, self._sql, changes, ms(lease_until))
-            return [
-                ClaimedRun(
-                    Run(new.task_id, fences[new.index], new.occurrence_at, new.attempt),
-                    r["descriptor"],
-                    r["trace"],
-                )
-                for new, r in zip(changes.new_runs, live, strict=True)
-            ]
+            return await reclaim(conn, self._sql, ms(now), ms(lease_until), limit)
 
         return await self._run(work)
 
@@ -226,9 +227,11 @@ class PostgresScheduleStore:
 
         async def work(conn: Conn) -> builtins.list[bool]:
             rows = await lock_rows(conn, self._sql, [f.run.task_id for f in finishes])
-            changes = Changes()
-            done = [apply_finish(f, rows.get(f.run.task_id), changes) for f in finishes]
+            changes, retention = Changes(), self._retention
+            done = [apply_finish(f, rows.get(f.run.task_id), changes, retention) for f in finishes]
             await write_changes(conn, self._sql, changes, None)
+            kept = [(row, not changes.touched[row.task_id].deleted) for row in changes.history]
+            await keep_history(conn, self._sql, kept, self._history_size, retention)
             return done
 
         return await self._run(work)
@@ -266,7 +269,7 @@ def _with_fence(result: ClaimResult, fence: int | None) -> ClaimResult:
 
 @contextlib.asynccontextmanager
 async def open_postgres_store(
-    url: str, *, patient: bool = False
+    url: str, *, patient: bool = False, **history: Any
 ) -> AsyncIterator[PostgresScheduleStore]:
     """A ``PostgresScheduleStore`` on a pool of its own for ``url``, closed at exit; its
     schema is created, or migrated to ``SCHEMA_VERSION``, first.
@@ -276,6 +279,7 @@ async def open_postgres_store(
             a schema other than ``cml_jobs``.
         patient: wait for PostgreSQL for as long as it takes (a worker); otherwise calls
             fail with ``StoreUnavailableError`` after a few retries (an app).
+        **history: ``history_size`` and ``history_retention``, as the store takes them.
 
     Raises:
         StoreUnavailableError: PostgreSQL cannot be reached (not patient).
@@ -288,7 +292,7 @@ async def open_postgres_store(
     except UNAVAILABLE as exc:
         raise unavailable(dsn, exc) from exc
     try:
-        store = PostgresScheduleStore(pool, dsn=dsn, schema=schema, patient=patient)
+        store = PostgresScheduleStore(pool, dsn=dsn, schema=schema, patient=patient, **history)
         await transact(pool, store._migrate, patient=patient, dsn=dsn)
         yield store
     finally:

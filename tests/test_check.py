@@ -255,6 +255,39 @@ async def test_a_worker_is_no_longer_seen_16_s_after_it_died(
 
 
 @pytest.mark.redis
+async def test_check_tells_damaged_data_and_parked_tasks_apart_from_an_unreachable_redis(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    """A task key holding a STRING, a task hash without a descriptor and a parked task:
+    Redis is reported reachable, the two unreadable keys and the parked task are named
+    (with its reason), and check exits 1; once they are gone it exits 0."""
+    store = RedisScheduleStore(redis_client, prefix=key_prefix)
+    due = datetime.now(timezone.utc) + timedelta(minutes=5)
+    for task_id in ("fine", "stuck"):
+        await store.add(NewTask(task_id, _descriptor(task_id), due, due), replace=False)
+    await redis_client.hset(f"{key_prefix}task:stuck", "parked", "stored descriptor is invalid")
+    await redis_client.set(f"{key_prefix}task:wrongtype", "not a hash")
+    await redis_client.hset(f"{key_prefix}task:hollow", "due_at", "1")
+    args = ("--redis-url", redis_url, "--key-prefix", key_prefix, "--no-worker")
+    result = await asyncio.to_thread(_check, *args)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert "redis: ok (reachable)" in out and "UNREACHABLE" not in out, out
+    assert "data: 2 key(s) UNREADABLE" in out, out
+    assert "task 'wrongtype': its key holds a string" in out, out
+    assert "task 'hollow': has no descriptor" in out, out
+    assert "parked tasks: 1\n  stuck: stored descriptor is invalid" in out, out
+    assert "fine" not in out and out.rstrip().endswith("UNHEALTHY"), out
+    # A liveness probe names them too, but passes: restarting a worker cannot fix them.
+    probe = await asyncio.to_thread(_check, *args, "--liveness")
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert "task 'wrongtype'" in probe.stdout and "  stuck: " in probe.stdout
+    await redis_client.delete(*(f"{key_prefix}task:{t}" for t in ("stuck", "wrongtype", "hollow")))
+    healthy = await asyncio.to_thread(_check, *args)
+    assert healthy.returncode == 0, healthy.stdout
+    assert "data: readable" in healthy.stdout and "parked tasks: 0" in healthy.stdout
+
+
 @pytest.mark.postgres
 async def test_check_reads_the_tasks_from_the_postgres_store(
     redis_url: str, key_prefix: str, postgres_url: str

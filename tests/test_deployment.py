@@ -55,7 +55,7 @@ def test_compose_gives_a_stopping_worker_more_than_its_drain_timeout() -> None:
     settings = settings_of(worker["environment"])
     grace = float(worker["stop_grace_period"].removesuffix("s"))
     assert grace >= settings.drain_timeout.total_seconds() + MARGIN
-    assert worker["healthcheck"]["test"] == ["CMD", "cml-jobs", "check"]
+    assert worker["healthcheck"]["test"] == ["CMD", "cml-jobs", "check", "--liveness"]
     assert worker["command"] == ["arq", "cml_jobs.WorkerSettings"]
     assert "--appendonly" in compose["services"]["redis"]["command"]
 
@@ -69,7 +69,7 @@ def test_kubernetes_probes_liveness_with_cml_jobs_check() -> None:
     plain = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     settings = settings_of(plain)
     assert spec["terminationGracePeriodSeconds"] >= settings.drain_timeout.total_seconds() + MARGIN
-    assert container["livenessProbe"]["exec"]["command"] == ["cml-jobs", "check"]
+    assert container["livenessProbe"]["exec"]["command"] == ["cml-jobs", "check", "--liveness"]
     secret = {item["name"] for item in container["env"] if "valueFrom" in item}
     assert secret == {"CML_JOBS_REDIS_URL", "CML_JOBS_SIGNING_KEY"}  # never in plain text
 

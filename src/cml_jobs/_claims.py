@@ -20,6 +20,8 @@ from cml_jobs.stores._ops import RunRecord
 __all__ = ["ClaimReporter", "TickReport"]
 
 logger = logging.getLogger("cml_jobs.dispatch")
+#: Claims that changed nothing, or parked the task: nothing to count beside the park.
+_UNCOUNTED = (ClaimStatus.RACED, ClaimStatus.GONE, ClaimStatus.PARKED)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ class ClaimReporter:
             decision, descriptor = choice.decision, choice.descriptor
             if result.status is ClaimStatus.PARKED:
                 parked += 1
-                self._parked(decision, choice.job_name)
-            if descriptor is None or result.status in (ClaimStatus.RACED, ClaimStatus.GONE):
+                self._parked(decision, choice.job_name, result.reason)
+            if descriptor is None or result.status in _UNCOUNTED:
                 continue
             claimed += result.status is ClaimStatus.CLAIMED
             if decision.missed:
@@ -124,10 +126,11 @@ class ClaimReporter:
             error_message=note,
         )
 
-    def _parked(self, decision: Decision, job_name: str) -> None:
-        logger.error("task %r parked: %s", decision.task_id, decision.park_reason)
+    def _parked(self, decision: Decision, job_name: str, reason: str | None) -> None:
+        reason = reason or decision.park_reason  # the store's, when it found the task damaged
+        logger.error("task %r parked: %s", decision.task_id, reason)
         _telemetry.record_outcome(job_name or "unknown", Outcome.PARKED)
-        at, due, reason = self.clock.now(), decision.expected_due_at, decision.park_reason
+        at, due = self.clock.now(), decision.expected_due_at
         event = TaskEvent(EventKind.PARKED, decision.task_id, job_name, at, due, error=reason)
         self.hub.emit(event)
 

@@ -15,7 +15,14 @@ from typing import Any
 from cml_jobs._redis_url import SENTINEL_SCHEME, is_sentinel_url, parse_sentinel_url
 from cml_jobs.exceptions import ConfigurationError
 
-__all__ = ["ENVIRONMENT", "Settings", "import_module", "load_object"]
+__all__ = [
+    "ENVIRONMENT",
+    "Settings",
+    "import_module",
+    "load_object",
+    "redacted",
+    "refuse_query_credentials",
+]
 
 
 @dataclass(frozen=True, repr=False)
@@ -76,10 +83,13 @@ class Settings:
     def __repr__(self) -> str:
         # Never the password in a URL, nor the signing key (its field is repr=False).
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
-        values["redis_url"] = _redacted(self.redis_url)
+        values["redis_url"] = redacted(self.redis_url)
         if self.store_url is not None:
-            values["store_url"] = _redacted(self.store_url)
+            values["store_url"] = redacted(self.store_url)
         return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in values.items()) + ")"
+
+    def __post_init__(self) -> None:
+        refuse_query_credentials(self.redis_url)
 
     @property
     def embedded(self) -> bool:
@@ -127,14 +137,44 @@ class Settings:
             except (ValueError, OverflowError, ImportError, AttributeError) as exc:
                 # A URL's password never reaches the message (nor the logs it ends up in).
                 raise ConfigurationError(
-                    f"{variable}={_redacted(raw)!r} is not valid: {exc}"
+                    f"{variable}={redacted(raw)!r} is not valid: {exc}"
                 ) from exc
         return cls().with_changes(**changes)
 
 
-def _redacted(url: str) -> str:
-    """The URL as text that is safe to log: its password (if any) replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+def redacted(url: str) -> str:
+    """The URL as text that is safe to log: its password (if any) replaced by ``***``.
+
+    Everything up to the last ``@`` is taken as the user and password, so a password with
+    an ``@`` that was not percent-encoded does not show either (a ``?password=`` too).
+    """
+    scheme, separator, rest = url.partition("://")
+    if separator and "@" in rest:
+        user, colon, _ = rest.rpartition("@")[0].partition(":")
+        url = f"{scheme}://{user}{':***' if colon else ''}@{rest.rpartition('@')[2]}"
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+
+
+def refuse_query_credentials(url: str) -> None:
+    """Refuse a Redis URL whose query carries a password or a user name.
+
+    redis-py reads ``?password=`` but arq, and so a worker, does not; rather than a worker
+    that fails where the app connects, one place for credentials: the URL's user info.
+
+    Raises:
+        ConfigurationError: the query has ``password`` or ``username``.
+    """
+    query = url.partition("?")[2].partition("#")[0]
+    named = sorted({pair.partition("=")[0] for pair in query.split("&")} & _CREDENTIALS)
+    if named:
+        raise ConfigurationError(
+            f"the Redis URL {redacted(url)!r} gives {' and '.join(named)} in its query, which "
+            "workers would ignore; write them before the host instead, percent-encoded: "
+            "redis://USER:PASSWORD@host:6379/0"
+        )
+
+
+_CREDENTIALS = {"password", "username"}
 
 
 def _seconds(raw: str) -> timedelta:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -26,7 +26,7 @@ from cml_jobs._events import EventHub
 from cml_jobs._execution import Assignment
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs.exceptions import InvalidDescriptorError, StoreError
+from cml_jobs.exceptions import InvalidDescriptorError, StoreAccessError, StoreError
 from cml_jobs.stores._base import ClaimResult, DueTask, Finish, Outcome, ScheduleStore
 from cml_jobs.stores._ops import OperationsStore, RunRecord
 
@@ -99,6 +99,7 @@ class Dispatcher:
         self._reclaim_after: datetime | None = None
         self._next_ready: datetime | None = None  # as of the last tick
         self._generation: str | None = None
+        self.on_refused: Callable[[str], None] | None = None  # a worker stops for good
 
     def wake(self) -> None:
         """Tick now: something earlier than the next known due time was scheduled."""
@@ -122,6 +123,7 @@ class Dispatcher:
         # Claiming a few ms ahead lets one tick serve every occurrence in that window.
         polled = await self.store.poll(now + self.lookahead, room - len(reissued))
         self._check_generation(polled.generation)
+        self.decider.unreadable(polled.unreadable)
         choices = [self.decider.choose(task, now) for task in polled.tasks]
         decisions = [choice.decision for choice in choices]
         results = await self.store.claim(decisions, lease_until=lease_until)
@@ -194,7 +196,8 @@ class Dispatcher:
     async def run(self, stopping: asyncio.Event) -> None:
         """Tick until ``stopping`` is set, sleeping until the next due time in between.
 
-        Store failures are logged and retried with backoff; they never end the loop.
+        Store failures are logged and retried with backoff; only refused credentials (with
+        ``on_refused`` set) end the loop.
         """
         backoff = 0.1
         while not stopping.is_set():
@@ -206,9 +209,10 @@ class Dispatcher:
                 # Full sink: a run ending wakes us. Otherwise: sleep until the next due time.
                 delay = self.poll_interval.total_seconds() if report.full else self._delay()
             except (StoreError, OSError, ConnectionError) as exc:
-                logger.warning(
-                    "dispatcher: store unavailable (%s); retrying in %.1f s", exc, backoff
-                )
+                if isinstance(exc, StoreAccessError) and self.on_refused is not None:
+                    self.on_refused(str(exc))  # not transient: retrying cannot help
+                    return
+                logger.warning("dispatcher: store failed (%s); retrying in %.1f s", exc, backoff)
                 delay, backoff = backoff, min(backoff * 2, 5.0)
             except Exception:
                 # Whatever the store holds (even data tampered with), dispatching goes on.

@@ -15,6 +15,7 @@ import socket
 from datetime import datetime
 
 from cml_jobs._execution import Executor
+from cml_jobs.exceptions import StoreAccessError, StoreError, StoreUnavailableError
 from cml_jobs.stores._base import ScheduleStore
 from cml_jobs.stores._ops import OperationsStore, WorkerInfo
 
@@ -53,6 +54,7 @@ class Presence:
         self.started_at = started_at
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.version = _version()
+        self._damaged = False  # the registry's damage was reported
 
     def info(self) -> WorkerInfo:
         """The worker as it stands now, registered for one lease."""
@@ -71,9 +73,21 @@ class Presence:
         )
 
     async def beat(self, store: ScheduleStore | None) -> None:
-        """Register or refresh the worker (a store without a registry is left alone)."""
-        if isinstance(store, OperationsStore):
+        """Register or refresh the worker (a store without a registry is left alone).
+
+        A registry whose data is damaged (written around cml-jobs) is reported once and
+        never stops the worker: running tasks matters more than being listed.
+        """
+        if not isinstance(store, OperationsStore):
+            return
+        try:
             await store.beat(self.info())
+        except (StoreAccessError, StoreUnavailableError):
+            raise
+        except StoreError as exc:
+            if not self._damaged:
+                logger.error("the worker registry cannot be written (%s); runs go on", exc)
+            self._damaged = True
 
     async def leave(self, store: ScheduleStore) -> None:
         """Remove the worker; a store that cannot be reached lets it expire instead."""

@@ -16,7 +16,8 @@ Our exception hierarchy::
     │                                  or several
     ├── TaskNotFoundError ............ (also LookupError) no task with that id
     └── StoreError ................... the world failed
-        └── StoreUnavailableError .... the store (Redis) cannot be reached
+        ├── StoreUnavailableError .... the store (Redis) cannot be reached
+        └── StoreAccessError ......... the store refused the credentials or the permissions
 
 Every message names the bad value and says what to do about it.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidTriggerError",
     "PayloadTooLargeError",
     "ServiceNotFoundError",
+    "StoreAccessError",
     "StoreError",
     "StoreUnavailableError",
     "TaskExistsError",
@@ -95,3 +97,8 @@ class StoreError(CmlJobsError):
 
 class StoreUnavailableError(StoreError):
     """The schedule store cannot be reached."""
+
+
+class StoreAccessError(StoreError):
+    """The store refused the credentials (a wrong password) or the permissions (an ACL
+    user without a command or a key) it was given; retrying cannot help."""

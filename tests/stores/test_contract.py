@@ -1440,27 +1440,22 @@ async def test_adding_over_a_string_at_a_task_key_writes_the_task(
 
 
 @pytest.mark.redis
-async def test_a_running_field_that_is_not_a_number_does_not_break_a_claim_batch(
+async def test_a_running_field_that_is_not_a_number_parks_its_task_alone(
     redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    """A ``running`` field set to "lots" reads as no run under way: the batch claims every
-    task, and the damaged one is written whole (running=1, one run field, one lease),
-    so finishing its run leaves nothing behind."""
+    """A ``running`` field set to "lots" cannot be counted on: that task is parked with a
+    reason naming the field and its value, written whole (no run field, no lease), while
+    the rest of the batch is claimed."""
     store = RedisScheduleStore(redis_client, prefix=key_prefix)
     for task_id in ["a", "b", "c"]:
         await store.add(PLAIN.new(task_id), replace=False)
     await redis_client.hset(f"{key_prefix}task:b", "running", "lots")
     results = await store.claim([decision(t) for t in "abc"], lease_until=T0 + LEASE)
-    assert [r.status for r in results] == [ClaimStatus.CLAIMED] * 3
-    run = results[1].run
-    assert run is not None
-    assert await _runs_of(redis_client, key_prefix, "b") == (
-        {f"r:{run.fence}"},
-        {f"{run.fence:016d}|b"},
-    )
-    state = await store.get("b")
-    assert state is not None and (state.running, state.due_at) == (1, T0 + MINUTE)
-    assert await finish(store, run) is True
+    claimed, parked = ClaimStatus.CLAIMED, ClaimStatus.PARKED
+    assert [r.status for r in results] == [claimed, parked, claimed]
+    assert results[1].reason is not None and "running" in results[1].reason
     assert await _runs_of(redis_client, key_prefix, "b") == (set(), set())
     state = await store.get("b")
-    assert state is not None and (state.running, state.last_outcome) == (0, Outcome.SUCCEEDED)
+    assert state is not None and state.parked_reason == results[1].reason
+    assert "lots" in state.parked_reason and (state.running, state.counts) == (0, {"parked": 1})
+    assert [t.task_id for t in await due(store, T0 + YEAR)] == ["a", "c"]

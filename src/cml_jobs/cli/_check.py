@@ -21,7 +21,8 @@ __all__ = ["check"]
     help="Health check, fit for a liveness probe: exits 1 when unhealthy. "
     "Defaults come from CML_JOBS_REDIS_URL, CML_JOBS_STORE_URL, CML_JOBS_KEY_PREFIX and "
     "CML_JOBS_QUEUE.",
-    short_help="Exit 0 when Redis answers, a worker is alive, no task is overdue or parked",
+    short_help="Exit 0 when Redis answers, its data reads, a worker is alive, no task is "
+    "overdue or parked",
 )
 @click.option(
     "--grace",
@@ -37,6 +38,12 @@ __all__ = ["check"]
     help="fail with fewer workers registered (alive) than this (default 0)",
 )
 @click.option(
+    "--liveness",
+    is_flag=True,
+    help="fail only on what restarting a worker can fix: parked tasks and unreadable keys "
+    "are shown, not failed on (for a liveness probe)",
+)
+@click.option(
     "--store-url",
     envvar="CML_JOBS_STORE_URL",
     default=None,
@@ -49,10 +56,11 @@ def check(
     grace: float,
     no_worker: bool,
     min_workers: int,
+    liveness: bool,
     store_url: str | None,
     as_json: bool,
 ) -> None:
-    run(_check(target, grace, no_worker, min_workers, as_json, store_url or None))
+    run(_check(target, grace, no_worker, min_workers, as_json, store_url or None, liveness))
 
 
 async def _check(
@@ -62,6 +70,7 @@ async def _check(
     min_workers: int,
     as_json: bool,
     store_url: str | None = None,
+    liveness: bool = False,
 ) -> int:
     from cml_jobs.worker._health import check_health
 
@@ -74,6 +83,7 @@ async def _check(
         require_worker=not no_worker,
         min_workers=min_workers,
         store_url=store_url,
+        liveness=liveness,
     )
     if as_json:
         print_json(_report_json(report))
@@ -86,6 +96,9 @@ def _report_json(report: HealthReport) -> dict[str, Any]:
     return {
         "healthy": report.healthy,
         "redis_error": report.redis_error,
+        "redis_refused": report.redis_refused,
+        "data_error": report.data_error,
+        "unreadable": report.unreadable,
         "worker": report.worker,
         "overdue": [
             {

@@ -111,7 +111,9 @@ class ScheduleStore(Protocol):
         the sleep after it.
 
         Paused and parked tasks, and tasks with no next occurrence, are never due. A task
-        whose stored due time cannot be read is parked with that reason, not returned.
+        whose stored due time cannot be read is parked with that reason, not returned; an
+        id whose stored state is no task at all is dropped from the due tasks and named
+        once in ``unreadable``.
         """
         ...
 
@@ -121,7 +123,9 @@ class ScheduleStore(Protocol):
         """Apply each decision atomically, if the task still has ``expected_due_at``.
 
         For each decision whose task exists, is not paused or parked, and still has
-        ``expected_due_at``: with ``park_reason`` the task is parked (``PARKED``).
+        ``expected_due_at``: with ``park_reason``, or when its stored state cannot be
+        used (a count that is not a number), the task is parked (``PARKED``, with the
+        reason).
         Otherwise, when ``run_at`` is set and fewer than ``max_instances`` runs are under
         way, a run for ``run_at`` is created under a new fence with its lease ending at
         ``lease_until`` (``CLAIMED``); when ``run_at`` is set but the limit is reached, the

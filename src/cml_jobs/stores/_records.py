@@ -67,11 +67,15 @@ class DueBatch:
         next_ready_at: the earliest ready time among the tasks not returned, or None.
         generation: an id the store keeps for as long as it keeps its data; a different
             one later means everything stored before was lost.
+        unreadable: ids listed as due whose stored state is no task at all (a key of
+            another type written around cml-jobs), so they could not even be parked; the
+            store took them out of its due index, so each is reported once.
     """
 
     tasks: list[DueTask]
     next_ready_at: datetime | None
     generation: str = ""
+    unreadable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,11 +156,14 @@ class ClaimedRun:
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """The outcome of one ``Decision``: its status and, when ``CLAIMED``, the run."""
+    """The outcome of one ``Decision``: its status and, when ``CLAIMED``, the run; when
+    ``PARKED``, the reason (the decision's, or the store's when it found the task's stored
+    state unusable)."""
 
     task_id: str
     status: ClaimStatus
     run: Run | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

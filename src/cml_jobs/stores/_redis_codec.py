@@ -7,6 +7,7 @@ cannot be read is shown as unknown rather than breaking a read of every task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -57,9 +58,11 @@ def opt_ms(at: datetime | None) -> str:
 
 
 def from_ms(stored: object) -> datetime:
-    # A time beyond what datetime holds (a tampered score) reads as its bound.
-    value = int(float(text(stored)))
-    return _EPOCH + timedelta(milliseconds=min(max(value, _MIN_MS), _MAX_MS))
+    # A time beyond what datetime holds (a tampered score, even inf or nan) reads as its
+    # bound; text that is no number at all raises ValueError.
+    number = float(text(stored))
+    value = _MIN_MS if number == -math.inf else _MAX_MS if not math.isfinite(number) else number
+    return _EPOCH + timedelta(milliseconds=min(max(int(value), _MIN_MS), _MAX_MS))
 
 
 def text(value: object) -> str:
@@ -177,6 +180,8 @@ def due_tasks(flat: Sequence[Any]) -> list[DueTask]:
 
 def claim_result(d: Decision, status: object, fence: object) -> ClaimResult:
     claim_status = ClaimStatus(text(status))
+    if claim_status is ClaimStatus.PARKED:  # the fence's place holds the reason
+        return ClaimResult(d.task_id, claim_status, reason=text(fence))
     if claim_status is not ClaimStatus.CLAIMED or d.run_at is None:
         return ClaimResult(d.task_id, claim_status)
     return ClaimResult(

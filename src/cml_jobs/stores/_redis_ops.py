@@ -130,10 +130,12 @@ return 1
 RECORD = """
 for i = 5, #ARGV, 2 do
   local hkey = ARGV[2] .. ARGV[i]
-  redis.call('LPUSH', hkey, ARGV[i + 1])
-  redis.call('LTRIM', hkey, 0, tonumber(ARGV[3]) - 1)
-  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
-    redis.call('PEXPIRE', hkey, tonumber(ARGV[4]))
+  if holds(hkey, 'list') then  -- (checks) a history key of another type keeps no row
+    redis.call('LPUSH', hkey, ARGV[i + 1])
+    redis.call('LTRIM', hkey, 0, tonumber(ARGV[3]) - 1)
+    if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+      redis.call('PEXPIRE', hkey, tonumber(ARGV[4]))
+    end
   end
 end
 return 1
@@ -151,7 +153,7 @@ class RedisOperations:
 
         async def _call(self, script: AsyncScript, *args: str) -> Any: ...
 
-        def _translated(self) -> contextlib.AbstractContextManager[None]: ...
+        def _translated(self, command: str = ...) -> contextlib.AbstractContextManager[None]: ...
 
         def _history_args(self) -> list[str]: ...
 
@@ -197,15 +199,15 @@ class RedisOperations:
         return bool(await self._call(self._set_note, task_id, note or ""))
 
     async def beat(self, worker: WorkerInfo) -> None:
-        with self._translated():
+        with self._translated("HSET (the worker registry)"):
             await _done(self._redis.hset(self._workers_key, worker.id, worker.to_json()))
 
     async def leave(self, worker_id: str) -> None:
-        with self._translated():
+        with self._translated("HDEL (the worker registry)"):
             await _done(self._redis.hdel(self._workers_key, worker_id))
 
     async def workers(self, now: datetime) -> builtins.list[WorkerInfo]:
-        with self._translated():
+        with self._translated("HGETALL (the worker registry)"):
             found = await _done(self._redis.hgetall(self._workers_key))
         workers = {text(k): text(v) for k, v in found.items()}
         live = {w.id: w for w in _readable(WorkerInfo.from_json, workers.values())}

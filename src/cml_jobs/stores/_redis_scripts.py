@@ -2,8 +2,8 @@
 
 The key layout they work on is described at the top of ``cml_jobs.stores.redis``. A script
 that fails half-way keeps what it wrote before the error, so each one reads and checks
-everything it needs before its first write, and never applies an arithmetic command to a
-stored value (a tampered counter is read with ``tonumber`` and written back whole).
+everything it needs before its first write (``CHECKS``, in ``_redis_checks.py``, comes
+between ``LIB`` and each writing script), and never applies arithmetic to a stored value.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 # KEYS = due, runs, fence, generation for every script; ARGV[1] = the task key prefix.
 LIB = """
 local function run_member(fence, id)
-  return string.format('%016d', tonumber(fence)) .. '|' .. id
+  return string.format('%016d', tonumber(fence) or 0) .. '|' .. id  -- 0: never a fence
 end
 local function count(key, field, n)
   local now = tonumber(redis.call('HGET', key, field)) or 0
@@ -70,15 +70,6 @@ local function park(key, id, reason)
     if string.sub(f, 1, 2) == 'r:' then release(key, id, string.sub(f, 3)) end
   end
 end
-local function is_task(key)
-  return redis.call('TYPE', key).ok == 'hash'
-end
-local function fields_of(key, ...)
-  -- HMGET, or nil when the key holds something other than a hash (not a task)
-  local values = redis.pcall('HMGET', key, ...)
-  if values.err then return nil end
-  return values
-end
 """
 
 # ARGV: prefix, id, descriptor, due, ready, replace, trace ("" for none), history key
@@ -119,8 +110,9 @@ return drop_task(key, ARGV[2])
 """
 
 # ARGV: prefix, now, limit, a new generation -> {flat (id, due_at, descriptor, trace)
-#   quadruples, the ready score of the first task not returned or false, the generation}
+#   quadruples, ready score of the first task not returned or false, generation, no-hash ids}
 POLL = """
+local unreadable = {}
 local generation = redis.call('GET', KEYS[4])
 if not generation then
   generation = ARGV[4]
@@ -131,7 +123,7 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, AR
 for _, id in ipairs(ids) do
   local key = ARGV[1] .. id
   local v = fields_of(key, 'due_at', 'descriptor', 'trace')
-  if v and v[2] and not tonumber(v[1]) then
+  if v and v[2] and not whole(v[1]) then
     -- a due time that is not a number (tampered with) can never be planned
     park(key, id, 'stored due_at is not a time: ' .. tostring(v[1]))
   elseif v and v[1] and v[2] then
@@ -139,11 +131,12 @@ for _, id in ipairs(ids) do
   else
     -- not a task's hash (gone, or overwritten by something else): never due again
     redis.call('ZREM', KEYS[1], id)
+    if not v then unreadable[#unreadable + 1] = id end
   end
 end
 -- what stays in the index before the first task not returned is what was returned
 local following = redis.call('ZRANGE', KEYS[1], #out / 4, #out / 4, 'WITHSCORES')
-return {out, following[2] or false, generation}
+return {out, following[2] or false, generation, unreadable}
 """
 
 # ARGV: prefix, id -> HGETALL (empty when the key is not a task)
@@ -163,9 +156,10 @@ local function claim(id, expected, run_at, next_due, next_ready, max_instances, 
     'n:missed')
   if not st or not st[1] or st[2] or st[3] then return 'gone', 0 end
   if st[4] ~= expected then return 'raced', 0 end
+  if reason == '' then reason = damage(st, 5, 'running', 'n:skipped', 'n:missed') end
   if reason ~= '' then  -- "!" followed by the reason
     park(key, id, string.sub(reason, 2))
-    return 'parked', 0
+    return 'parked', string.sub(reason, 2)
   end
   local running = tonumber(st[5]) or 0
   local status, fence, changed = 'advanced', 0, {}
@@ -220,7 +214,8 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT'
   local key = id and ARGV[1] .. id
   local run = old and redis.pcall('HGET', key, 'r:' .. old)
   if type(run) ~= 'string' then run = nil end
-  local f = run and run_fields(run)  -- occurrence, attempt[, 'x' (extra)[, max_instances]]
+  -- occurrence, attempt[, 'x' (extra)[, max_instances]]; checks: unreadable, its task parks
+  local f = run and readable_run(key, id, old, run) and run_fields(run)
   local waits = f and f[2] == '0' and not its_turn(key, f[4])
   -- (ops) an extra run waiting its turn looks again in 1 s; any other run leaves the index
   -- (also when the run's task is gone, or m is malformed)
@@ -262,6 +257,8 @@ return out
 FINISH = """
 local function finish(id, fence, outcome, err, has_error, end_task, started_at, row, ended)
   local key = ARGV[1] .. id
+  -- checks: damaged counts park the task; a history key of another type keeps no row
+  outcome, err, has_error, row = checked_finish(key, id, outcome, err, has_error, end_task, row)
   local released = redis.pcall('HDEL', key, 'r:' .. fence)
   if released ~= 1 then return 0 end  -- a stale fence, or the key is not a task
   redis.call('ZREM', KEYS[2], run_member(fence, id))

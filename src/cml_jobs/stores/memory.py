@@ -137,7 +137,7 @@ class InMemoryScheduleStore(MemoryOperations):
             return ClaimResult(decision.task_id, ClaimStatus.RACED)
         if decision.park_reason is not None:
             self._park(decision.task_id, task, decision.park_reason)
-            return ClaimResult(decision.task_id, ClaimStatus.PARKED)
+            return ClaimResult(decision.task_id, ClaimStatus.PARKED, reason=decision.park_reason)
         run: Run | None = None
         status = ClaimStatus.ADVANCED
         if decision.run_at is not None and len(task.runs) >= decision.max_instances:

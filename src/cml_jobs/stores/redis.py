@@ -6,7 +6,8 @@ Beside the store, this module is the Redis side's public face for the rest of cm
 (the worker imports nothing private from ``cml_jobs.stores``): ``redis_client`` and the
 options it is built from, so every connection reads a URL the same way, and
 ``publish_events``, which writes a process's lifecycle events to the event stream
-(read it with ``cml_jobs.events.EventStream``).
+(read it with ``cml_jobs.events.EventStream``), and ``damaged_keys``, which finds what
+in the store cannot be read (for ``cml-jobs check``).
 """
 
 # Key layout (p = the prefix, "cml:" by default):
@@ -48,10 +49,9 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
-from cml_jobs.exceptions import StoreUnavailableError, TaskExistsError
+from cml_jobs.exceptions import TaskExistsError
 from cml_jobs.stores._base import (
     ClaimedRun,
     ClaimResult,
@@ -63,6 +63,7 @@ from cml_jobs.stores._base import (
     TaskState,
 )
 from cml_jobs.stores._ops import DEFAULT_HISTORY_RETENTION, DEFAULT_HISTORY_SIZE
+from cml_jobs.stores._redis_checks import CHECKS
 from cml_jobs.stores._redis_codec import (
     claim_result,
     decision_args,
@@ -79,12 +80,16 @@ from cml_jobs.stores._redis_codec import (
     text,
 )
 from cml_jobs.stores._redis_connection import (
+    access_denied,
+    access_message,
     connection_options,
     redis_client,
     retry_options,
+    store_error,
     tls_options,
 )
 from cml_jobs.stores._redis_events import publish_events
+from cml_jobs.stores._redis_inspect import damaged_keys
 from cml_jobs.stores._redis_ops import OPS_LIB, RedisOperations
 from cml_jobs.stores._redis_scripts import (
     ADD,
@@ -101,7 +106,10 @@ from cml_jobs.stores._redis_sentinel import sentinel_client
 
 __all__ = [
     "RedisScheduleStore",
+    "access_denied",
+    "access_message",
     "connection_options",
+    "damaged_keys",
     "open_redis_store",
     "publish_events",
     "redis_client",
@@ -142,15 +150,18 @@ class RedisScheduleStore(RedisOperations):
         self._history_size = str(max(history_size, 1))
         self._keys = [f"{prefix}due", f"{prefix}runs", f"{prefix}fence", f"{prefix}generation"]
         script = self._redis.register_script
-        self._add = script(LIB + ADD)
-        self._remove = script(LIB + REMOVE)
-        self._poll = script(LIB + POLL)
+        checked = LIB + CHECKS  # every writing script checks the shared keys first
+        self._add = script(checked + ADD)
+        self._remove = script(checked + REMOVE)
+        self._poll = script(checked + POLL)
         self._get = script(GET)
-        self._claim = script(LIB + CLAIM)
-        self._reclaim = script(LIB + OPS_LIB + RECLAIM)
-        self._extend = script(LIB + EXTEND)
-        self._finish = script(LIB + OPS_LIB + FINISH)
-        self._register_ops(LIB)
+        self._claim = script(checked + CLAIM)
+        self._reclaim = script(checked + OPS_LIB + RECLAIM)
+        self._extend = script(checked + EXTEND)
+        self._finish = script(checked + OPS_LIB + FINISH)
+        self._register_ops(checked)
+        # How a refused script is named to the operator ("EVALSHA (claim)").
+        self._names = {id(s): n.strip("_") for n, s in vars(self).items() if n != "_redis"}
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -186,7 +197,7 @@ class RedisScheduleStore(RedisOperations):
         # SCAN rather than an index of ids: an index would cost two commands on every
         # one-time task's life, for an operation that is rare.
         pattern = glob_escape(self._task_prefix) + "*"
-        with self._translated():
+        with self._translated("SCAN and HGETALL (list)"):
             keys = [text(key) async for key in self._redis.scan_iter(pattern, count=1000)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -209,11 +220,12 @@ class RedisScheduleStore(RedisOperations):
         return bool(done)
 
     async def poll(self, now: datetime, limit: int) -> DueBatch:
-        flat, following, generation = await self._call(
+        flat, following, generation, unreadable = await self._call(
             self._poll, ms(now), str(max(limit, 0)), uuid.uuid4().hex
         )
         following_at = None if following is None else from_ms(following)
-        return DueBatch(due_tasks(flat), following_at, text(generation))
+        dropped = tuple(text(task_id) for task_id in unreadable)
+        return DueBatch(due_tasks(flat), following_at, text(generation), dropped)
 
     async def claim(
         self, decisions: Sequence[Decision], *, lease_until: datetime
@@ -252,28 +264,22 @@ class RedisScheduleStore(RedisOperations):
         return [self._history_prefix, self._history_size, self._retention_ms]
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
-        with self._translated():
+        with self._translated(f"EVALSHA ({self._names.get(id(script), 'a script')})"):
             return await script(keys=self._keys, args=[self._task_prefix, *args])
 
     @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
+    def _translated(self, command: str = "a command") -> Iterator[None]:
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailableError(
-                f"the schedule store cannot reach Redis at {self._where()} ({exc}); check that "
-                "Redis is running and that redis_url (CML_JOBS_REDIS_URL for workers) "
-                "points to it"
-            ) from exc
-
-    def _where(self) -> str:
-        pool = self._redis.connection_pool
-        if hasattr(pool, "service_name"):  # redis+sentinel://
-            return f"the primary of Sentinel service {pool.service_name!r}"
-        kwargs = pool.connection_kwargs
-        if "path" in kwargs:
-            return repr(kwargs["path"])
-        return repr(f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
+        except RedisError as exc:
+            pool = self._redis.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            if hasattr(pool, "service_name"):  # redis+sentinel://
+                kwargs["where"] = f"the primary of Sentinel service {pool.service_name!r}"
+            translated = store_error(exc, kwargs, command)
+            if translated is None:
+                raise
+            raise translated from exc
 
 
 @contextlib.asynccontextmanager

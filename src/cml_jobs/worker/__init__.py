@@ -20,6 +20,7 @@ from cml_jobs.events import EventStream, StreamEntry
 from cml_jobs.exceptions import ConfigurationError
 from cml_jobs.stores import ScheduleStore
 from cml_jobs.stores.redis import publish_events
+from cml_jobs.worker._access import preflight, refusals_stop_the_worker, stopper
 from cml_jobs.worker._arq import (
     ARQ_JOB_TIMEOUT,
     ArqSink,
@@ -148,14 +149,19 @@ class _Lifecycle:
         settings, pool = self.settings, ctx["redis"]
         ctx["cml_jobs_exit"] = stack = AsyncExitStack()
         hub = EventHub()
-        await publish_events(hub, pool, settings.key_prefix, stack)
+        stop = stopper(ctx)
+        publisher = await publish_events(hub, pool, settings.key_prefix, stack)
+        publisher.on_refused = stop.refused("XADD (the event stream)")
         store = await self._store(pool, stack)
+        await preflight(store, pool, settings.queue_name, self.clock.now())
         runtime = await stack.enter_async_context(
             open_runtime(settings, store=store, clock=self.clock, hub=hub)
         )
         queue = ArqSink(runtime, pool) if settings.dispatch == "queue" else None
         engine = Engine(runtime, queue=queue, open_store=store_opener(settings))
-        ctx["cml_jobs"] = await stack.enter_async_context(engine)
+        engine.dispatcher.on_refused = stop
+        with refusals_stop_the_worker():  # e.g. the worker registry's HSET
+            ctx["cml_jobs"] = await stack.enter_async_context(engine)
         logger.info("cml-jobs worker started on queue %r", settings.queue_name)
 
     async def _store(self, pool: Any, stack: AsyncExitStack) -> ScheduleStore:
@@ -175,3 +181,5 @@ class _Lifecycle:
             # the last events reach the stream, in that order.
             await stack.aclose()
             logger.info("cml-jobs worker stopped")
+        if "cml_jobs_failure" in ctx:  # exit non-zero, with the reason as the last line
+            raise SystemExit(f"cml-jobs worker stopped: {ctx['cml_jobs_failure']}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
@@ -28,7 +30,13 @@ from cml_jobs._runtime import Engine, Runtime
 from cml_jobs._timing import from_ms, to_ms
 from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores import Finish, Outcome, Run
-from cml_jobs.stores.redis import connection_options, retry_options, sentinel_client
+from cml_jobs.stores.redis import (
+    access_denied,
+    access_message,
+    connection_options,
+    retry_options,
+    sentinel_client,
+)
 
 __all__ = [
     "ARQ_JOB_TIMEOUT",
@@ -46,6 +54,8 @@ __all__ = [
 logger = logging.getLogger("cml_jobs.worker")
 
 FUNCTION_NAME = "cml_jobs.run"
+#: Tasks whose hand-on this worker has logged (a rolling deploy may take minutes).
+_HANDED_ON: OrderedDict[str, None] = OrderedDict()
 # arq's own timeout must never cut a run short: runs have their own per-task timeout.
 ARQ_JOB_TIMEOUT = timedelta(days=1)
 
@@ -54,6 +64,7 @@ class WorkerContext(TypedDict, total=False):
     """The part of arq's ``ctx`` that cml-jobs uses."""
 
     cml_jobs: Engine
+    cml_jobs_failure: str  # why the worker stops (Redis refused its credentials)
     cml_jobs_exit: AsyncExitStack  # stops the engine, the runtime and the event publisher
     redis: ArqRedis
     job_id: str
@@ -155,9 +166,15 @@ async def _hand_on(ctx: WorkerContext, run: Run, payload: _Payload, job_name: st
         )
         await runtime.store.finish([Finish(run, Outcome.PARKED, reason)])
         return
-    logger.info(
-        "job %r of task %r is not registered in this worker; handing it on", job_name, run.task_id
-    )
+    if run.task_id not in _HANDED_ON:  # one line per task, not one per hand-on
+        _HANDED_ON[run.task_id] = None
+        if len(_HANDED_ON) > 1024:
+            _HANDED_ON.popitem(last=False)
+        logger.info(
+            "job %r of task %r is not registered in this worker; handing it on",
+            job_name,
+            run.task_id,
+        )
     job_id = f"{ctx.get('job_id', 'cml')}:h{to_ms(runtime.clock.now())}"
     await ArqSink(runtime, ctx["redis"])._enqueue(payload, job_id, HANDOFF_DELAY)
 
@@ -172,11 +189,29 @@ run_function = func(
 
 
 class SafeRedisSettings(RedisSettings):
-    """arq's ``RedisSettings`` whose repr never shows the password (arq's own repr does)."""
+    """arq's ``RedisSettings`` whose repr never shows the password (arq's own repr does),
+    and that stops a worker at once when Redis refuses its password or permissions."""
+
+    @property
+    def conn_retries(self) -> int:
+        """How many times arq retries connecting: none when Redis refused the credentials."""
+        # arq's create_pool reads this in its ``except`` block, after a failed PING, and
+        # retries whatever failed; a refused password or permission is not transient.
+        failure = sys.exc_info()[1]
+        if failure is not None and access_denied(failure):
+            where = {"username": self.username, "host": self.host, "port": self.port}
+            message = access_message(failure, {**where, "db": self.database}, "PING")
+            logger.critical("cml-jobs worker stops: %s", message)
+            raise SystemExit(f"cml-jobs worker stopped: {message}")
+        return self._conn_retries
+
+    @conn_retries.setter
+    def conn_retries(self, value: int) -> None:
+        self._conn_retries = value
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{name}={'***' if name == 'password' and value else repr(value)}"
+            f"{name.lstrip('_')}={'***' if name == 'password' and value else repr(value)}"
             for name, value in self.__dict__.items()
         )
         return f"RedisSettings({shown})"

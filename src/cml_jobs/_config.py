@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
-from types import ModuleType
 from typing import Any
 
-from cml_jobs._redis_url import SENTINEL_SCHEME, is_sentinel_url, parse_sentinel_url
+from cml_jobs._imports import load_object
+from cml_jobs._redis_url import (
+    SENTINEL_SCHEME,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redacted,
+    refuse_query_credentials,
+)
 from cml_jobs.exceptions import ConfigurationError
 
 __all__ = [
     "ENVIRONMENT",
     "Settings",
-    "import_module",
-    "load_object",
-    "redacted",
-    "refuse_query_credentials",
 ]
 
 
@@ -142,41 +142,6 @@ class Settings:
         return cls().with_changes(**changes)
 
 
-def redacted(url: str) -> str:
-    """The URL as text that is safe to log: its password (if any) replaced by ``***``.
-
-    Everything up to the last ``@`` is taken as the user and password, so a password with
-    an ``@`` that was not percent-encoded does not show either (a ``?password=`` too).
-    """
-    scheme, separator, rest = url.partition("://")
-    if separator and "@" in rest:
-        user, colon, _ = rest.rpartition("@")[0].partition(":")
-        url = f"{scheme}://{user}{':***' if colon else ''}@{rest.rpartition('@')[2]}"
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
-
-
-def refuse_query_credentials(url: str) -> None:
-    """Refuse a Redis URL whose query carries a password or a user name.
-
-    redis-py reads ``?password=`` but arq, and so a worker, does not; rather than a worker
-    that fails where the app connects, one place for credentials: the URL's user info.
-
-    Raises:
-        ConfigurationError: the query has ``password`` or ``username``.
-    """
-    query = url.partition("?")[2].partition("#")[0]
-    named = sorted({pair.partition("=")[0] for pair in query.split("&")} & _CREDENTIALS)
-    if named:
-        raise ConfigurationError(
-            f"the Redis URL {redacted(url)!r} gives {' and '.join(named)} in its query, which "
-            "workers would ignore; write them before the host instead, percent-encoded: "
-            "redis://USER:PASSWORD@host:6379/0"
-        )
-
-
-_CREDENTIALS = {"password", "username"}
-
-
 def _seconds(raw: str) -> timedelta:
     value = float(raw)
     if not math.isfinite(value) or value <= 0:
@@ -233,37 +198,6 @@ def _modules(raw: str) -> tuple[str, ...]:
 def _container(raw: str) -> Any:
     factory = load_object(raw)
     return factory() if isinstance(factory, type) else factory
-
-
-def load_object(path: str) -> Any:
-    """Import ``package.module:attribute`` (or ``package.module.attribute``)."""
-    module_name, _, attribute = path.partition(":")
-    if not attribute:
-        module_name, _, attribute = path.rpartition(".")
-    if not module_name or not attribute:
-        raise ValueError(f"expected 'package.module:Name', got {path!r}")
-    return getattr(import_module(module_name, f"named by {path!r}"), attribute)
-
-
-def import_module(name: str, origin: str) -> ModuleType:
-    """``importlib.import_module``, saying where Python looked when the module itself is
-    not found (the usual cause: a worker started from another directory).
-
-    Raises:
-        ModuleNotFoundError: ``name`` cannot be found; the message says where Python
-            looked, and ``origin`` where the name came from.
-    """
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
-            raise  # the module exists, but something it imports does not: the traceback says
-        raise ModuleNotFoundError(
-            f"cannot import module {name!r} ({origin}): {exc}. Python looks in the current "
-            f"directory ({os.getcwd()}) and on PYTHONPATH: start the process from the "
-            "directory that holds the module, or add that directory to PYTHONPATH",
-            name=exc.name,
-        ) from exc
 
 
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).

@@ -1,5 +1,6 @@
-"""``redis+sentinel://`` URLs: a Redis primary found (and followed through failovers) by
-asking Redis Sentinel.
+"""Reading Redis URLs without importing redis: credentials (kept out of logs, and only in
+the URL's user info), and ``redis+sentinel://`` URLs, a Redis primary found (and
+followed through failovers) by asking Redis Sentinel.
 
 The form is the one Redis-Sentinel-Url defined and RedisVL and docket also read::
 
@@ -13,12 +14,20 @@ only reads the URL (no redis import), so that settings can be checked anywhere.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from cml_jobs.exceptions import ConfigurationError
 
-__all__ = ["SENTINEL_SCHEME", "SentinelURL", "is_sentinel_url", "parse_sentinel_url"]
+__all__ = [
+    "SENTINEL_SCHEME",
+    "SentinelURL",
+    "is_sentinel_url",
+    "parse_sentinel_url",
+    "redacted",
+    "refuse_query_credentials",
+]
 
 SENTINEL_SCHEME = "redis+sentinel"
 DEFAULT_SENTINEL_PORT = 26379
@@ -123,3 +132,38 @@ def _path(path: str) -> tuple[str, int]:
             f"the database {db!r} in the Redis URL is not a number; use the form {_FORM}"
         )
     return unquote(service_name), int(db or 0)
+
+
+def redacted(url: str) -> str:
+    """The URL as text that is safe to log: its password (if any) replaced by ``***``.
+
+    Everything up to the last ``@`` is taken as the user and password, so a password with
+    an ``@`` that was not percent-encoded does not show either (a ``?password=`` too).
+    """
+    scheme, separator, rest = url.partition("://")
+    if separator and "@" in rest:
+        user, colon, _ = rest.rpartition("@")[0].partition(":")
+        url = f"{scheme}://{user}{':***' if colon else ''}@{rest.rpartition('@')[2]}"
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+
+
+def refuse_query_credentials(url: str) -> None:
+    """Refuse a Redis URL whose query carries a password or a user name.
+
+    redis-py reads ``?password=`` but arq, and so a worker, does not; rather than a worker
+    that fails where the app connects, one place for credentials: the URL's user info.
+
+    Raises:
+        ConfigurationError: the query has ``password`` or ``username``.
+    """
+    query = url.partition("?")[2].partition("#")[0]
+    named = sorted({pair.partition("=")[0] for pair in query.split("&")} & _CREDENTIALS)
+    if named:
+        raise ConfigurationError(
+            f"the Redis URL {redacted(url)!r} gives {' and '.join(named)} in its query, which "
+            "workers would ignore; write them before the host instead, percent-encoded: "
+            "redis://USER:PASSWORD@host:6379/0"
+        )
+
+
+_CREDENTIALS = {"password", "username"}

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
-from cml_jobs._config import import_module
 from cml_jobs._descriptors import ScheduledTaskDescriptor, TaskDescriptor
+from cml_jobs._imports import import_module
 from cml_jobs._jobs import BackgroundJob, RecurrentBackgroundJob, ScheduledBackgroundJob, TaskType
 from cml_jobs.exceptions import (
     ConfigurationError,

@@ -20,8 +20,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError,
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cml_jobs._config import refuse_query_credentials
-from cml_jobs._redis_url import is_sentinel_url
+from cml_jobs._redis_url import is_sentinel_url, refuse_query_credentials
 from cml_jobs.exceptions import (
     ConfigurationError,
     StoreAccessError,

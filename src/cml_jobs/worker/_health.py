@@ -156,18 +156,32 @@ async def check_health(
         await client.aclose()
         return report
     try:
-        report.unreadable = await damaged_keys(client, prefix)
-        seen = await client.get(f"{queue}:health-check")
-        report.worker = seen.decode() if isinstance(seen, bytes) else seen
-        store = RedisScheduleStore(client, prefix=prefix)
-        states = await _tasks(client, prefix, store_url)
-        report.overdue = overdue_tasks(states, now, default_grace)
-        report.fleet = await fleet_findings(store, states, now, min_workers)
+        await _look(report, client, prefix, queue, store_url, now, default_grace, min_workers)
     except (RedisError, StoreError, OSError) as exc:  # Redis answered: reading failed
         report.data_error = str(exc) or type(exc).__name__
     finally:
         await client.aclose()
     return report
+
+
+async def _look(
+    report: HealthReport,
+    client: Any,
+    prefix: str,
+    queue: str,
+    store_url: str | None,
+    now: datetime,
+    default_grace: timedelta,
+    min_workers: int,
+) -> None:
+    """Fill ``report`` from a Redis that answers: its keys, the workers, the schedule."""
+    report.unreadable = await damaged_keys(client, prefix)
+    seen = await client.get(f"{queue}:health-check")
+    report.worker = seen.decode() if isinstance(seen, bytes) else seen
+    states = await _tasks(client, prefix, store_url)
+    report.overdue = overdue_tasks(states, now, default_grace)
+    store = RedisScheduleStore(client, prefix=prefix)
+    report.fleet = await fleet_findings(store, states, now, min_workers)
 
 
 async def _tasks(client: Any, prefix: str, store_url: str | None) -> list[TaskState]:

@@ -6,12 +6,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 REDIS_HOST ?= 127.0.0.1
 REDIS_PORT ?= 6379
+POSTGRES_HOST ?= 127.0.0.1
+POSTGRES_PORT ?= 5432
 # CI=true: the test suite fails, instead of skipping, when Redis is unreachable
 # (tests/conftest.py reads it). `make test` starts Redis first, so it defaults to true;
 # `make test CI=false` (or CI=false in the environment) opts out.
 CI ?= true
 # The one test command, shared by `make test` and `make test-under-load`.
-TEST_CMD = CI=$(CI) $(BIN)/pytest
+# Tests run on every core (pytest-xdist): most wait on Redis, workers and clocks, not the
+# CPU; each test has its own key prefix, schema and ports, so they do not meet.
+TEST_CMD = CI=$(CI) $(BIN)/pytest -n auto
 # apt-get needs root; sudo when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -19,7 +23,8 @@ export NO_MKDOCS_2_WARNING := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install-demo demo install redis test-tools lint test test-under-load docs check bench soak clean
+
+.PHONY: help venv install-demo demo install redis postgres test-tools browser screenshots lint test test-under-load docs check bench soak clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -43,6 +48,14 @@ redis: ## Start a throwaway local Redis (no persistence) unless one answers.
 	  redis-server --daemonize yes --bind $(REDIS_HOST) --port $(REDIS_PORT) --save "" --appendonly no >/dev/null; \
 	  for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 && { echo "redis: started on $(REDIS_HOST):$(REDIS_PORT)"; exit 0; }; sleep 0.5; done; \
 	  echo "redis: started redis-server but it does not answer on $(REDIS_HOST):$(REDIS_PORT)" >&2; exit 1; }
+
+# The PostgreSQL store's tests use the server at 127.0.0.1:5432 (database `test`, trust
+# auth; CML_JOBS_TEST_POSTGRES_URL points them elsewhere). This only checks that it
+# answers: installing and running PostgreSQL is the machine's business.
+postgres: ## Check that PostgreSQL answers on $(POSTGRES_HOST):$(POSTGRES_PORT).
+	@command -v pg_isready >/dev/null || { echo "postgres: pg_isready is not installed (apt-get install postgresql-client)" >&2; exit 1; }
+	@pg_isready -q -h $(POSTGRES_HOST) -p $(POSTGRES_PORT) -t 10 && echo "postgres: answering on $(POSTGRES_HOST):$(POSTGRES_PORT)" || { \
+	  echo "postgres: nothing answers on $(POSTGRES_HOST):$(POSTGRES_PORT); start PostgreSQL (with a database 'test' the tests may use) or set CML_JOBS_TEST_POSTGRES_URL" >&2; exit 1; }
 
 # The fault and TLS tests start redis-servers of their own and make certificates with
 # openssl; with CI=true they fail, not skip, without them. Debian's redis-server (>= 6)
@@ -69,17 +82,32 @@ test-tools: ## Install redis-server (>= 6, TLS) and openssl unless present; chec
 	esac; \
 	openssl version
 
+# The dashboard's browser test (tests/test_dashboard_browser.py) drives Debian's chromium
+# through Playwright; under CI=true it fails, not skips, without it. Playwright's own
+# browser download is not used (`playwright install` is never run).
+browser: ## Install Debian's chromium (for the dashboard's browser test) unless present.
+	@command -v chromium >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "browser: chromium is missing; install it" >&2; exit 1; }; \
+	  echo "browser: installing chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null || exit 1; \
+	}; \
+	chromium --version 2>/dev/null
+
+screenshots: install browser redis ## Regenerate the dashboard screenshots in docs/images/.
+	$(BIN)/python docs/screenshots.py
+
 lint: ## ruff check, ruff format --check, mypy --strict.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict src
 
-test: install redis ## Run the test suite against a local Redis.
+test: install test-tools browser redis postgres ## Run the test suite against a local Redis and PostgreSQL.
 	$(TEST_CMD)
 
 # A busy machine is where waits that only work on an idle one fail: one core is kept
 # busy for the whole run, and the burner is killed however the run ends (Ctrl-C too).
-test-under-load: install redis ## `make test` while a CPU-bound process keeps one core busy.
+test-under-load: install test-tools browser redis postgres ## `make test` while a CPU-bound process keeps one core busy.
 	@$(PYTHON) -c "while True: pass" & burner=$$!; \
 	trap 'kill $$burner 2>/dev/null' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
 	echo "test-under-load: CPU burner running (pid $$burner)"; \

@@ -71,8 +71,13 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("worker_rss_peak_mib", "peak RSS of the largest worker (MiB)", "n"),
     ],
 }
-LABELS = {"cml": "cml-jobs", "arq": "arq 0.28", "aps": "APScheduler 3"}
-SHORT = {"arq": "arq", "aps": "APScheduler 3"}  # in the ratio columns' headers
+LABELS = {
+    "cml": "cml-jobs",
+    "arq": "arq 0.28",
+    "aps": "APScheduler 3",
+    "cmlpg": "cml-jobs on PostgreSQL",
+}
+SHORT = {"arq": "arq", "aps": "APScheduler 3", "cmlpg": "PostgreSQL"}  # ratio columns' headers
 TOP_COMMANDS = 8  # commands shown per system in the C workloads' by-command tables
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import sys
+from typing import Any
 
 from dependency_injector import containers, providers
 
@@ -9,6 +10,7 @@ from cml_jobs import (
     BackgroundTaskScheduler,
     RecurrentBackgroundJob,
     RecurrentTaskDescriptor,
+    ServiceProvider,
     backgroundjob,
 )
 
@@ -24,13 +26,14 @@ class Container(containers.DeclarativeContainer):
 
 @backgroundjob(task_type="recurrent")
 class WorkerMetricsCollectionJob(RecurrentBackgroundJob):
-    def __init__(self, worker_id: str):  # only IDs and configuration are stored
+    def __init__(self, worker_id: str) -> None:  # only IDs and configuration are stored
         self.worker_id = worker_id
 
-    def configure(self, service_provider=None, **kwargs):  # on every run, before run_every
+    def configure(self, service_provider: ServiceProvider | None = None, **kwargs: Any) -> None:
+        assert service_provider is not None  # runs before every run_every
         self.repository = service_provider.get_required_service(WorkerRepository)
 
-    async def run_every(self, *args, **kwargs):
+    async def run_every(self, *args: Any, **kwargs: Any) -> None:
         worker = await self.repository.get_by_id_async(self.worker_id)
         print(f"{self.context.occurrence_at:%H:%M:%S} {worker['id']} is {worker['status']}")
 

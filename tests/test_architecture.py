@@ -97,11 +97,25 @@ BOUNDARIES: dict[str, Callable[[str], bool]] = {
         or _is("cml_jobs/monitoring/_repository.py")(path)
     ),
     "fakeredis": _under("cml_jobs/worker/"),
+    # The PostgreSQL driver: the PostgreSQL store and its private helpers only.
+    "asyncpg": lambda path: (
+        _is("cml_jobs/stores/postgres.py")(path) or _under("cml_jobs/stores/_pg_")(path)
+    ),
     "dependency_injector": lambda path: (
         _is("cml_jobs/_di.py")(path) or _is("cml_jobs/monitoring/_container.py")(path)
     ),
     "opentelemetry": _is("cml_jobs/_telemetry.py"),
     "aiobotocore": _under("cml_jobs/monitoring/"),
+    # `cml-jobs migrate apscheduler` reads APScheduler 3 job stores through APScheduler's
+    # own classes, which unpickle the jobs of the store they are pointed at: they, and the
+    # SQL driver they use, stay inside the migration package (docs/guides/migrating-...).
+    "apscheduler": _under("cml_jobs/_migrate/"),
+    "sqlalchemy": _under("cml_jobs/_migrate/"),
+    # The command line and the dashboard (the web extra) are edges of their own.
+    "click": _under("cml_jobs/cli/"),
+    "starlette": lambda path: _under("cml_jobs/web/")(path) or _is("cml_jobs/cli/_web.py")(path),
+    "jinja2": _under("cml_jobs/web/"),
+    "uvicorn": _is("cml_jobs/cli/_web.py"),
     "botocore": _under("cml_jobs/monitoring/"),
 }
 UNSAFE_SERIALIZERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve"}
@@ -113,6 +127,8 @@ def test_the_import_walk_sees_the_known_imports() -> None:
     assert ("cml_jobs/_di.py", "dependency_injector") in seen
     assert ("cml_jobs/_telemetry.py", "opentelemetry") in seen
     assert ("cml_jobs/stores/redis.py", "redis") in seen
+    assert ("cml_jobs/stores/postgres.py", "asyncpg") in seen
+    assert ("cml_jobs/_migrate/_load.py", "apscheduler") in seen
     assert any(path.startswith("cml_jobs/worker/") and top == "arq" for path, top in seen)
     # Deferred imports inside functions count as well.
     assert ("cml_jobs/_runtime.py", "cml_jobs") in seen
@@ -149,15 +165,36 @@ def test_pickle_loads_appears_nowhere_in_the_source() -> None:
 
 
 def test_importing_cml_jobs_imports_neither_arq_nor_redis() -> None:
-    """``import cml_jobs`` stays light: arq, redis and fakeredis load only when used."""
+    """``import cml_jobs`` stays light: arq, redis, fakeredis, asyncpg, click and the
+    dashboard's web stack load only when used."""
+    loaded = ("arq", "redis", "fakeredis", "asyncpg", "click", "starlette", "jinja2")
+    probe = f"import sys, cml_jobs; print(*(name in sys.modules for name in {loaded!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False"] * len(loaded), result.stderr
+
+
+def test_the_command_line_loads_no_web_stack() -> None:
+    """``cml-jobs tasks`` and friends work without the web extra: importing the command
+    line imports neither starlette nor jinja2 nor uvicorn."""
     probe = (
-        "import sys, cml_jobs; "
-        "print(*(name in sys.modules for name in ('arq', 'redis', 'fakeredis')))"
+        "import sys, cml_jobs.cli; "
+        "print(*(name in sys.modules for name in ('starlette', 'jinja2', 'uvicorn')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == ["False", "False", "False"], result.stderr
+
+
+def test_a_worker_on_redis_does_not_load_the_postgresql_driver() -> None:
+    """asyncpg is loaded only by a process that keeps its tasks in PostgreSQL."""
+    probe = "import sys, cml_jobs.worker, cml_jobs.stores; print('asyncpg' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False"], result.stderr
 
 
 def test_importing_cml_jobs_events_imports_no_redis() -> None:
@@ -174,7 +211,12 @@ def test_importing_cml_jobs_events_imports_no_redis() -> None:
 
 # Layers inside cml_jobs. "Private" is any dotted part, or imported name, that starts with
 # an underscore: cml_jobs._bus, cml_jobs.stores._base, `from cml_jobs import _bus`.
-PUBLIC_STORE_MODULES = {"cml_jobs.stores", "cml_jobs.stores.redis", "cml_jobs.stores.memory"}
+PUBLIC_STORE_MODULES = {
+    "cml_jobs.stores",
+    "cml_jobs.stores.redis",
+    "cml_jobs.stores.memory",
+    "cml_jobs.stores.postgres",
+}
 
 
 def _is_private(found: Import) -> bool:
@@ -249,6 +291,8 @@ def test_layers_import_each_other_only_through_public_modules(rule: str) -> None
         (Import("cml_jobs.stores.signed", "cml_jobs/worker/_arq.py", 1), True),
         (Import("cml_jobs.stores.redis", "cml_jobs/worker/_arq.py", 1, ("redis_client",)), False),
         (Import("cml_jobs.stores", "cml_jobs/worker/_arq.py", 1, ("Run",)), False),
+        (Import("cml_jobs.stores._pg_sql", "cml_jobs/worker/__init__.py", 1), True),
+        (Import("cml_jobs.stores.postgres", "cml_jobs/worker/_arq.py", 1), False),
         (Import("cml_jobs.worker", "cml_jobs/stores/redis.py", 1), True),
         (Import("cml_jobs.worker._arq", "cml_jobs/stores/_redis_events.py", 1), True),
         (Import("cml_jobs", "cml_jobs/stores/redis.py", 1, ("worker",)), True),

@@ -1,6 +1,7 @@
 """Scheduling and cancelling many tasks per call, through the bus, on every store:
 everything is checked first, a batch holding a refused descriptor writes nothing, and
-the refusal names every bad descriptor with its error."""
+the refusal names every bad descriptor with its error. PostgreSQL, which lacks the
+bulk capability, gets the same results one store call per task."""
 
 from __future__ import annotations
 

@@ -139,7 +139,9 @@ def test_python_dash_m_cml_jobs_check_is_the_same_command() -> None:
     assert result.returncode == 0 and "liveness probe" in result.stdout
 
 
-async def _scheduled_long_ago(redis_url: str, key_prefix: str, **tasks: float | None) -> None:
+async def _scheduled_long_ago(
+    redis_url: str, key_prefix: str, store_url: str | None = None, **tasks: float | None
+) -> None:
     """Schedule one task per keyword (id -> its misfire_grace_time) from an app whose clock
     stood 10 minutes back, with no worker: each is now 9 minutes overdue."""
     clock = ManualClock(datetime.now(timezone.utc) - timedelta(minutes=10))
@@ -148,6 +150,7 @@ async def _scheduled_long_ago(redis_url: str, key_prefix: str, **tasks: float | 
         modules=["tests.fixtures.recording"],
         key_prefix=key_prefix,
         clock=clock,
+        store_url=store_url,
     )
     async with app:
         for task_id, grace in tasks.items():
@@ -249,3 +252,49 @@ async def test_a_worker_is_no_longer_seen_16_s_after_it_died(
     )
     assert check.returncode == 1 and "workers: NONE" in check.stdout, check.stdout
     assert arq.returncode == 1, arq.stdout + arq.stderr
+
+
+@pytest.mark.redis
+async def test_check_tells_damaged_data_and_parked_tasks_apart_from_an_unreachable_redis(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    """A task key holding a STRING, a task hash without a descriptor and a parked task:
+    Redis is reported reachable, the two unreadable keys and the parked task are named
+    (with its reason), and check exits 1; once they are gone it exits 0."""
+    store = RedisScheduleStore(redis_client, prefix=key_prefix)
+    due = datetime.now(timezone.utc) + timedelta(minutes=5)
+    for task_id in ("fine", "stuck"):
+        await store.add(NewTask(task_id, _descriptor(task_id), due, due), replace=False)
+    await redis_client.hset(f"{key_prefix}task:stuck", "parked", "stored descriptor is invalid")
+    await redis_client.set(f"{key_prefix}task:wrongtype", "not a hash")
+    await redis_client.hset(f"{key_prefix}task:hollow", "due_at", "1")
+    args = ("--redis-url", redis_url, "--key-prefix", key_prefix, "--no-worker")
+    result = await asyncio.to_thread(_check, *args)
+    out = result.stdout
+    assert result.returncode == 1, out + result.stderr
+    assert "redis: ok (reachable)" in out and "UNREACHABLE" not in out, out
+    assert "data: 2 key(s) UNREADABLE" in out, out
+    assert "task 'wrongtype': its key holds a string" in out, out
+    assert "task 'hollow': has no descriptor" in out, out
+    assert "parked tasks: 1\n  stuck: stored descriptor is invalid" in out, out
+    assert "fine" not in out and out.rstrip().endswith("UNHEALTHY"), out
+    # A liveness probe names them too, but passes: restarting a worker cannot fix them.
+    probe = await asyncio.to_thread(_check, *args, "--liveness")
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert "task 'wrongtype'" in probe.stdout and "  stuck: " in probe.stdout
+    await redis_client.delete(*(f"{key_prefix}task:{t}" for t in ("stuck", "wrongtype", "hollow")))
+    healthy = await asyncio.to_thread(_check, *args)
+    assert healthy.returncode == 0, healthy.stdout
+    assert "data: readable" in healthy.stdout and "parked tasks: 0" in healthy.stdout
+
+
+@pytest.mark.postgres
+async def test_check_reads_the_tasks_from_the_postgres_store(
+    redis_url: str, key_prefix: str, postgres_url: str
+) -> None:
+    """With CML_JOBS_STORE_URL naming PostgreSQL, the overdue tasks are read from there."""
+    await _scheduled_long_ago(redis_url, key_prefix, store_url=postgres_url, stuck=30)
+    env = {**os.environ, "CML_JOBS_REDIS_URL": redis_url, "CML_JOBS_STORE_URL": postgres_url}
+    found = await asyncio.to_thread(_check, "--no-worker", env=env)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "overdue tasks: 1" in found.stdout and "  stuck: due " in found.stdout

@@ -136,7 +136,7 @@ async def test_cancel_pause_and_resume_emit_their_events(
     scheduler: BackgroundTaskScheduler, clock: ManualClock
 ) -> None:
     """The bus emits paused, resumed (with the next occurrence) and cancelled, each with
-    the task id and the time it happened."""
+    the task id, its job's name and the time it happened."""
     start = clock.now()
     received: list[TaskEvent] = []
     scheduler.subscribe(received.append)
@@ -147,15 +147,41 @@ async def test_cancel_pause_and_resume_emit_their_events(
     await scheduler.bus.resume_task("t")
     clock.advance(seconds=5)
     assert await scheduler.bus.cancel_task("t") == 0
-    assert [(e.kind, e.task_id, e.at - start) for e in received] == [
-        (EventKind.SCHEDULED, "t", timedelta(0)),
-        (EventKind.PAUSED, "t", timedelta(seconds=10)),
-        (EventKind.RESUMED, "t", timedelta(seconds=110)),
-        (EventKind.CANCELLED, "t", timedelta(seconds=115)),
+    assert [(e.kind, e.task_id, e.job_name, e.at - start) for e in received] == [
+        (EventKind.SCHEDULED, "t", "ScriptedJob", timedelta(0)),
+        (EventKind.PAUSED, "t", "ScriptedJob", timedelta(seconds=10)),
+        (EventKind.RESUMED, "t", "ScriptedJob", timedelta(seconds=110)),
+        (EventKind.CANCELLED, "t", "ScriptedJob", timedelta(seconds=115)),
     ]
     resumed = received[2]
     assert resumed.occurrence_at == start + timedelta(seconds=120)  # back on its grid
-    assert resumed.job_name == "ScriptedJob"
+
+
+async def test_every_event_of_the_bus_and_its_operations_names_the_job(
+    scheduler: BackgroundTaskScheduler, clock: ManualClock
+) -> None:
+    """Through scheduler.events(): each event a task goes through, from schedule to
+    cancel (operators' ones included: update, trigger, unpark), carries its job's name."""
+    events = scheduler.events()
+    await scheduler.bus.schedule_task(task())
+    await scheduler.bus.pause_task("t", note="maintenance")
+    await scheduler.bus.resume_task("t")
+    await scheduler.bus.update_task(task(interval=120))
+    await scheduler.bus.trigger_task("t")
+    clock.advance(seconds=1)
+    await run_due(scheduler)  # the triggered run: started, succeeded
+    await scheduler.bus.cancel_task("t")
+    received = await next_events(events, 7)
+    assert [e.kind for e in received] == [
+        EventKind.SCHEDULED,
+        EventKind.PAUSED,
+        EventKind.RESUMED,
+        EventKind.SCHEDULED,
+        EventKind.STARTED,
+        EventKind.SUCCEEDED,
+        EventKind.CANCELLED,
+    ]
+    assert {e.job_name for e in received} == {"ScriptedJob"}
 
 
 async def _blocked_in_xread(client: aioredis.Redis, name: str) -> None:

@@ -94,3 +94,18 @@ BackgroundTaskScheduler.configure = classmethod(
     lambda cls, **kw: original(key_prefix="example:", queue_name="example:queue", **kw))
 asyncio.run(quickstart.main("{url}"))
 """
+
+
+def test_the_operations_example_runs_an_extra_run_and_a_backfill() -> None:
+    """examples/operations/app.py (memory://): one triggered run and four backfilled ones
+    end in the history; the worker and the pause note are shown."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "operations" / "app.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(re.findall(r"^\d\d:\d\d succeeded \S+:\d+$", result.stdout, re.M)) == 5
+    assert "workers: [(" in result.stdout and "note: account migration" in result.stdout

@@ -21,10 +21,12 @@ LAZY = {"ServiceProvider", "WorkerSettings", "worker_settings"}
 DOCUMENTED_IN_SOURCE_ONLY = {"WorkerSettings"}
 PUBLIC_MODULES = [
     "cml_jobs",
+    "cml_jobs.cli",
     "cml_jobs.events",
     "cml_jobs.exceptions",
     "cml_jobs.stores",
     "cml_jobs.testing",
+    "cml_jobs.web",
 ]
 
 

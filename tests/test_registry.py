@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from cml_jobs import (
     UnknownJobError,
     backgroundjob,
 )
+from cml_jobs._config import Settings
 from cml_jobs._registry import job_name
 from tests.fixtures.jobs_pkg import RootJob
 from tests.fixtures.jobs_pkg.alpha import NamedJob, OneTimeJob
@@ -145,6 +148,36 @@ def test_scan_of_a_missing_module_raises_import_error() -> None:
     """A module name that does not exist fails loudly rather than registering nothing."""
     with pytest.raises(ImportError):
         JobRegistry().scan(["tests.fixtures.no_such_module"])
+
+
+def test_a_missing_module_says_where_python_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker started outside the module's directory is told about the current directory
+    and PYTHONPATH, for modules=[...] and for CML_JOBS_CONTAINER alike."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModuleNotFoundError) as caught:
+        JobRegistry().scan(["quickstart_elsewhere"])
+    message = str(caught.value)
+    assert "cannot import module 'quickstart_elsewhere'" in message
+    assert f"current directory ({tmp_path})" in message and "PYTHONPATH" in message
+    assert caught.value.name == "quickstart_elsewhere"
+    with pytest.raises(ConfigurationError, match=r"CML_JOBS_CONTAINER=.*PYTHONPATH"):
+        Settings.from_env({"CML_JOBS_CONTAINER": "quickstart_elsewhere:Container"})
+
+
+def test_a_module_whose_own_import_fails_raises_that_error_as_is(tmp_path: Path) -> None:
+    """When the listed module exists but imports something missing, the error names what
+    is missing, not the listed module."""
+    (tmp_path / "jobs_with_a_typo.py").write_text("import no_such_dependency_xyz\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ModuleNotFoundError) as caught:
+            JobRegistry().scan(["jobs_with_a_typo"])
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert caught.value.name == "no_such_dependency_xyz"
+    assert "cannot import module" not in str(caught.value)
 
 
 def test_duplicate_names_raise_naming_both_classes() -> None:

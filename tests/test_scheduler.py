@@ -120,17 +120,29 @@ async def test_an_occurrence_later_than_grace_is_missed_not_run(
 async def test_a_one_time_task_runs_once_and_ends(
     scheduler: BackgroundTaskScheduler, clock: ManualClock
 ) -> None:
-    """A scheduled task runs at its time, once, and is then gone from list_tasks."""
+    """A scheduled task runs at its time, once; it stays listed, ended, with its outcome
+    and history for history_retention (7 days), then is gone."""
     at = clock.now() + timedelta(seconds=10)
     await scheduler.bus.schedule_task(
         ScheduledTaskDescriptor(id="once", name="OneShotJob", scheduled_at=at)
     )
     clock.advance(seconds=11)
     await run_due(scheduler)
+    ended_at = clock.now()
     clock.advance(seconds=600)
     await run_due(scheduler)
     assert OneShotJob.ran == ["once"]
+    [task] = await scheduler.list_tasks()
+    assert (task.id, task.last_outcome, task.ended_at) == ("once", Outcome.SUCCEEDED, ended_at)
+    assert task.next_run_time is None
+    [row] = await scheduler.bus.get_history("once")
+    assert (row.outcome, row.occurrence_at, row.ended_at) == (Outcome.SUCCEEDED, at, ended_at)
+    clock.set(ended_at + timedelta(days=7) - timedelta(milliseconds=1))
+    assert (await scheduler.bus.get_task("once")).ended_at == ended_at
+    clock.advance(seconds=0.001)
     assert await scheduler.list_tasks() == []
+    with pytest.raises(TaskNotFoundError):
+        await scheduler.bus.get_task("once")
 
 
 async def test_a_failing_job_is_retried_then_recorded_failed_and_keeps_its_schedule(
@@ -177,11 +189,14 @@ async def test_a_run_past_its_timeout_is_cancelled_and_recorded_timed_out(
 async def test_stop_recurrence_ends_the_task(
     scheduler: BackgroundTaskScheduler, clock: ManualClock
 ) -> None:
-    """A job raising StopRecurrence is recorded stopped and its task is removed."""
+    """A job raising StopRecurrence is recorded stopped and its task is removed; its
+    history stays readable for history_retention."""
     await scheduler.bus.schedule_task(recurrent(mode="stop"))
     clock.advance(seconds=60)
     assert kinds(await run_due(scheduler)) == ["started", "stopped"]
     assert await scheduler.list_tasks() == []
+    [row] = await scheduler.bus.get_history("r")
+    assert (row.outcome, row.error_type) == (Outcome.STOPPED, None)
     clock.advance(seconds=600)
     assert await run_due(scheduler) == []
 

@@ -38,6 +38,7 @@ TABLE = readme_table()
 #: The setting each variable sets, and how the README writes its default.
 FIELDS: dict[str, str] = {
     "CML_JOBS_REDIS_URL": "redis_url",
+    "CML_JOBS_STORE_URL": "store_url",
     "CML_JOBS_MODULES": "modules",
     "CML_JOBS_CONTAINER": "container",
     "CML_JOBS_KEY_PREFIX": "key_prefix",
@@ -51,6 +52,8 @@ FIELDS: dict[str, str] = {
     "CML_JOBS_UNKNOWN_JOB_GRACE": "unknown_job_grace",
     "CML_JOBS_SIGNING_KEY": "signing_key",
     "CML_JOBS_DRAIN_TIMEOUT": "drain_timeout",
+    "CML_JOBS_HISTORY_SIZE": "history_size",
+    "CML_JOBS_HISTORY_RETENTION": "history_retention",
 }
 
 
@@ -114,6 +117,7 @@ def test_the_arq_side_of_the_defaults_matches_the_readme(clean_env: pytest.Monke
 #: variable -> (value in the environment, the setting it must give).
 FROM_ENV: dict[str, tuple[str, Any]] = {
     "CML_JOBS_REDIS_URL": ("redis://10.1.2.3:6380/4", "redis://10.1.2.3:6380/4"),
+    "CML_JOBS_STORE_URL": ("postgresql://app@db:5432/app", "postgresql://app@db:5432/app"),
     "CML_JOBS_MODULES": ("app.jobs, app.more_jobs ,", ("app.jobs", "app.more_jobs")),
     "CML_JOBS_CONTAINER": ("tests.fixtures.recording:Container", Container),
     "CML_JOBS_KEY_PREFIX": ("app1:", "app1:"),
@@ -127,6 +131,8 @@ FROM_ENV: dict[str, tuple[str, Any]] = {
     "CML_JOBS_UNKNOWN_JOB_GRACE": ("45", timedelta(seconds=45)),
     "CML_JOBS_SIGNING_KEY": ("k3y-from-a-secret-store", "k3y-from-a-secret-store"),
     "CML_JOBS_DRAIN_TIMEOUT": ("7.5", timedelta(seconds=7.5)),
+    "CML_JOBS_HISTORY_SIZE": ("20", 20),
+    "CML_JOBS_HISTORY_RETENTION": ("3600", timedelta(hours=1)),
 }
 
 
@@ -214,6 +220,9 @@ def test_an_empty_variable_counts_as_unset(clean_env: pytest.MonkeyPatch) -> Non
         ("CML_JOBS_CONTAINER", "Container"),
         ("CML_JOBS_REDIS_URL", "localhost:6379"),
         ("CML_JOBS_REDIS_URL", "http://localhost:6379/0"),
+        ("CML_JOBS_REDIS_URL", "postgresql://localhost:5432/app"),
+        ("CML_JOBS_STORE_URL", "mysql://localhost:3306/app"),
+        ("CML_JOBS_STORE_URL", "localhost:5432"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable_and_the_value(variable: str, bad: str) -> None:
@@ -237,3 +246,41 @@ def test_the_worker_refuses_a_bad_environment_at_start(clean_env: pytest.MonkeyP
     clean_env.setenv("CML_JOBS_LEASE", "a while")
     with pytest.raises(ConfigurationError, match="CML_JOBS_LEASE='a while'"):
         worker()
+
+
+@pytest.mark.parametrize(
+    ("changes", "kind"),
+    [
+        ({}, "memory"),
+        ({"redis_url": "redis://cache:6379/0"}, "redis"),
+        ({"redis_url": "unix:///run/redis.sock"}, "redis"),
+        ({"store_url": "postgresql://app@db:5432/app"}, "postgresql"),
+        ({"redis_url": "redis://r:6379/0", "store_url": "postgres://db/app"}, "postgresql"),
+    ],
+)
+def test_the_store_is_store_url_else_redis_url(changes: dict[str, str], kind: str) -> None:
+    """store_url names the store when set; otherwise redis_url does (memory:// embedded)."""
+    settings = Settings().with_changes(**changes)
+    assert settings.store_kind == kind
+    assert settings.embedded is (kind == "memory")
+    assert settings.store_location == changes.get("store_url", settings.redis_url)
+
+
+def test_a_worker_on_postgresql_still_needs_a_redis_for_arq(clean_env: pytest.MonkeyPatch) -> None:
+    """Tasks kept in PostgreSQL do not spare arq its Redis: memory:// is refused, with why."""
+    with pytest.raises(ConfigurationError, match="for arq, even with its tasks in PostgreSQL"):
+        cml_jobs.worker_settings(redis_url="memory://", store_url="postgresql://app@db:5432/app")
+
+
+def test_the_store_url_password_is_never_shown() -> None:
+    """repr(Settings) hides the password of store_url, as of redis_url."""
+    shown = repr(Settings(store_url="postgresql://app:s3cr3t@db:5432/app"))
+    assert "s3cr3t" not in shown and "app:***@db" in shown
+
+
+def test_a_worker_refuses_tasks_kept_in_memory_beside_a_real_redis(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """store_url="memory://" cannot be shared by a worker process: refused, saying why."""
+    with pytest.raises(ConfigurationError, match="cannot share"):
+        cml_jobs.worker_settings(redis_url="redis://localhost:6379/0", store_url="memory://")

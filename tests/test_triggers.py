@@ -64,8 +64,8 @@ def once(scheduled_at: datetime, **options: Any) -> ScheduledTaskDescriptor:
         pytest.param(
             every(timedelta(minutes=25), start_at=T0 - timedelta(hours=1)),
             T0,
-            T0 + timedelta(minutes=15),
-            id="interval-past-start-is-the-next-grid-point",
+            T0 - timedelta(minutes=10),
+            id="interval-past-start-is-the-latest-grid-point-which-grace-then-judges",
         ),
         pytest.param(
             every(timedelta(minutes=30), start_at=T0 - timedelta(hours=1)),
@@ -105,7 +105,8 @@ def once(scheduled_at: datetime, **options: Any) -> ScheduledTaskDescriptor:
     ],
 )
 def test_first_occurrence(descriptor: Any, now: datetime, expected: datetime) -> None:
-    """The first occurrence is the trigger's first time at or after now."""
+    """The first occurrence is the trigger's first time at or after now, or, once start_at
+    has come, its latest time at or before now."""
     assert first_occurrence(descriptor, now) == expected
 
 

@@ -93,6 +93,7 @@ class WorkerFleet:
     container: str = "tests.fixtures.recording:Container"
     target: str = "cml_jobs.WorkerSettings"  # what ``arq`` runs
     settings: dict[str, str] = field(default_factory=dict)
+    log_dict: str | None = "tests.workers.WORKER_LOG_CONFIG"  # None: arq's default logging
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: dict[int, IO[bytes]] = field(default_factory=dict)  # pid -> its stderr file
     ready: set[int] = field(default_factory=set)  # pids that logged their start
@@ -129,8 +130,9 @@ class WorkerFleet:
             # A file, not a pipe: nobody reads a pipe while the test runs, and a full one
             # would block the worker.
             log = tempfile.TemporaryFile()
+            logging = ["--custom-log-dict", self.log_dict] if self.log_dict else []
             process = subprocess.Popen(
-                [str(ARQ), "--custom-log-dict", "tests.workers.WORKER_LOG_CONFIG", self.target],
+                [str(ARQ), *logging, self.target],
                 cwd=ROOT,
                 env=self.env(),
                 stdout=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -39,16 +40,16 @@ def install_telemetry(port: int) -> TracerProvider:
 
 @backgroundjob(task_type="recurrent")
 class PingJob(RecurrentBackgroundJob):
-    def __init__(self, target: str):
+    def __init__(self, target: str) -> None:
         self.target = target
 
-    async def run_every(self, *args, **kwargs):
+    async def run_every(self, *args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(0.01)  # your work here; its own spans nest under the run's
 
 
 @backgroundjob(task_type="recurrent")
 class FlakyJob(RecurrentBackgroundJob):
-    async def run_every(self, *args, **kwargs):
+    async def run_every(self, *args: Any, **kwargs: Any) -> None:
         if self.context.occurrence_at.second % 4 == 0:
             raise RuntimeError("flaky dependency")
 

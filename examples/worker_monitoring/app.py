@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
-import boto3
+import boto3  # type: ignore[import-untyped]  # moto's server is set up with the sync SDK
 from botocore.exceptions import NoCredentialsError
 
 from cml_jobs import BackgroundTaskScheduler

@@ -39,14 +39,16 @@ from cml_jobs.exceptions import (
     InvalidTriggerError,
     PayloadTooLargeError,
     ServiceNotFoundError,
+    StoreAccessError,
     StoreError,
     StoreUnavailableError,
     TaskExistsError,
     TaskNotFoundError,
+    TaskParkedError,
     TasksRefusedError,
     UnknownJobError,
 )
-from cml_jobs.stores import Outcome
+from cml_jobs.stores import Outcome, RunRecord, WorkerInfo
 
 if TYPE_CHECKING:
     from cml_jobs._di import ServiceProvider
@@ -78,12 +80,14 @@ __all__ = [
     "RecurrentBackgroundJob",
     "RecurrentTaskDescriptor",
     "RunContext",
+    "RunRecord",
     "ScheduledBackgroundJob",
     "ScheduledTaskDescriptor",
     "ServiceNotFoundError",
     "ServiceProvider",
     "Settings",
     "StopRecurrence",
+    "StoreAccessError",
     "StoreError",
     "StoreUnavailableError",
     "SystemClock",
@@ -92,8 +96,10 @@ __all__ = [
     "TaskExistsError",
     "TaskInfo",
     "TaskNotFoundError",
+    "TaskParkedError",
     "TasksRefusedError",
     "UnknownJobError",
+    "WorkerInfo",
     "WorkerSettings",
     "backgroundjob",
     "worker_settings",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from cml_jobs.cli import main
 
-from cml_jobs._cli import main
-
-sys.exit(main())
+main(prog_name="cml-jobs")

@@ -26,7 +26,7 @@ from cml_jobs.exceptions import (
     TasksRefusedError,
 )
 from cml_jobs.stores._base import NewTask, ScheduleStore
-from cml_jobs.stores._bulk import AddResult, BulkScheduleStore
+from cml_jobs.stores._bulk import AddResult, BulkScheduleStore, task_exists
 
 __all__ = ["BulkScheduleResult", "BulkWriter"]
 
@@ -164,7 +164,7 @@ class BulkWriter:
             elif answer is AddResult.UNCHANGED:
                 result.unchanged.append(task.task_id)
             else:
-                result.refused[task.task_id] = _conflict(task.task_id)
+                result.refused[task.task_id] = task_exists(task.task_id)
         if self.on_scheduled is not None and result.scheduled:
             self.on_scheduled()
 
@@ -202,13 +202,6 @@ class BulkWriter:
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigurationError(f"batch_size={batch_size!r} must be at least 1")
-
-
-def _conflict(task_id: str) -> TaskExistsError:
-    return TaskExistsError(
-        f"a different task with id {task_id!r} is already scheduled; pass replace=True to "
-        "replace it, or cancel it first"
-    )
 
 
 def _refusal(result: BulkScheduleResult, total: int) -> str:

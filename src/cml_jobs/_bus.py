@@ -5,33 +5,37 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import replace as replace_fields
 from datetime import datetime
+from typing import Any
 
 from cml_jobs import _telemetry
 from cml_jobs._bulk import BulkScheduleResult, BulkWriter
 from cml_jobs._codec import DescriptorCodec
-from cml_jobs._descriptors import (
-    MAX_DESCRIPTOR_BYTES,
-    RecurrentTaskDescriptor,
-    ScheduledTaskDescriptor,
-    TaskDescriptor,
-)
+from cml_jobs._descriptors import MAX_DESCRIPTOR_BYTES, TaskDescriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._operations import Operations, _not_found
 from cml_jobs._registry import JobRegistry
-from cml_jobs._task_info import PLAIN, TaskInfo
+from cml_jobs._task_info import PLAIN, TaskInfo, count_by_state
 from cml_jobs._timing import Clock
-from cml_jobs._triggers import first_occurrence, grid_point_at_or_after, ready_at
+from cml_jobs._triggers import (
+    describe_trigger,
+    first_occurrence,
+    next_occurrence,
+    ready_at,
+)
 from cml_jobs.exceptions import (
+    ConfigurationError,
     InvalidTriggerError,
     PayloadTooLargeError,
-    TaskNotFoundError,
 )
-from cml_jobs.stores._base import NewTask, ScheduleStore, TaskState
+from cml_jobs.stores._base import NewTask, ScheduleStore, TransactionalStore
 
 __all__ = ["BackgroundTasksBus", "TaskInfo"]
 
 
-class BackgroundTasksBus:
-    """Schedules tasks into the store, after checking them against the registry.
+class BackgroundTasksBus(Operations):
+    """Schedules tasks into the store, after checking them against the registry, and
+    operates on them (history, workers, extra runs: see the methods from ``get_history``
+    on).
 
     Args:
         store: where tasks live.
@@ -62,14 +66,18 @@ class BackgroundTasksBus:
             store=store, hub=hub, clock=clock, prepare=self._prepare, on_scheduled=on_scheduled
         )
 
-    async def schedule_task(self, descriptor: TaskDescriptor, *, replace: bool = False) -> TaskInfo:
-        """Validate ``descriptor`` and schedule it. Nothing is written if it is refused.
-
-        Scheduling the same descriptor again is a no-op.
+    async def schedule_task(
+        self, descriptor: TaskDescriptor, *, replace: bool = False, connection: Any = None
+    ) -> TaskInfo:
+        """Validate ``descriptor`` and schedule it (again: a no-op). Nothing is written if
+        it is refused.
 
         Args:
             descriptor: the task.
             replace: replace a different task that has the same id.
+            connection: your asyncpg connection, a transaction open on it (PostgreSQL
+                store): the task is scheduled if that transaction commits, never if it
+                rolls back. The ``scheduled`` event is emitted before your commit.
 
         Returns:
             The task as stored.
@@ -81,14 +89,16 @@ class BackgroundTasksBus:
                 further in the past than its ``misfire_grace_time``.
             PayloadTooLargeError: the descriptor exceeds ``MAX_DESCRIPTOR_BYTES``.
             TaskExistsError: a different task has this id and ``replace`` is False.
+            ConfigurationError: ``connection`` is given to a store that cannot use it.
         """
+        store = self._store if connection is None else _within(self._store, connection)
         task = self._prepare(descriptor, self._clock.now())
         due_at = task.due_at
         with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
             task = replace_fields(task, trace_context=trace_context)
-            added = await self._store.add(task, replace=replace)
+            added = await store.add(task, replace=replace)
         if not added:  # the same task was already there: show it as it is
-            return await self.get_task(descriptor.id)
+            return await self._info(store, descriptor.id)
         self._scheduled(descriptor, due_at)
         # As the store keeps it (to the millisecond), without reading it back.
         next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
@@ -101,10 +111,9 @@ class BackgroundTasksBus:
         replace: bool = False,
         batch_size: int = 1000,
     ) -> BulkScheduleResult:
-        """Validate every descriptor, then schedule them in batches of ``batch_size``, each
-        written in one atomic store call. A batch that holds a refused descriptor writes
-        nothing; the other batches are written. Tasks already scheduled with the same
-        descriptor are left as they are.
+        """Validate every descriptor, then schedule them ``batch_size`` per atomic store
+        call; a batch that holds a refused descriptor writes nothing, the others are
+        written. Tasks already scheduled with the same descriptor are left as they are.
 
         Args:
             descriptors: the tasks, each with its own id.
@@ -115,13 +124,11 @@ class BackgroundTasksBus:
             The ids scheduled and those already scheduled unchanged.
 
         Raises:
-            TasksRefusedError: some descriptors were refused (invalid, as ``schedule_task``
-                would refuse them; an id given twice; or, without ``replace``, an id held
-                by a different task, which refuses that task alone); its ``result`` names
-                each one with its error, and the valid ones held back with them.
+            TasksRefusedError: some were refused (invalid as for ``schedule_task``, an id
+                given twice, or without ``replace`` an id held by a different task); its
+                ``result`` names each with its error, and the valid ones held back.
         """
-        items = list(descriptors)
-        return await self._bulk.schedule(items, replace=replace, batch_size=batch_size)
+        return await self._bulk.schedule(list(descriptors), replace=replace, batch_size=batch_size)
 
     async def cancel_tasks(
         self, task_ids: Iterable[str], *, batch_size: int = 1000
@@ -160,16 +167,20 @@ class BackgroundTasksBus:
     def _first_due(self, descriptor: TaskDescriptor, now: datetime) -> datetime:
         due_at = first_occurrence(descriptor, now)
         if due_at is None:
-            raise InvalidTriggerError(f"task {descriptor.id!r} would never run; check its trigger")
+            raise InvalidTriggerError(
+                f"task {descriptor.id!r} would never run: {describe_trigger(descriptor)} has no "
+                "occurrence from now on before the calendar ends (year 9999); check its trigger"
+            )
         grace = descriptor.misfire_grace_time
-        if isinstance(descriptor, ScheduledTaskDescriptor) and grace is not None:
-            late = now - due_at
-            if late > grace:
-                raise InvalidTriggerError(
-                    f"scheduled_at={due_at.isoformat()!r} is {late.total_seconds():.0f} s in the "
-                    f"past, beyond misfire_grace_time ({grace.total_seconds():.0f} s); "
-                    "pick a future time"
-                )
+        late = now - due_at
+        if grace is not None and late > grace and next_occurrence(descriptor, due_at) is None:
+            # Its only occurrence left is already missed: nothing would ever run.
+            which = "scheduled_at" if descriptor.kind == "scheduled" else "last occurrence"
+            raise InvalidTriggerError(
+                f"task {descriptor.id!r} would never run: its {which}, {due_at.isoformat()!r}, "
+                f"is {late.total_seconds():.0f} s in the past, beyond misfire_grace_time "
+                f"({grace.total_seconds():.0f} s); pick a future time"
+            )
         return due_at
 
     async def cancel_task(self, task_id: str) -> int:
@@ -186,24 +197,35 @@ class BackgroundTasksBus:
         Raises:
             TaskNotFoundError: no task has this id.
         """
+        name = await self._job_name(task_id)
         started = await self._store.remove(task_id)
         if started is None:
             raise _not_found(task_id)
-        self._emit(EventKind.CANCELLED, task_id, "", None)
+        self._emit(EventKind.CANCELLED, task_id, name, None)
         return started
 
-    async def pause_task(self, task_id: str) -> None:
+    async def pause_task(self, task_id: str, *, note: str | None = None) -> None:
         """Stop a task from running until ``resume_task``; occurrences meanwhile are not run.
+
+        Args:
+            task_id: the task.
+            note: why, for the other operators: shown as ``TaskInfo.note`` until the task
+                is resumed (at most 1 KiB).
 
         Raises:
             TaskNotFoundError: no task has this id.
         """
+        if note is not None and len(note.encode()) > 1024:
+            raise ValueError(f"the note is {len(note.encode())} bytes; keep it under 1 KiB")
         if not await self._store.set_paused(task_id, paused=True, due_at=None, ready_at=None):
             raise _not_found(task_id)
-        self._emit(EventKind.PAUSED, task_id, "", None)
+        if note is not None:
+            await self._ops().set_note(task_id, note)
+        self._emit(EventKind.PAUSED, task_id, await self._job_name(task_id), None)
 
     async def resume_task(self, task_id: str) -> None:
-        """Resume a paused task from its next occurrence after now.
+        """Resume a paused task from its next occurrence after now; a task whose ``end_at``
+        passed meanwhile ends.
 
         Raises:
             TaskNotFoundError: no task has this id.
@@ -214,19 +236,15 @@ class BackgroundTasksBus:
         descriptor = self._codec.decode(state.descriptor_json)
         now = self._clock.now()
         due_at = self._resume_at(descriptor, state, now)
+        if due_at is None and not state.running:  # its end_at passed meanwhile: it has ended
+            await self._store.remove(task_id)
         ready = None if due_at is None else ready_at(descriptor, due_at)
         await self._store.set_paused(task_id, paused=False, due_at=due_at, ready_at=ready)
+        if state.note is not None:
+            await self._ops().set_note(task_id, None)
         self._emit(EventKind.RESUMED, task_id, descriptor.name, due_at)
         if self._on_scheduled is not None:
             self._on_scheduled()
-
-    @staticmethod
-    def _resume_at(descriptor: TaskDescriptor, state: TaskState, now: datetime) -> datetime | None:
-        if isinstance(descriptor, ScheduledTaskDescriptor):
-            return state.due_at  # a one-time task keeps its time; grace decides if it runs
-        if isinstance(descriptor, RecurrentTaskDescriptor) and state.due_at is not None:
-            return grid_point_at_or_after(descriptor, state.due_at, now)
-        return first_occurrence(descriptor, now)
 
     async def get_task(self, task_id: str) -> TaskInfo:
         """The task with this id.
@@ -234,41 +252,43 @@ class BackgroundTasksBus:
         Raises:
             TaskNotFoundError: no task has this id.
         """
-        state = await self._store.get(task_id)
+        return TaskInfo.from_state(await self._live(task_id), self._codec)
+
+    async def _info(self, store: ScheduleStore, task_id: str) -> TaskInfo:
+        state = await store.get(task_id)
         if state is None:
             raise _not_found(task_id)
         return TaskInfo.from_state(state, self._codec)
 
     async def list_tasks(self) -> list[TaskInfo]:
-        """Every task, ordered by id, paused and parked ones included.
+        """Every task, ordered by id, paused, parked and ended ones included (an ended task
+        is listed until ``history_retention`` after it ended).
 
         Also refreshes the counts that the ``cml_jobs.tasks`` gauge reports.
         """
-        tasks = [TaskInfo.from_state(state, self._codec) for state in await self._store.list()]
-        _telemetry.set_task_counts(_count(tasks))
+        now = self._clock.now()
+        tasks = [
+            TaskInfo.from_state(state, self._codec)
+            for state in await self._store.list()
+            if state.expires_at is None or state.expires_at > now
+        ]
+        _telemetry.set_task_counts(count_by_state(tasks))
         return tasks
+
+    async def _job_name(self, task_id: str) -> str:
+        """The task's job name, for its events ("" when it is gone or unreadable)."""
+        state = await self._store.get(task_id)
+        return "" if state is None else TaskInfo.from_state(state, self._codec).name
 
     def _emit(self, kind: EventKind, task_id: str, name: str, at: datetime | None) -> None:
         self._hub.emit(TaskEvent(kind, task_id, name, self._clock.now(), at))
 
 
-def _count(tasks: list[TaskInfo]) -> dict[str, int]:
-    """Tasks per state, for the ``cml_jobs.tasks`` gauge: parked, else paused, else
-    running, else scheduled (if it has a next occurrence)."""
-    counts = dict.fromkeys(_telemetry.TASK_STATES, 0)
-    for task in tasks:
-        if task.parked_reason is not None:
-            counts["parked"] += 1
-        elif task.paused:
-            counts["paused"] += 1
-        elif task.running:
-            counts["running"] += 1
-        elif task.next_run_time is not None:
-            counts["scheduled"] += 1
-    return counts
-
-
-def _not_found(task_id: str) -> TaskNotFoundError:
-    return TaskNotFoundError(
-        f"no task with id {task_id!r} is scheduled; list_tasks() shows the ones that are"
-    )
+def _within(store: ScheduleStore, connection: Any) -> ScheduleStore:
+    if not isinstance(store, TransactionalStore):
+        raise ConfigurationError(
+            f"schedule_task(connection=...) writes in your own transaction, which "
+            f"{type(store).__name__} cannot do; keep tasks in PostgreSQL "
+            "(store_url='postgresql://...'), or leave connection out"
+        )
+    return store.within(connection)

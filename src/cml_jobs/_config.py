@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
+from cml_jobs._imports import load_object
+from cml_jobs._redis_url import (
+    SENTINEL_SCHEME,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redacted,
+    refuse_query_credentials,
+)
 from cml_jobs.exceptions import ConfigurationError
 
-__all__ = ["ENVIRONMENT", "Settings", "load_object"]
+__all__ = [
+    "ENVIRONMENT",
+    "Settings",
+]
 
 
 @dataclass(frozen=True, repr=False)
@@ -22,7 +31,9 @@ class Settings:
 
     Attributes:
         redis_url: ``memory://`` (the embedded default: one process, nothing kept) or a
-            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers.
+            ``redis://`` / ``rediss://`` / ``unix://`` URL shared by the app and its workers,
+            or ``redis+sentinel://[user:password@]host1:26379,host2:26379/service[/db]``
+            for a primary that Redis Sentinel names (followed through failovers).
         modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
         container: a dependency-injector container, handed to jobs' ``configure``.
         key_prefix: prefix of every Redis key cml-jobs writes.
@@ -40,8 +51,15 @@ class Settings:
             ``max_jobs`` at once, and leaves tasks of jobs it lacks to workers that have
             them; ``"queue"``: a worker process's runs go through the arq queue to
             whichever worker polls first (an app's ``run_worker`` always runs locally).
+        history_size: runs kept in each task's history (``get_history``), newest first.
+        history_retention: how long a task that ended (a one-time task after its run)
+            stays listed with its outcome and history.
         signing_key: sign every stored descriptor with HMAC-SHA256 under this key, and
             run only descriptors whose signature matches (the key never goes to Redis).
+        store_url: where tasks are kept, when not in ``redis_url``: a
+            ``postgresql://user@host:5432/database`` URL (``?schema=name`` for a schema
+            other than ``cml_jobs``) keeps them in PostgreSQL; workers still use
+            ``redis_url`` for arq. None (the default): the store is ``redis_url``.
     """
 
     redis_url: str = "memory://"
@@ -57,18 +75,39 @@ class Settings:
     unknown_job_grace: timedelta = timedelta(minutes=5)
     drain_timeout: timedelta = timedelta(seconds=30)
     dispatch: str = "local"
+    history_size: int = 100
+    history_retention: timedelta = timedelta(days=7)
     signing_key: str | None = field(default=None, repr=False)
+    store_url: str | None = None
 
     def __repr__(self) -> str:
-        # Never the password in the URL, nor the signing key (its field is repr=False).
+        # Never the password in a URL, nor the signing key (its field is repr=False).
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
-        values["redis_url"] = _redacted(self.redis_url)
+        values["redis_url"] = redacted(self.redis_url)
+        if self.store_url is not None:
+            values["store_url"] = redacted(self.store_url)
         return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in values.items()) + ")"
+
+    def __post_init__(self) -> None:
+        refuse_query_credentials(self.redis_url)
 
     @property
     def embedded(self) -> bool:
-        """True for the ``memory://`` mode."""
-        return self.redis_url.startswith("memory://")
+        """True for the ``memory://`` mode: the store lives in this process."""
+        return self.store_kind == "memory"
+
+    @property
+    def store_location(self) -> str:
+        """The URL of the store: ``store_url``, or ``redis_url`` when it is None."""
+        return self.redis_url if self.store_url is None else self.store_url
+
+    @property
+    def store_kind(self) -> str:
+        """``"memory"``, ``"redis"`` or ``"postgresql"``: which store the settings name."""
+        scheme = self.store_location.partition("://")[0]
+        if scheme in _POSTGRES_SCHEMES:
+            return "postgresql"
+        return "memory" if scheme == "memory" else "redis"
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with some settings changed; unknown names are refused."""
@@ -98,14 +137,9 @@ class Settings:
             except (ValueError, OverflowError, ImportError, AttributeError) as exc:
                 # A URL's password never reaches the message (nor the logs it ends up in).
                 raise ConfigurationError(
-                    f"{variable}={_redacted(raw)!r} is not valid: {exc}"
+                    f"{variable}={redacted(raw)!r} is not valid: {exc}"
                 ) from exc
         return cls().with_changes(**changes)
-
-
-def _redacted(url: str) -> str:
-    """The URL as text that is safe to log: its password (if any) replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def _seconds(raw: str) -> timedelta:
@@ -122,19 +156,33 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-_URL_SCHEMES = ("redis", "rediss", "unix", "memory")
+_URL_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME, "memory")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 _DISPATCH_MODES = ("local", "queue")
 
 
-def _redis_url(raw: str) -> str:
+def _url(raw: str, schemes: tuple[str, ...], example: str) -> str:
     scheme, separator, _ = raw.partition("://")
-    if not separator or scheme not in _URL_SCHEMES:
+    if not separator or scheme not in schemes:
         raise ValueError(
-            "expected a URL such as redis://host:6379/0 (schemes: "
-            + ", ".join(f"{name}://" for name in _URL_SCHEMES)
+            f"expected a URL such as {example} (schemes: "
+            + ", ".join(f"{name}://" for name in schemes)
             + ")"
         )
+    if is_sentinel_url(raw):
+        try:
+            parse_sentinel_url(raw)
+        except ConfigurationError as exc:  # from_env names the variable and the URL
+            raise ValueError(str(exc)) from exc
     return raw
+
+
+def _redis_url(raw: str) -> str:
+    return _url(raw, _URL_SCHEMES, "redis://host:6379/0")
+
+
+def _store_url(raw: str) -> str:
+    return _url(raw, (*_POSTGRES_SCHEMES, *_URL_SCHEMES), "postgresql://host:5432/database")
 
 
 def _dispatch(raw: str) -> str:
@@ -152,19 +200,18 @@ def _container(raw: str) -> Any:
     return factory() if isinstance(factory, type) else factory
 
 
-def load_object(path: str) -> Any:
-    """Import ``package.module:attribute`` (or ``package.module.attribute``)."""
-    module_name, _, attribute = path.partition(":")
-    if not attribute:
-        module_name, _, attribute = path.rpartition(".")
-    if not module_name or not attribute:
-        raise ValueError(f"expected 'package.module:Name', got {path!r}")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
 #: Every environment variable a worker reads: variable -> (setting, parser, meaning).
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "CML_JOBS_REDIS_URL": ("redis_url", _redis_url, "Redis URL (redis://, rediss://, unix://)"),
+    "CML_JOBS_REDIS_URL": (
+        "redis_url",
+        _redis_url,
+        "Redis URL (redis://, rediss://, unix://, redis+sentinel://)",
+    ),
+    "CML_JOBS_STORE_URL": (
+        "store_url",
+        _store_url,
+        "where tasks are kept when not in Redis: postgresql://user@host:5432/db[?schema=name]",
+    ),
     "CML_JOBS_MODULES": ("modules", _modules, "comma-separated modules to scan for jobs"),
     "CML_JOBS_CONTAINER": (
         "container",
@@ -204,6 +251,16 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "signing_key",
         str,
         "HMAC key: descriptors are signed, and unsigned or tampered ones parked (default off)",
+    ),
+    "CML_JOBS_HISTORY_SIZE": (
+        "history_size",
+        _positive_int,
+        "runs kept in each task's history (default 100)",
+    ),
+    "CML_JOBS_HISTORY_RETENTION": (
+        "history_retention",
+        _seconds,
+        "seconds an ended task stays listed with its history (default 604800: 7 days)",
     ),
     "CML_JOBS_DRAIN_TIMEOUT": (
         "drain_timeout",

@@ -6,6 +6,8 @@ one that has it. Pure: the decider is given ``now`` and reads nothing but the ta
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,6 +25,8 @@ logger = logging.getLogger("cml_jobs.dispatch")
 #: A task whose job this worker lacks (a rolling deploy) is left this long for a worker
 #: that has it, without counting as a failure.
 HANDOFF_DELAY = timedelta(seconds=1)
+#: How many tasks of unknown jobs are remembered as already logged (one line each).
+_LOGGED = 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Decider:
     ) -> None:
         self.codec, self.registry = codec, registry
         self.unknown_job_grace = unknown_job_grace
+        self._left: OrderedDict[str, None] = OrderedDict()  # tasks whose hand-on was logged
 
     def choose(self, task: DueTask, now: datetime) -> Choice:
         """What to do with one due task; never raises, whatever the store holds."""
@@ -69,7 +74,11 @@ class Decider:
             check_data(self.registry.get(descriptor.name), descriptor.data)
         except InvalidTaskDataError as exc:
             return _park(task, f"data no longer fits the job: {exc}", descriptor.name)
-        return Choice(_decision(descriptor, task, now), descriptor, descriptor.name)
+        try:
+            return Choice(_decision(descriptor, task, now), descriptor, descriptor.name)
+        except (ArithmeticError, ValueError) as exc:  # e.g. a next occurrence past year 9999
+            reason = f"its next occurrence cannot be planned ({type(exc).__name__}: {exc})"
+            return _park(task, f"{reason}; reschedule the task from the app", descriptor.name)
 
     def _unknown_job(self, task: DueTask, job_name: str, now: datetime) -> Choice:
         waited = now - task.due_at
@@ -81,14 +90,31 @@ class Decider:
                 job_name,
             )
         # Leave the occurrence as it is, ready a little later: a worker that has the job
-        # claims it meanwhile (its lateness still counts from the occurrence).
-        logger.info(
-            "job %r of task %r is not registered in this worker; leaving it to another",
-            job_name,
-            task.task_id,
-        )
+        # claims it meanwhile (its lateness still counts from the occurrence). One line per
+        # task, not one per look: a rolling deploy may take minutes.
+        if task.task_id not in self._left:
+            self._left[task.task_id] = None
+            if len(self._left) > _LOGGED:
+                self._left.popitem(last=False)
+            logger.info(
+                "job %r of task %r is not registered in this worker; leaving it to another "
+                "worker for up to %.0f s",
+                job_name,
+                task.task_id,
+                self.unknown_job_grace.total_seconds(),
+            )
         later = Decision(task.task_id, task.due_at, None, task.due_at, now + HANDOFF_DELAY)
         return Choice(later, None, job_name)
+
+    def unreadable(self, task_ids: Sequence[str]) -> None:
+        """Report due ids the store could not read, nor park (their key holds no task);
+        the store dropped them from its due index, so each is reported once."""
+        for task_id in task_ids:
+            logger.error(
+                "task %r cannot be read or parked: its key holds no task (written around "
+                "cml-jobs), so it is no longer scheduled; delete the key and reschedule it",
+                task_id,
+            )
 
 
 def _park(task: DueTask, reason: str, job_name: str = "") -> Choice:

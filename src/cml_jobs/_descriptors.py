@@ -7,30 +7,32 @@ policy. Resources are never stored: the job gets them from the container on ever
 from __future__ import annotations
 
 import json
-import math
 import re
-from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
-    JsonValue,
-    PlainSerializer,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
+from cml_jobs._descriptor_types import JsonData, Seconds, UtcDatetime
 from cml_jobs.exceptions import (
     InvalidDescriptorError,
     InvalidTaskDataError,
     InvalidTriggerError,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from cml_jobs._descriptor_types import CronArgs, RecurrentArgs, ScheduledArgs
 
 __all__ = [
     "MAX_DESCRIPTOR_BYTES",
@@ -48,35 +50,9 @@ MAX_DESCRIPTOR_BYTES = 64 * 1024
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,199}$")
 
 
-def _to_utc(value: datetime) -> datetime:
-    # Stores keep milliseconds; so do descriptors, so that both agree on every occurrence.
-    try:
-        value = value.astimezone(timezone.utc)
-    except OverflowError as exc:  # 9999-12-31T23:00-05:00; a ValueError is a field error
-        raise ValueError(f"{value.isoformat()!r} is out of range once converted to UTC") from exc
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
-
-
-def _finite_json(value: JsonValue) -> JsonValue:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a JSON number")
-    if isinstance(value, list):
-        for item in value:
-            _finite_json(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _finite_json(item)
-    return value
-
-
-Seconds = Annotated[
-    timedelta,
-    PlainSerializer(lambda td: td.total_seconds(), return_type=float, when_used="json"),
-]
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-JsonData = Annotated[dict[str, JsonValue], AfterValidator(_finite_json)]
-
-_TRIGGER_FIELDS = frozenset({"interval", "cron", "timezone", "scheduled_at", "start_at", "jitter"})
+_TRIGGER_FIELDS = frozenset(
+    {"interval", "cron", "timezone", "scheduled_at", "start_at", "end_at", "jitter"}
+)
 
 
 class _Descriptor(BaseModel):
@@ -144,10 +120,29 @@ class _Descriptor(BaseModel):
         return value
 
 
-class RecurrentTaskDescriptor(_Descriptor):
+class _Recurring(_Descriptor):
+    end_at: UtcDatetime | None = Field(
+        default=None,
+        description="No occurrence after this time (aware datetime); the task then ends.",
+    )
+
+    @field_validator("end_at")
+    @classmethod
+    def _end_after_start(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("start_at")
+        if value is not None and start is not None and value < start:
+            raise ValueError(
+                f"end_at is before start_at ({start.isoformat()!r}): the task would never run"
+            )
+        return value
+
+
+class RecurrentTaskDescriptor(_Recurring):
     """A task that runs every ``interval``, on the grid ``start_at + k * interval``.
 
-    Without ``start_at`` the first occurrence is one interval after scheduling.
+    Without ``start_at`` the first occurrence is one interval after scheduling. The
+    interval is a whole number of milliseconds, the precision at which stores keep times.
+    With ``end_at``, no occurrence comes after it, and the task ends after its last run.
 
     Example:
         ``RecurrentTaskDescriptor(id="metrics-w1", name="WorkerMetricsCollectionJob",
@@ -157,6 +152,10 @@ class RecurrentTaskDescriptor(_Descriptor):
     kind: Literal["recurrent"] = "recurrent"  # type: ignore[misc]
     interval: Seconds = Field(description="Time between occurrences (timedelta or seconds).")
 
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[RecurrentArgs]) -> None: ...
+
     @field_validator("interval")
     @classmethod
     def _positive_interval(cls, value: timedelta) -> timedelta:
@@ -164,6 +163,14 @@ class RecurrentTaskDescriptor(_Descriptor):
             raise ValueError(f"must be positive (got {value.total_seconds()!r} s)")
         if value < timedelta(milliseconds=1):
             raise ValueError(f"must be at least 1 ms (got {value.total_seconds()!r} s)")
+        if value.microseconds % 1000:
+            nearest = timedelta(milliseconds=round(value / timedelta(milliseconds=1)))
+            raise ValueError(
+                f"must be a whole number of milliseconds (got {value.total_seconds()!r} s), "
+                "the precision at which occurrences are stored; use "
+                f"{nearest.total_seconds()!r} s (timedelta(milliseconds="
+                f"{nearest // timedelta(milliseconds=1)}))"
+            )
         return value
 
 
@@ -173,20 +180,31 @@ class ScheduledTaskDescriptor(_Descriptor):
     kind: Literal["scheduled"] = "scheduled"  # type: ignore[misc]
     scheduled_at: UtcDatetime = Field(description="When to run (aware datetime).")
 
+    if TYPE_CHECKING:
 
-class CronTaskDescriptor(_Descriptor):
+        def __init__(self, **values: Unpack[ScheduledArgs]) -> None: ...
+
+
+class CronTaskDescriptor(_Recurring):
     """A task on a cron expression, evaluated in ``timezone``.
 
     Standard 5-field expressions (minute hour day month weekday); a 6-field expression
     starts with a seconds field (``"*/10 * * * * *"``: every 10 seconds).
 
-    Daylight-saving changes follow cron's rules: a time that does not exist that day runs
-    at the first minute after the gap; a time that occurs twice runs once.
+    Daylight-saving changes follow cron's rules: an expression whose minute or hour
+    field starts with ``*`` follows the wall clock (a skipped time does not happen, a
+    repeated one happens twice); other expressions name fixed times, which run at the
+    first minute after a gap and once in a repeated hour. There is no year field: bound
+    the years with ``start_at`` and ``end_at``, after which the task ends.
     """
 
     kind: Literal["cron"] = "cron"  # type: ignore[misc]
     cron: str = Field(description="A cron expression, e.g. '*/5 * * * *'.")
     timezone: str = Field(default="UTC", description="An IANA timezone name, e.g. 'Europe/Paris'.")
+
+    if TYPE_CHECKING:
+
+        def __init__(self, **values: Unpack[CronArgs]) -> None: ...
 
     @field_validator("cron")
     @classmethod

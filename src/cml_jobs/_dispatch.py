@@ -12,28 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from cml_jobs import _telemetry
+from cml_jobs._claims import ClaimReporter, TickReport
 from cml_jobs._codec import DescriptorCodec
 from cml_jobs._decide import Choice, Decider
-from cml_jobs._events import EventHub, EventKind, TaskEvent
+from cml_jobs._events import EventHub
 from cml_jobs._execution import Assignment
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs.exceptions import InvalidDescriptorError, StoreError
-from cml_jobs.stores._base import (
-    ClaimResult,
-    ClaimStatus,
-    Decision,
-    DueTask,
-    Finish,
-    Outcome,
-    ScheduleStore,
-)
+from cml_jobs.exceptions import InvalidDescriptorError, StoreAccessError, StoreError
+from cml_jobs.stores._base import ClaimResult, DueTask, Finish, Outcome, ScheduleStore
+from cml_jobs.stores._ops import OperationsStore, RunRecord
 
 __all__ = ["Dispatcher", "RunSink", "TickReport"]
 
@@ -57,18 +51,6 @@ class RunSink(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class TickReport:
-    """What one dispatcher tick did."""
-
-    claimed: int = 0
-    reissued: int = 0
-    missed: int = 0
-    skipped: int = 0
-    parked: int = 0
-    full: bool = False  # the batch limit was reached: more may be due right now
-
-
 class Dispatcher:
     """Claims due occurrences and submits them as runs.
 
@@ -87,6 +69,7 @@ class Dispatcher:
             each run at its own time.
         unknown_job_grace: how long a task whose job no worker has run waits before it is
             parked.
+        worker: this worker's id, for history rows.
     """
 
     def __init__(
@@ -103,17 +86,20 @@ class Dispatcher:
         poll_interval: timedelta = timedelta(seconds=1),
         lookahead: timedelta = timedelta(0),
         unknown_job_grace: timedelta = timedelta(minutes=5),
+        worker: str = "",
     ) -> None:
         self.store, self.clock, self.sink, self.hub = store, clock, sink, hub
         self.codec, self.lease, self.batch, self.lookahead = codec, lease, batch, lookahead
         self.decider = Decider(codec=codec, registry=registry, unknown_job_grace=unknown_job_grace)
         self.poll_interval = poll_interval
+        self.reporter = ClaimReporter(clock=clock, hub=hub, worker=worker)
         self._wake = asyncio.Event()
         self._starved = False  # the last tick had no room for everything that was due
         self._reclaim_after: datetime | None = None
         self._next_ready: datetime | None = None  # as of the last tick
         self._generation: str | None = None
         self._sleeper: asyncio.Future[None] | None = None  # the sleep a wake cuts short
+        self.on_refused: Callable[[str], None] | None = None  # a worker stops for good
 
     def wake(self) -> None:
         """Tick now: something earlier than the next known due time was scheduled."""
@@ -139,17 +125,27 @@ class Dispatcher:
         # Claiming a few ms ahead lets one tick serve every occurrence in that window.
         polled = await self.store.poll(now + self.lookahead, room - len(reissued))
         self._check_generation(polled.generation)
+        self.decider.unreadable(polled.unreadable)
         choices = [self.decider.choose(task, now) for task in polled.tasks]
         decisions = [choice.decision for choice in choices]
         results = await self.store.claim(decisions, lease_until=lease_until)
-        report = self._report(choices, results)
+        report, rows = self.reporter.report(choices, results)
         self._starved = len(reissued) + len(polled.tasks) >= room
         self._next_ready = min(
             (t for t in (polled.next_ready_at, *(d.next_ready_at for d in decisions)) if t),
             default=None,
         )
+        await self._record(rows)  # before the runs, which end later
         await self.sink.submit([*reissued, *_assignments(choices, results, polled.tasks)])
         return replace(report, reissued=len(reissued), full=self._starved)
+
+    async def _record(self, rows: list[RunRecord]) -> None:
+        """History rows of occurrences that did not run; losing them loses no run."""
+        if rows and isinstance(self.store, OperationsStore):
+            try:
+                await self.store.record(rows)
+            except StoreError as exc:
+                logger.warning("dispatcher: %d history row(s) not recorded (%s)", len(rows), exc)
 
     async def _reissue(self, now: datetime, lease_until: datetime, room: int) -> list[Assignment]:
         # Leases are seconds long: looking for expired ones once a second is enough, and
@@ -159,27 +155,34 @@ class Dispatcher:
             return []  # looks again at once)
         self._reclaim_after = now + _RECLAIM_EVERY
         expired = await self.store.reclaim_expired(now=now, lease_until=lease_until, limit=room)
-        assignments, lost = [], []
+        assignments, ended, names = [], [], []
         for claimed in expired:
             run = claimed.run
-            if run.attempt > MAX_LOST_ATTEMPTS:
-                error = f"worker lost during {MAX_LOST_ATTEMPTS} attempts; not re-run"
-                lost.append(Finish(run, Outcome.FAILED, error))
-                logger.error("task %r: %s", run.task_id, error)
-                continue
             try:
                 descriptor = self.codec.decode(claimed.descriptor_json)
             except InvalidDescriptorError as exc:
-                lost.append(Finish(run, Outcome.PARKED, f"stored descriptor is invalid: {exc}"))
+                ended.append(Finish(run, Outcome.PARKED, f"stored descriptor is invalid: {exc}"))
+                names.append("")
                 continue
-            logger.warning(
-                "task %r: the run of %s lost its worker; re-running it (attempt %d)",
-                run.task_id,
-                run.occurrence_at.isoformat(),
-                run.attempt,
-            )
+            if run.attempt > MAX_LOST_ATTEMPTS:
+                ended.append(self.reporter.lost(run, MAX_LOST_ATTEMPTS))
+                names.append(descriptor.name)
+                continue
+            if run.extra and run.attempt == 1:  # its turn came (trigger_task, backfill)
+                logger.info("task %r: extra run of %s", run.task_id, run.occurrence_at.isoformat())
+            else:
+                logger.warning(
+                    "task %r: the run of %s was given back or lost by its worker; re-running it "
+                    "(attempt %d)",
+                    run.task_id,
+                    run.occurrence_at.isoformat(),
+                    run.attempt,
+                )
             assignments.append(Assignment(run, descriptor, claimed.trace_context))
-        await self.store.finish(lost)
+        recorded = await self.store.finish(ended)
+        for finish, name, ok in zip(ended, names, recorded, strict=True):
+            if ok:
+                self.reporter.ended(finish, name)
         return assignments
 
     def _check_generation(self, generation: str) -> None:
@@ -192,49 +195,11 @@ class Dispatcher:
             _telemetry.record_store_reset()
         self._generation = generation
 
-    def _report(self, choices: Sequence[Choice], results: Sequence[ClaimResult]) -> TickReport:
-        """Log, count and announce what the claim did besides handing out runs."""
-        claimed = missed = skipped = parked = 0
-        for choice, result in zip(choices, results, strict=True):
-            decision, descriptor = choice.decision, choice.descriptor
-            if result.status is ClaimStatus.PARKED:
-                parked += 1
-                self._parked(decision, choice.job_name)
-            if descriptor is None or result.status in (ClaimStatus.RACED, ClaimStatus.GONE):
-                continue
-            claimed += result.status is ClaimStatus.CLAIMED
-            if decision.missed:
-                missed += decision.missed
-                logger.warning(
-                    "task %r: %d occurrence(s) missed (later than misfire_grace_time), "
-                    "the first due at %s",
-                    decision.task_id,
-                    decision.missed,
-                    decision.expected_due_at.isoformat(),
-                )
-                self._count(
-                    EventKind.MISSED, Outcome.MISSED, decision, descriptor.name, decision.missed
-                )
-            if result.status is ClaimStatus.SKIPPED:
-                skipped += 1
-                self._count(EventKind.SKIPPED, Outcome.SKIPPED, decision, descriptor.name, 1)
-        return TickReport(claimed=claimed, missed=missed, skipped=skipped, parked=parked)
-
-    def _parked(self, decision: Decision, job_name: str) -> None:
-        logger.error("task %r parked: %s", decision.task_id, decision.park_reason)
-        _telemetry.record_outcome(job_name or "unknown", Outcome.PARKED)
-        at, due, why = self.clock.now(), decision.expected_due_at, decision.park_reason
-        self.hub.emit(TaskEvent(EventKind.PARKED, decision.task_id, job_name, at, due, error=why))
-
-    def _count(self, kind: EventKind, outcome: Outcome, d: Decision, job: str, n: int) -> None:
-        _telemetry.record_outcome(job, outcome, count=n)
-        at, due = self.clock.now(), d.expected_due_at
-        self.hub.emit(TaskEvent(kind, d.task_id, job, at, due, count=n))
-
     async def run(self, stopping: asyncio.Event) -> None:
         """Tick until ``stopping`` is set, sleeping until the next due time in between.
 
-        Store failures are logged and retried with backoff; they never end the loop.
+        Store failures are logged and retried with backoff; only refused credentials (with
+        ``on_refused`` set) end the loop.
         """
         watch = asyncio.ensure_future(stopping.wait())  # one waiter for the loop's life
         watch.add_done_callback(lambda _: self.wake())
@@ -254,9 +219,10 @@ class Dispatcher:
                 # Full sink: a run ending wakes us. Otherwise: sleep until the next due time.
                 delay = self.poll_interval.total_seconds() if report.full else self._delay()
             except (StoreError, OSError, ConnectionError) as exc:
-                logger.warning(
-                    "dispatcher: store unavailable (%s); retrying in %.1f s", exc, backoff
-                )
+                if isinstance(exc, StoreAccessError) and self.on_refused is not None:
+                    self.on_refused(str(exc))  # not transient: retrying cannot help
+                    return
+                logger.warning("dispatcher: store failed (%s); retrying in %.1f s", exc, backoff)
                 delay, backoff = backoff, min(backoff * 2, 5.0)
             except Exception:
                 # Whatever the store holds (even data tampered with), dispatching goes on.

@@ -69,6 +69,7 @@ class Executor:
         lease: how long a run's lease lasts from each renewal.
         max_concurrency: runs executing at once.
         finish_window: outcomes recorded within this window share one store call.
+        worker: this worker's id, in history rows and log lines.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Executor:
         lease: timedelta = timedelta(seconds=6),
         max_concurrency: int = 10,
         finish_window: timedelta = timedelta(0),
+        worker: str = "",
     ) -> None:
         self.store = store
         self.registry = registry
@@ -90,8 +92,9 @@ class Executor:
         self.provider = provider
         self.lease = lease
         self.max_concurrency = max_concurrency
+        self.worker = worker
         self.on_slot_free: Callable[[], None] | None = None
-        self._reporter = RunReporter(registry=registry, clock=clock, hub=hub)
+        self._reporter = RunReporter(registry=registry, clock=clock, hub=hub, worker=worker)
         self._active: dict[int, tuple[Run, asyncio.Task[Any]]] = {}  # leases to renew
         self._revoked: set[int] = set()  # fences of runs stopped because their task went
         self._busy: set[int] = set()  # fences of runs whose job has not ended
@@ -134,7 +137,7 @@ class Executor:
         self._active[run.fence] = (run, task)
         try:
             early = -lateness(assignment.descriptor, run.occurrence_at, self.clock.now())
-            if early > _NO_TIME:  # claimed within the lookahead (no loop turn otherwise)
+            if not run.extra and early > _NO_TIME:  # claimed early: start at its time
                 await self.clock.sleep(early.total_seconds())
             await self._run(assignment)
         except asyncio.CancelledError:
@@ -151,7 +154,7 @@ class Executor:
         started_at = self.clock.now()
         late = lateness(descriptor, run.occurrence_at, started_at)
         _telemetry.record_lag(descriptor.name, late)
-        if misfired(descriptor, run.occurrence_at, started_at):
+        if not run.extra and misfired(descriptor, run.occurrence_at, started_at):
             await self._finish(assignment, _Result(Outcome.MISSED, attempt=run.attempt), None)
             return
         result = await self._attempts(assignment)
@@ -226,28 +229,26 @@ class Executor:
         # The job is done: its slot is free, and the heartbeat stops renewing its lease.
         self._active.pop(run.fence, None)
         self._free_slot(run)
-        duration = None if started_at is None else self.clock.now() - started_at
         stopped = result.outcome is Outcome.STOPPED
-        error = None if stopped else summary(result.error)
-        finish = Finish(run, result.outcome, error, end_task=stopped, started_at=started_at)
-        if not await self._finishes.submit(finish):  # a late outcome: no event, no count
-            logger.info(
-                "outcome of task %r (fence %d) not recorded: the task was cancelled or its "
-                "run re-issued meanwhile",
-                run.task_id,
-                run.fence,
-            )
+        outcome, error_raised = result.outcome, result.error
+        row = self._reporter.row(run, descriptor, outcome, error_raised, started_at, result.attempt)
+        error = None if stopped else row.error_message or summary(error_raised)
+        finish = Finish(run, outcome, error, stopped, started_at, row)
+        if await self._finishes.submit(finish):  # else a late outcome: no event, no count
+            self._reporter.outcome(run, descriptor, row, error_raised)
             return
-        attempt, failed = result.attempt, error is not None
-        self._reporter.outcome(
-            run, descriptor, result.outcome, result.error, attempt, duration, failed=failed
+        logger.info(
+            "outcome of task %r (fence %d) not recorded: the task was cancelled or "
+            "its run re-issued meanwhile",
+            run.task_id,
+            run.fence,
         )
 
     async def _give_back(self, assignment: Assignment) -> None:
         """This worker is stopping mid-run: let another worker re-run the occurrence now
         rather than after the lease."""
         run = assignment.run
-        await self.store.extend([run], lease_until=self.clock.now())
+        await self.store.extend([run], lease_until=self.clock.now(), release=True)
         logger.warning("run of task %r interrupted; released for a re-run", run.task_id)
         self._reporter.emit(EventKind.INTERRUPTED, run, assignment.descriptor.name)
 

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 
 from cml_jobs._execution import Executor
+from cml_jobs._workers import Presence
 from cml_jobs.stores._base import Run, ScheduleStore
 
 __all__ = ["Heartbeat", "StoreOpener"]
@@ -36,12 +37,19 @@ class Heartbeat:
         period: the time between renewals (a third of the lease).
         open_store: opens the thread's own connection to the store; None (a store in
             this process's memory) renews through the executor's store, on its loop.
+        presence: the worker's registration, refreshed on every beat.
     """
 
     def __init__(
-        self, executor: Executor, *, period: timedelta, open_store: StoreOpener | None = None
+        self,
+        executor: Executor,
+        *,
+        period: timedelta,
+        open_store: StoreOpener | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.executor = executor
+        self.presence = presence
         self.period = period.total_seconds()
         self.open_store = open_store
         self._stop = threading.Event()
@@ -74,10 +82,17 @@ class Heartbeat:
     async def _renew(self, store: ScheduleStore | None) -> None:
         if store is not None:
             await self.executor.renew(store, on_revoked=self._revoke)
+            if self.presence is not None:
+                await self.presence.beat(store)
             return
         assert self._loop is not None
-        beat = self.executor.renew(self.executor.store)
+        beat = self._beat_on_loop(self.executor.store)
         asyncio.run_coroutine_threadsafe(beat, self._loop).result(timeout=self.period)
+
+    async def _beat_on_loop(self, store: ScheduleStore) -> None:
+        await self.executor.renew(store)
+        if self.presence is not None:
+            await self.presence.beat(store)
 
     def _revoke(self, run: Run) -> None:
         assert self._loop is not None

@@ -9,13 +9,18 @@ __all__ = ["Outcome"]
 
 
 class Outcome(str, enum.Enum):
-    """How an occurrence ended."""
+    """How an occurrence ended.
+
+    ``coalesced`` appears only in run history: occurrences folded into one catch-up run
+    (``coalesce=True``), which metrics and counts report as ``missed``.
+    """
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     MISSED = "missed"
     SKIPPED = "skipped"
+    COALESCED = "coalesced"
     STOPPED = "stopped"
     CANCELLED = "cancelled"
     PARKED = "parked"

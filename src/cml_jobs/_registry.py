@@ -6,11 +6,15 @@ import functools
 import importlib
 import inspect
 import pkgutil
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
+
 from cml_jobs._descriptors import ScheduledTaskDescriptor, TaskDescriptor
+from cml_jobs._imports import import_module
 from cml_jobs._jobs import BackgroundJob, RecurrentBackgroundJob, ScheduledBackgroundJob, TaskType
 from cml_jobs.exceptions import (
     ConfigurationError,
@@ -105,7 +109,12 @@ class JobRegistry:
         self._jobs[name] = cls
 
     def scan(self, modules: Iterable[str | ModuleType]) -> None:
-        """Import modules (packages recursively) and register every ``@backgroundjob``."""
+        """Import modules (packages recursively) and register every ``@backgroundjob``.
+
+        Raises:
+            ModuleNotFoundError: a listed module cannot be found (the message says where
+                Python looked).
+        """
         for module in modules:
             for found in _walk(module):
                 for cls in _marked_classes(found):
@@ -133,7 +142,8 @@ class JobRegistry:
         Raises:
             UnknownJobError: the job name is not registered.
             InvalidDescriptorError: the descriptor kind does not fit the job type.
-            InvalidTaskDataError: ``data`` is missing an argument or has an unexpected one.
+            InvalidTaskDataError: ``data`` is missing an argument, has an unexpected one,
+                or has a value of the wrong type.
         """
         cls = self.get(descriptor.name)
         _check_kind(cls, descriptor)
@@ -142,23 +152,26 @@ class JobRegistry:
 
 
 def check_data(cls: type[BackgroundJob], data: Mapping[str, Any]) -> None:
-    """Raise ``InvalidTaskDataError`` when ``cls(**data)`` would not bind."""
+    """Raise ``InvalidTaskDataError`` when ``cls(**data)`` would not bind, or when a value
+    does not have the type its constructor argument is annotated with.
+
+    Values are checked strictly (``"5"`` is not an ``int``), because the job receives
+    them as they are: JSON values, unconverted.
+    """
+    params = _params(cls)
     if cls.__init__ is object.__init__:
-        params: list[inspect.Parameter] = []
         problem = None if not data else f"unexpected {sorted(data)!r}"
     else:
-        signature = _signature(cls.__init__)
-        params = [p for p in list(signature.parameters.values())[1:] if p.kind not in _VARIADIC]
         try:
-            signature.bind(None, **data)
-            problem = None
+            _signature(cls.__init__).bind(None, **data)
+            problem = _type_problems(cls, data)
         except TypeError as exc:
             problem = str(exc)
     if problem is not None:
         expected = ", ".join(p.name for p in params) or "no arguments"
         raise InvalidTaskDataError(
-            f"data {dict(data)!r} does not fit {cls.__name__}({expected}): {problem}; "
-            "data holds exactly the job's constructor arguments"
+            f"data {dict(data)!r:.200} does not fit {cls.__name__}({expected}): {problem}; "
+            "data holds exactly the job's constructor arguments, as JSON values"
         )
 
 
@@ -169,6 +182,51 @@ _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 def _signature(init: Any) -> inspect.Signature:
     """A constructor's signature, computed once: every claim checks data against it."""
     return inspect.signature(init)
+
+
+def _params(cls: type[BackgroundJob]) -> list[inspect.Parameter]:
+    return [] if cls.__init__ is object.__init__ else _init_params(cls.__init__)
+
+
+def _init_params(init: Any) -> list[inspect.Parameter]:
+    parameters = list(_signature(init).parameters.values())[1:]
+    return [p for p in parameters if p.kind not in _VARIADIC]
+
+
+def _type_problems(cls: type[BackgroundJob], data: Mapping[str, Any]) -> str | None:
+    problems = []
+    for name, value in data.items():
+        adapter = _adapters(cls.__init__).get(name)
+        if adapter is None:
+            continue
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in (name, *error["loc"]))
+            problems.append(f"{where}: {error['msg']} (got {error['input']!r:.80})")
+    return "; ".join(problems) or None
+
+
+@functools.lru_cache(maxsize=1024)
+def _adapters(init: Any) -> dict[str, TypeAdapter[Any]]:
+    """A validator per annotated constructor argument, built once per job class.
+
+    An annotation that cannot be resolved or that pydantic cannot check (a name imported
+    only under TYPE_CHECKING, an arbitrary class) leaves its argument checked by name only.
+    """
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # NameError, TypeError: an annotation that does not evaluate here
+        return {}
+    adapters: dict[str, TypeAdapter[Any]] = {}
+    for param in _init_params(init):
+        if param.name in hints:
+            try:
+                adapters[param.name] = TypeAdapter(hints[param.name])
+            except PydanticUserError:  # includes PydanticSchemaGenerationError
+                continue
+    return adapters
 
 
 def _check_kind(cls: type[BackgroundJob], descriptor: TaskDescriptor) -> None:
@@ -186,7 +244,11 @@ def _check_kind(cls: type[BackgroundJob], descriptor: TaskDescriptor) -> None:
 
 
 def _walk(module: str | ModuleType) -> Iterable[ModuleType]:
-    root = importlib.import_module(module) if isinstance(module, str) else module
+    root = (
+        import_module(module, "listed in modules=[...] or CML_JOBS_MODULES")
+        if isinstance(module, str)
+        else module
+    )
     yield root
     if hasattr(root, "__path__"):
         for info in pkgutil.walk_packages(root.__path__, prefix=root.__name__ + "."):

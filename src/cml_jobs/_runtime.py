@@ -28,7 +28,8 @@ from cml_jobs._execution import Executor
 from cml_jobs._heartbeat import Heartbeat, StoreOpener
 from cml_jobs._registry import JobRegistry
 from cml_jobs._timing import Clock
-from cml_jobs.stores._base import ScheduleStore
+from cml_jobs._workers import Presence, worker_id
+from cml_jobs.stores._base import ScheduleStore, WakeupSource
 
 __all__ = ["Engine", "Runtime", "new_dispatcher", "open_runtime"]
 
@@ -86,6 +87,7 @@ async def open_runtime(
         lease=settings.lease,
         max_concurrency=settings.max_jobs,
         finish_window=FINISH_WINDOW,
+        worker=worker_id(),
     )
     # A task cancelled in this process stops its runs here at once.
     unsubscribe = hub.subscribe(executor.on_event)
@@ -123,13 +125,21 @@ class Engine:
         self.executor = runtime.executor
         self.dispatcher = new_dispatcher(runtime, queue or self.executor, lookahead=LOOKAHEAD)
         self.executor.on_slot_free = self.dispatcher.slot_freed
-        self.heartbeat = Heartbeat(self.executor, period=settings.lease / 3, open_store=open_store)
+        self.presence = Presence(self.executor, runtime.clock.now())
+        self.heartbeat = Heartbeat(
+            self.executor, period=settings.lease / 3, open_store=open_store, presence=self.presence
+        )
         #: How long ``stop`` lets running jobs finish; ``BackgroundTaskScheduler.stop`` sets it.
         self.drain_timeout = settings.drain_timeout
         self._stopping = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._wakeups = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Engine:
+        await self.presence.beat(self.runtime.store)  # listed from the start
+        store = self.runtime.store
+        if isinstance(store, WakeupSource):  # tasks scheduled elsewhere wake us at once
+            await self._wakeups.enter_async_context(store.wakeups(self.dispatcher.wake))
         self._loop = asyncio.create_task(
             self.dispatcher.run(self._stopping), name="cml-jobs-dispatcher"
         )
@@ -146,12 +156,15 @@ class Engine:
 
     async def stop(self) -> None:
         """Claim no more runs, let the runs going on finish (up to ``drain_timeout``; the
-        rest are given back for a re-run elsewhere), then stop the heartbeat."""
+        rest are given back for a re-run elsewhere), then stop the heartbeat and leave
+        the worker registry."""
         self._stopping.set()
+        await self._wakeups.aclose()
         if self._loop is not None:
             await _ended(self._loop)
         await self.executor.drain(self.drain_timeout)
         self.heartbeat.stop()
+        await self.presence.leave(self.runtime.store)
 
 
 def new_dispatcher(runtime: Runtime, sink: RunSink, *, lookahead: timedelta) -> Dispatcher:
@@ -169,6 +182,7 @@ def new_dispatcher(runtime: Runtime, sink: RunSink, *, lookahead: timedelta) -> 
         poll_interval=settings.poll_interval,
         lookahead=lookahead,
         unknown_job_grace=settings.unknown_job_grace,
+        worker=runtime.executor.worker,
     )
 
 

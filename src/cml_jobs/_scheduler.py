@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
@@ -12,17 +11,54 @@ from typing import Any
 
 from cml_jobs._bus import BackgroundTasksBus, TaskInfo
 from cml_jobs._config import Settings
-from cml_jobs._connect import open_store
+from cml_jobs._connect import open_store, store_opener
 from cml_jobs._events import EventCallback, EventHub, TaskEvent
 from cml_jobs._heartbeat import StoreOpener
 from cml_jobs._runtime import Engine, Runtime, open_runtime
 from cml_jobs._timing import Clock, SystemClock
 from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
 from cml_jobs.stores._base import ScheduleStore
+from cml_jobs.stores._ops import RunRecord, WorkerInfo
 
 __all__ = ["BackgroundTaskScheduler"]
 
 logger = logging.getLogger("cml_jobs")
+
+
+_SEED_REDIS = ("redis_host", "redis_port", "redis_db")
+_SEED_MONGO = ("mongo_uri", "mongo_db", "mongo_collection")
+
+
+def _store_url(redis_url: str | None, settings: dict[str, Any]) -> str:
+    """The store URL, from ``redis_url`` or from the seed's store settings, which are
+    taken out of ``settings``."""
+    mongo = sorted(set(settings) & set(_SEED_MONGO))
+    if mongo:
+        raise ConfigurationError(
+            f"cml-jobs has no MongoDB store: {mongo!r} cannot be used; keep tasks in Redis "
+            'with redis_url="redis://host:6379/1", in PostgreSQL with '
+            'store_url="postgresql://host:5432/db", or in this process with "memory://"'
+        )
+    seed = {name: settings.pop(name) for name in _SEED_REDIS if name in settings}
+    if not seed:
+        return redis_url or "memory://"
+    host, port, db = (
+        seed.get("redis_host", "localhost"),
+        seed.get("redis_port", 6379),
+        seed.get("redis_db", 0),
+    )
+    if not (isinstance(host, str) and type(port) is int and type(db) is int):
+        raise ConfigurationError(
+            f"redis_host={host!r}, redis_port={port!r}, redis_db={db!r}: expected a host name "
+            'and two whole numbers; or give redis_url="redis://host:6379/1" instead'
+        )
+    url = f"redis://{host}:{port}/{db}"
+    if redis_url is not None:
+        raise ConfigurationError(
+            f"redis_url={redis_url!r} and {sorted(seed)!r} both say where the store is; "
+            f"give only redis_url (the others amount to redis_url={url!r})"
+        )
+    return url
 
 
 class BackgroundTaskScheduler:
@@ -53,10 +89,10 @@ class BackgroundTaskScheduler:
     @classmethod
     def configure(
         cls,
-        *,
         container: Any = None,
+        *,
         modules: Iterable[str] = (),
-        redis_url: str = "memory://",
+        redis_url: str | None = None,
         store: ScheduleStore | None = None,
         clock: Clock | None = None,
         run_worker: bool | None = None,
@@ -65,24 +101,30 @@ class BackgroundTaskScheduler:
         """Configure a scheduler; nothing connects until ``start``.
 
         Args:
-            container: a dependency-injector container; jobs get it in ``configure``.
+            container: a dependency-injector container; jobs get it in ``configure``. It
+                may be given by position, as in ``configure(container, modules=[...])``.
             modules: modules (packages recursively) scanned for ``@backgroundjob`` classes.
             redis_url: ``"memory://"`` (the default: everything in this process, nothing
                 kept) or a Redis URL shared with the workers.
-            store: a ``ScheduleStore`` to use instead of the one ``redis_url`` implies.
+            store: a ``ScheduleStore`` to use instead of the one the URLs imply.
             clock: the time source; tests pass ``cml_jobs.testing.ManualClock``.
             run_worker: run a worker (dispatcher and executor) inside this process. The
-                default is True for ``memory://`` and False for Redis, where workers run
-                as ``arq cml_jobs.WorkerSettings``.
-            **settings: any other ``Settings`` field (``lease``, ``poll_interval``,
-                ``max_jobs``, ``key_prefix``, ``queue_name``, ``drain_timeout``...).
+                default is True for ``memory://`` and False for a shared store, whose
+                workers run as ``arq cml_jobs.WorkerSettings``.
+            **settings: any other ``Settings`` field (``store_url`` to keep tasks in
+                PostgreSQL, ``lease``, ``poll_interval``, ``max_jobs``, ``key_prefix``,
+                ``queue_name``, ``drain_timeout``...). The seed's ``redis_host``,
+                ``redis_port`` and ``redis_db`` are accepted too, and become
+                ``redis_url="redis://{redis_host}:{redis_port}/{redis_db}"``.
 
         Raises:
-            ConfigurationError: an unknown setting.
+            ConfigurationError: an unknown setting, ``redis_url`` given beside
+                ``redis_host``/``redis_port``/``redis_db``, or a MongoDB setting.
         """
-        config = Settings(
-            redis_url=redis_url, modules=tuple(modules), container=container
-        ).with_changes(**settings)
+        url = _store_url(redis_url, settings)
+        config = Settings(redis_url=url, modules=tuple(modules), container=container).with_changes(
+            **settings
+        )
         return cls(config, store=store, clock=clock, run_worker=run_worker)
 
     @property
@@ -109,7 +151,7 @@ class BackgroundTaskScheduler:
         with ``run_worker``, start dispatching and executing.
 
         Raises:
-            StoreUnavailableError: Redis cannot be reached.
+            StoreUnavailableError: the store's server cannot be reached.
         """
         try:
             store, client = await self._exit.enter_async_context(
@@ -138,17 +180,16 @@ class BackgroundTaskScheduler:
             hub=self.hub,
             on_scheduled=self._engine.dispatcher.wake if self._engine else None,
         )
-        await self._log_recovered()
+        if self._engine is not None:
+            # Only a process that runs tasks resumes them; reading every task costs a
+            # listing (0.5 s at 10,000 tasks) that a `cml-jobs` command or a dashboard
+            # would pay on every start for a log line.
+            await self._log_recovered()
 
     def _heartbeat_store(self) -> StoreOpener | None:
-        """The heartbeat thread's own connection to the Redis store; None for a store in
+        """The heartbeat thread's own connection to the shared store; None for a store in
         memory or one given to ``configure``, renewed on this loop."""
-        if self.settings.embedded or self._given_store is not None:
-            return None
-        from cml_jobs.stores.redis import open_redis_store
-
-        url, prefix = self.settings.redis_url, self.settings.key_prefix
-        return functools.partial(open_redis_store, url, prefix=prefix, patient=True)
+        return None if self._given_store is not None else store_opener(self.settings)
 
     async def _log_recovered(self) -> None:
         try:
@@ -182,6 +223,14 @@ class BackgroundTaskScheduler:
     async def list_tasks(self) -> list[TaskInfo]:
         """Every task, with its next and last run times (see ``TaskInfo``)."""
         return await self.bus.list_tasks()
+
+    async def get_history(self, task_id: str, limit: int = 100) -> list[RunRecord]:
+        """The task's latest runs, newest first (see ``BackgroundTasksBus.get_history``)."""
+        return await self.bus.get_history(task_id, limit)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The workers alive now (see ``BackgroundTasksBus.list_workers``)."""
+        return await self.bus.list_workers()
 
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for each lifecycle event in this process.

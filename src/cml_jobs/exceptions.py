@@ -11,12 +11,14 @@ Our exception hierarchy::
     │   │   ├── InvalidTaskDataError . data that does not fit the job's constructor, or is not JSON
     │   │   └── PayloadTooLargeError . a descriptor above the size limit
     │   ├── TaskExistsError .......... a task with that id exists and replace=False
+    │   ├── TaskParkedError .......... the task is parked: unpark it before running it
     │   ├── TasksRefusedError ........ (also ValueError) schedule_tasks refused some descriptors
     │   └── ServiceNotFoundError ..... (also LookupError) get_required_service found no provider,
     │                                  or several
     ├── TaskNotFoundError ............ (also LookupError) no task with that id
     └── StoreError ................... the world failed
-        └── StoreUnavailableError .... the store (Redis) cannot be reached
+        ├── StoreUnavailableError .... the store (Redis) cannot be reached
+        └── StoreAccessError ......... the store refused the credentials or the permissions
 
 Every message names the bad value and says what to do about it.
 """
@@ -37,10 +39,12 @@ __all__ = [
     "InvalidTriggerError",
     "PayloadTooLargeError",
     "ServiceNotFoundError",
+    "StoreAccessError",
     "StoreError",
     "StoreUnavailableError",
     "TaskExistsError",
     "TaskNotFoundError",
+    "TaskParkedError",
     "TasksRefusedError",
     "UnknownJobError",
 ]
@@ -82,6 +86,10 @@ class TaskExistsError(ConfigurationError):
     """A task with this id is already scheduled and ``replace=True`` was not given."""
 
 
+class TaskParkedError(ConfigurationError):
+    """The task is parked (its descriptor could not run); ``unpark_task`` it first."""
+
+
 class TasksRefusedError(ConfigurationError, ValueError):
     """``schedule_tasks`` refused some descriptors; the batches that held them wrote nothing.
 
@@ -109,3 +117,8 @@ class StoreError(CmlJobsError):
 
 class StoreUnavailableError(StoreError):
     """The schedule store cannot be reached."""
+
+
+class StoreAccessError(StoreError):
+    """The store refused the credentials (a wrong password) or the permissions (an ACL
+    user without a command or a key) it was given; retrying cannot help."""

@@ -186,6 +186,7 @@ async def test_a_rolling_deploy_runs_a_new_job_once_on_the_worker_that_knows_it(
         tasks = {t.id: t for t in await app.list_tasks()}
         await app.bus.cancel_task("new-every")
     [old_pid], [new_pid] = [p.pid for p in old.processes], [p.pid for p in new.processes]
+    old_log = old.stderr(old.processes[0])
     assert old.stop() + new.stop() == [0, 0]
 
     records = await new.records(redis_client)
@@ -201,7 +202,16 @@ async def test_a_rolling_deploy_runs_a_new_job_once_on_the_worker_that_knows_it(
     assert set(pids) == {new_pid}, "a run happened on the worker without the job"
     assert by_task[("new-once", to_ms(once.next_run_time))] == 1  # type: ignore[arg-type]
     assert set(by_task.values()) == {1}
-    assert "new-once" not in tasks, "the one-time task did not end"
+    ended = tasks["new-once"]  # listed, ended, until its retention
+    assert ended.ended_at is not None, "the one-time task did not end"
+    assert ended.last_outcome is Outcome.SUCCEEDED
     assert every.parked_reason is None
     assert Outcome.FAILED.value not in every.counts and Outcome.PARKED.value not in every.counts
     assert every.counts.get(Outcome.SUCCEEDED.value, 0) >= 1, every.counts
+    # The old worker says once per task that it leaves it to another, not once a second.
+    about = Counter(
+        t for line in old_log.splitlines() for t in ("new-once", "new-every") if t in line
+    )
+    print(f"old worker's lines about the tasks: {dict(about)}")
+    assert set(about.values()) <= {1}, old_log[-3000:]
+    assert "lost" not in old_log and "ERROR" not in old_log, old_log[-3000:]

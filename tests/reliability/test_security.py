@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,9 +34,10 @@ from cml_jobs import (
     ScheduledTaskDescriptor,
     worker_settings,
 )
+from cml_jobs._config import Settings
 from cml_jobs._timing import to_ms
-from cml_jobs.exceptions import ConfigurationError, StoreUnavailableError
-from cml_jobs.stores.redis import RedisScheduleStore, tls_options
+from cml_jobs.exceptions import ConfigurationError, StoreAccessError, StoreUnavailableError
+from cml_jobs.stores.redis import RedisScheduleStore, redis_client, tls_options
 from cml_jobs.worker._arq import redis_settings
 from tests.reliability.conftest import (
     INTERVAL_MS,
@@ -61,6 +65,7 @@ MINIMAL_ACL = (
     "+get +set +psetex +del +exists +expire +incr +incrby "
     "+hget +hgetall +hmget +hset +hdel +hexists +hincrby +hkeys +type "
     "+zadd +zrem +zrange +zrangebyscore +zscore +zcard "
+    "+lpush +ltrim +lrange +pexpire +persist "
     "+scan +xadd +watch +unwatch +multi +exec +discard "
     "~cml:* ~cml_jobs:* ~arq:job:cml:* ~arq:in-progress:cml:* ~arq:retry:cml:* "
     "~arq:result:cml:* ~arq:abort"
@@ -256,34 +261,96 @@ async def test_store_unavailable_error_shows_no_password() -> None:
     assert f"127.0.0.1:{port}/0" in message and SECRET not in message
 
 
+#: What Redis may refuse a worker, and the ACL rules that make it refuse: a wrong password,
+#: keys outside the user's patterns, a command missing from its rules (met at start-up: the
+#: poll script, the worker registry; or only once a task is due: the claim).
+REFUSALS: dict[str, tuple[str, str, str]] = {  # case -> (rules, password given, command)
+    "wrong password": (MINIMAL_ACL, "n0t-The-Pa55", "AUTH"),
+    "no key access": (MINIMAL_ACL.replace("~cml:*", "~other:*"), SECRET, "EVALSHA (poll)"),
+    "no evalsha": (MINIMAL_ACL.replace("+evalsha", ""), SECRET, "EVALSHA (poll)"),
+    "no hset": (MINIMAL_ACL.replace("+hset ", ""), SECRET, "HSET (the worker registry)"),
+    "no zadd": (MINIMAL_ACL.replace("+zadd ", ""), SECRET, "EVALSHA (claim)"),
+}
+
+
 @needs_redis_server
-async def test_wrong_password_is_reported_without_the_password(
-    server_factory: Any, client_factory: Any
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+async def test_a_worker_that_redis_refuses_exits_at_once_naming_user_and_command(
+    server_factory: Any, client_factory: Any, case: str
 ) -> None:
-    """A worker and an app given a wrong password say so, and never print it."""
+    """Refusals are not transient: the worker exits non-zero within 10 s of its start, with
+    a message naming the user and the refused command, and no retry loop; an app is told
+    the same with StoreAccessError. The password shows in no output."""
+    rules, password, command = REFUSALS[case]
     server: RedisServer = server_factory()
     await server.start()
     admin = client_factory(server.url)
-    await _acl_user(admin, MINIMAL_ACL)
-    wrong = "n0t-The-Pa55"
-    workers = _fleet(_url(server.port, password=wrong), server.url)
-    workers.start()
+    await _acl_user(admin, rules)
+    if case == "no zadd":  # a task due at once: the claim is what the user may not do
+        await _schedule_as_admin(server.url)
+    workers = _fleet(_url(server.port, password=password), server.url)
+    [process] = workers.start()
+    started = time.monotonic()
     try:
-        with pytest.raises(StoreUnavailableError) as raised:
-            async with _app(_url(server.port, password=wrong)):
-                pass  # pragma: no cover - connecting fails
-        assert wrong not in str(raised.value)
-        assert "127.0.0.1" in str(raised.value)
-
-        async def refused() -> str | None:
-            stderr = workers.stderr(workers.processes[0])
-            said = "AuthenticationError" in stderr or "invalid username-password" in stderr
-            return stderr if said else None
-
-        stderr = await workers.until(refused, "the worker logged that it was refused")
+        code = await asyncio.to_thread(process.wait, 30)
+        took = time.monotonic() - started
+        stderr = workers.stderr(process)
     finally:
         workers.stop(timeout=20)
-    assert wrong not in stderr
+    with pytest.raises(StoreAccessError) as raised:
+        async with _app(_url(server.port, password=password)) as app:
+            await app.bus.schedule_task(
+                RecurrentTaskDescriptor(id="x", name="RecordingJob", interval=1)
+            )
+    print(f"{case}: exit {code} after {took:.1f} s; last line: {stderr.splitlines()[-1][:160]}")
+    assert code not in (0, None) and took < 10, (code, took, stderr[-2000:])
+    refused = [line for line in stderr.splitlines() if "CRITICAL" in line]
+    assert len(refused) == 1, stderr[-3000:]
+    assert f"user {USER!r}" in refused[0] and command in refused[0], refused[0]
+    assert "retries remaining" not in stderr and "retrying in" not in stderr, stderr[-2000:]
+    assert f"user {USER!r}" in str(raised.value)
+    assert password not in stderr and password not in str(raised.value)
+
+
+async def _schedule_as_admin(url: str) -> None:
+    async with _app(url) as app:
+        await app.bus.schedule_task(
+            RecurrentTaskDescriptor(id="due", name="RecordingJob", interval=1)
+        )
+
+
+@pytest.mark.parametrize("query", ["password=hunter2", "username=cml&password=hunter2"])
+def test_credentials_in_the_url_query_are_refused_everywhere_without_showing_them(
+    query: str,
+) -> None:
+    """``?password=`` would be read by the app's redis-py and ignored by arq: it is refused,
+    by the settings, the worker's settings, every connection and cml-jobs check, with a
+    message that shows no password."""
+    url = f"redis://127.0.0.1:6379/0?{query}"
+    attempts = {
+        "Settings": lambda: Settings(redis_url=url),
+        "worker_settings": lambda: worker_settings(redis_url=url),
+        "redis_settings": lambda: redis_settings(url),
+        "redis_client": lambda: redis_client(url, patient=False),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(ConfigurationError, match="query") as raised:
+            attempt()
+        assert "hunter2" not in str(raised.value), name
+    check = subprocess.run(
+        [str(Path(sys.executable).with_name("cml-jobs")), "check", "--redis-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 1 and "query" in check.stderr, check.stdout + check.stderr
+    assert "hunter2" not in check.stdout + check.stderr
+
+
+def test_a_password_with_an_unencoded_at_sign_never_shows() -> None:
+    """``redis://user:p@ss@host``: no part of the password shows in the settings' repr."""
+    shown = repr(Settings(redis_url="redis://cml:tail-p@ss-word@h:6379/0"))
+    assert "tail" not in shown and "ss-word" not in shown and "cml:***@h:6379/0" in shown
 
 
 @needs_redis_server

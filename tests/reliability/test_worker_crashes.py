@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from cml_jobs import Outcome, RecurrentTaskDescriptor, TaskInfo
+from cml_jobs import Outcome, RecurrentTaskDescriptor, ScheduledTaskDescriptor, TaskInfo
 from cml_jobs._timing import to_ms
 from cml_jobs.stores._base import Decision
 from cml_jobs.stores.redis import RedisScheduleStore
@@ -192,7 +192,8 @@ async def test_sigterm_lets_short_runs_finish_and_releases_long_ones_for_a_rerun
 ) -> None:
     """SIGTERM, with a 4 s drain, to a worker running a 2 s and a 10 s job: the short run
     finishes there during the drain and the worker exits 0; the long one is released and
-    re-run by the other worker as attempt 2 at once, not after its lease (60 s here)."""
+    re-run by the other worker at once, not after its lease (60 s here), as the same
+    attempt (1): a release is not a lost worker."""
     lease = {"CML_JOBS_LEASE": str(TERM_LEASE_S)}
     old: WorkerFleet = workers_factory(
         redis_url, key_prefix, settings={**lease, "CML_JOBS_DRAIN_TIMEOUT": str(TERM_DRAIN_S)}
@@ -254,7 +255,57 @@ async def test_sigterm_lets_short_runs_finish_and_releases_long_ones_for_a_rerun
     assert code == 0
     assert short["pid"] == process.pid, "the short run did not finish on its worker"
     assert short["start"] < signalled_at < short["end"], "SIGTERM came outside the short run"
-    assert [(r["pid"], r["attempt"]) for r in by_task["long"]] == [(rerun["pid"], 2)]
+    assert [(r["pid"], r["attempt"]) for r in by_task["long"]] == [(rerun["pid"], 1)]
     assert rerun_after < TERM_LEASE_S / 3, f"re-run {rerun_after:.2f} s after exit: a lease"
     assert states["long"].counts.get(Outcome.SUCCEEDED.value) == 1, states["long"].counts
     assert states["short"].counts.get(Outcome.SUCCEEDED.value) == 1, states["short"].counts
+
+
+#: Rolling restarts: a run that outlasts the drain, a drain short enough to release it.
+ROLLING_RUN_S, ROLLING_DRAIN_S = 3, 0.2
+
+
+async def _started_on(workers: WorkerFleet, client: aioredis.Redis, pid: int) -> bool:
+    return any(start["pid"] == pid for start in await workers.starts(client))
+
+
+async def test_three_rolling_restarts_in_a_row_do_not_use_up_a_runs_attempts(
+    redis_client: aioredis.Redis, redis_url: str, key_prefix: str, workers_factory: Any
+) -> None:
+    """Scenario 16 three times over: three workers in a row get SIGTERM (drain 0.2 s)
+    while they run a one-time task's 3 s run. Each releases the run and exits 0, the next
+    re-runs it as attempt 1 (not after its 60 s lease), and the 4th runs it to completion:
+    a rolling restart is not a lost worker, so three of them do not give the run up."""
+    settings = {"CML_JOBS_LEASE": str(TERM_LEASE_S), "CML_JOBS_DRAIN_TIMEOUT": str(ROLLING_DRAIN_S)}
+    async with app_for(redis_url, key_prefix) as app:
+        await app.bus.schedule_task(
+            ScheduledTaskDescriptor(
+                id="rolling",
+                name="RecordingOnceJob",
+                scheduled_at=app.clock.now() + timedelta(seconds=1),
+                data={"sleep": ROLLING_RUN_S},
+                misfire_grace_time=TERM_LEASE_S,  # each restart makes the re-run later
+            )
+        )
+        stopped = []
+        for _ in range(3):
+            workers: WorkerFleet = workers_factory(redis_url, key_prefix, settings=settings)
+            [process] = workers.start(1)
+            await workers.until(
+                lambda: _started_on(workers, redis_client, process.pid),  # noqa: B023
+                "the run started on this worker",
+            )
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(workers.forget, process, 60) == 0
+            stopped.append(process.pid)
+        last: WorkerFleet = workers_factory(redis_url, key_prefix, settings=settings)
+        last.start(1)
+        [record] = await last.until(
+            lambda: last.records(redis_client), "the run finished on the 4th worker"
+        )
+        task = await app.bus.get_task("rolling")
+    starts = await last.starts(redis_client)
+    assert [start["attempt"] for start in starts] == [1, 1, 1, 1]
+    assert [start["pid"] for start in starts][:3] == stopped
+    assert (record["attempt"], record["pid"] in stopped) == (1, False)
+    assert (task.last_outcome, task.counts) == (Outcome.SUCCEEDED, {"succeeded": 1})

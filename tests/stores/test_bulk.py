@@ -1,9 +1,14 @@
-"""The optional ``BulkScheduleStore`` capability, on every store that has it: many tasks
-added or removed per call, each task treated as ``add`` and ``remove`` treat one."""
+"""The optional ``BulkScheduleStore`` capability, on every store that has it (memory and
+Redis; PostgreSQL has not, and the bus falls back to one call per task: see
+tests/test_bulk_scheduling.py): many tasks added or removed per call, each task treated
+as ``add`` and ``remove`` treat one, run history included."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis.asyncio
 
 from cml_jobs import RecurrentTaskDescriptor
 from cml_jobs._codec import DescriptorCodec
@@ -12,9 +17,16 @@ from cml_jobs.stores import (
     BulkScheduleStore,
     ClaimStatus,
     Decision,
+    Finish,
+    InMemoryScheduleStore,
     NewTask,
+    OperationsStore,
+    Outcome,
+    RunRecord,
     ScheduleStore,
 )
+from cml_jobs.stores.postgres import PostgresScheduleStore
+from cml_jobs.stores.redis import RedisScheduleStore
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
 SEC = timedelta(seconds=1)
@@ -31,9 +43,24 @@ def bulk(store: ScheduleStore) -> BulkScheduleStore:
     return store
 
 
-async def test_every_store_offers_bulk_add_and_remove(store: ScheduleStore) -> None:
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request: pytest.FixtureRequest) -> ScheduleStore:
+    """Each store that offers the capability, empty."""
+    if request.param == "memory":
+        return InMemoryScheduleStore()
+    client: redis.asyncio.Redis = request.getfixturevalue("redis_client")
+    return RedisScheduleStore(client, prefix=request.getfixturevalue("key_prefix"))
+
+
+async def test_memory_and_redis_offer_bulk_add_and_remove(store: ScheduleStore) -> None:
     """Memory and Redis both implement the capability the bus looks for."""
     assert isinstance(store, BulkScheduleStore)
+
+
+def test_postgres_does_not_claim_the_capability() -> None:
+    """The bus writes to PostgreSQL one task per call, rather than calling methods that
+    are not there."""
+    assert not issubclass(PostgresScheduleStore, BulkScheduleStore)
 
 
 async def test_add_many_writes_every_task_due_at_its_time(store: ScheduleStore) -> None:
@@ -94,3 +121,32 @@ async def test_empty_batches_write_nothing(store: ScheduleStore) -> None:
     assert await bulk(store).add_many([], replace=False) == []
     assert await bulk(store).remove_many([]) == []
     assert await store.list() == []
+
+
+async def test_remove_many_forgets_each_task_history(store: ScheduleStore) -> None:
+    """As ``remove`` does, removing a batch deletes the history of each of its tasks."""
+    await bulk(store).add_many([new("a"), new("b")], replace=False)
+    assert isinstance(store, OperationsStore)
+    await store.record([RunRecord(i, T0, Outcome.SUCCEEDED, ended_at=T0) for i in ("a", "b")])
+    assert await bulk(store).remove_many(["a"]) == [0]
+    assert await store.history("a", 10) == []
+    assert len(await store.history("b", 10)) == 1
+
+
+async def test_add_many_takes_the_id_of_a_task_that_ended(store: ScheduleStore) -> None:
+    """A one-time task that ended is kept only to be seen: a batch schedules a new task
+    under its id (even with another descriptor, without replace), keeping its history."""
+    await store.add(new("once"), replace=False)
+    [claimed] = await store.claim([Decision("once", T0, T0, None)], lease_until=T0 + 30 * SEC)
+    assert claimed.run is not None
+    row = RunRecord("once", T0, Outcome.SUCCEEDED, ended_at=T0 + SEC, started_at=T0)
+    finish = Finish(claimed.run, Outcome.SUCCEEDED, None, False, T0, row)
+    assert await store.finish([finish]) == [True]
+    ended = await store.get("once")
+    assert ended is not None and ended.ended_at is not None
+    answers = await bulk(store).add_many([new("once", T0 + 60 * SEC, version=2)], replace=False)
+    assert answers == [AddResult.WRITTEN]
+    state = await store.get("once")
+    assert state is not None and (state.ended_at, state.due_at) == (None, T0 + 60 * SEC)
+    assert isinstance(store, OperationsStore)
+    assert len(await store.history("once", 10)) == 1

@@ -1,10 +1,10 @@
 """The ``ScheduleStore`` contract: one suite that every store must pass.
 
 Each test runs on every store through the ``store`` fixture: the memory store, the Redis
-store, and the Redis store holding descriptors signed by ``DescriptorCodec`` (the store
-must hand them back byte for byte). Time never moves by itself: every ``now`` is a fixed
-aware UTC datetime derived from ``T0``. The Redis-only tests at the end write hostile data
-straight into Redis.
+store, the Redis store holding descriptors signed by ``DescriptorCodec`` (the store must
+hand them back byte for byte), and the PostgreSQL store (a schema of the test's own).
+Time never moves by itself: every ``now`` is a fixed aware UTC datetime derived from
+``T0``. The Redis-only tests at the end write hostile data straight into Redis.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ PLAIN = Tasks(DescriptorCodec())
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("redis-signed", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def flavour(request: pytest.FixtureRequest) -> str:
@@ -93,6 +94,9 @@ def store(flavour: str, request: pytest.FixtureRequest) -> ScheduleStore:
     """An empty store of the flavour (overrides the conftest one: adds "redis-signed")."""
     if flavour == "memory":
         return InMemoryScheduleStore()
+    if flavour == "postgres":
+        found: ScheduleStore = request.getfixturevalue("postgres_store")
+        return found
     client: redis.asyncio.Redis = request.getfixturevalue("redis_client")
     return RedisScheduleStore(client, prefix=request.getfixturevalue("key_prefix"))
 
@@ -950,6 +954,42 @@ async def test_extending_a_lease_into_the_past_gives_the_run_back_at_once(
     assert (again.run.occurrence_at, again.run.attempt) == (T0, 2)
 
 
+async def test_a_run_given_back_with_release_is_re_issued_as_the_same_attempt(
+    store: ScheduleStore, tasks: Tasks
+) -> None:
+    """extend(release=True) by a worker that stops cleanly: the run is re-issued at once
+    and keeps its attempt, however often that happens (a heartbeat renewal in between
+    changes nothing); a lease that simply expires still costs an attempt."""
+    await store.add(tasks.new(), replace=False)
+    run = await claim_run(store, lease_until=T0 + LEASE)
+    for _ in range(3):
+        assert await store.extend([run], lease_until=T0, release=True) == [True]
+        assert await store.extend([run], lease_until=T0) == [True]  # the heartbeat, late
+        [again] = await reclaim(store, T0)
+        assert (again.run.occurrence_at, again.run.attempt, again.run.extra) == (T0, 1, False)
+        assert again.run.fence > run.fence
+        run = again.run
+    [lost] = await reclaim(store, T0 + LEASE)
+    assert lost.run.attempt == 2
+    assert await store.extend([lost.run], lease_until=T0 + LEASE, release=True) == [True]
+    [kept] = await reclaim(store, T0 + LEASE)
+    assert kept.run.attempt == 2
+    state = await store.get("t1")
+    assert state is not None and state.running == 1
+
+
+async def test_releasing_a_stale_fence_changes_nothing(store: ScheduleStore, tasks: Tasks) -> None:
+    """A release through a fence that was re-issued meanwhile is refused and leaves the
+    live run as it was: it still costs an attempt when its own lease expires."""
+    await store.add(tasks.new(), replace=False)
+    old = await claim_run(store, lease_until=T0 + SEC)
+    [again] = await reclaim(store, T0 + SEC, lease_until=T0 + 2 * SEC)
+    assert await store.extend([old], lease_until=T0, release=True) == [False]
+    assert await reclaim(store, T0 + SEC) == []
+    [third] = await reclaim(store, T0 + 2 * SEC)
+    assert (third.run.attempt, again.run.attempt) == (3, 2)
+
+
 async def test_extend_of_no_runs_returns_nothing(store: ScheduleStore) -> None:
     """An empty batch is a no-op."""
     assert await store.extend([], lease_until=T0 + LEASE) == []
@@ -1400,27 +1440,22 @@ async def test_adding_over_a_string_at_a_task_key_writes_the_task(
 
 
 @pytest.mark.redis
-async def test_a_running_field_that_is_not_a_number_does_not_break_a_claim_batch(
+async def test_a_running_field_that_is_not_a_number_parks_its_task_alone(
     redis_client: redis.asyncio.Redis, key_prefix: str
 ) -> None:
-    """A ``running`` field set to "lots" reads as no run under way: the batch claims every
-    task, and the damaged one is written whole (running=1, one run field, one lease),
-    so finishing its run leaves nothing behind."""
+    """A ``running`` field set to "lots" cannot be counted on: that task is parked with a
+    reason naming the field and its value, written whole (no run field, no lease), while
+    the rest of the batch is claimed."""
     store = RedisScheduleStore(redis_client, prefix=key_prefix)
     for task_id in ["a", "b", "c"]:
         await store.add(PLAIN.new(task_id), replace=False)
     await redis_client.hset(f"{key_prefix}task:b", "running", "lots")
     results = await store.claim([decision(t) for t in "abc"], lease_until=T0 + LEASE)
-    assert [r.status for r in results] == [ClaimStatus.CLAIMED] * 3
-    run = results[1].run
-    assert run is not None
-    assert await _runs_of(redis_client, key_prefix, "b") == (
-        {f"r:{run.fence}"},
-        {f"{run.fence:016d}|b"},
-    )
-    state = await store.get("b")
-    assert state is not None and (state.running, state.due_at) == (1, T0 + MINUTE)
-    assert await finish(store, run) is True
+    claimed, parked = ClaimStatus.CLAIMED, ClaimStatus.PARKED
+    assert [r.status for r in results] == [claimed, parked, claimed]
+    assert results[1].reason is not None and "running" in results[1].reason
     assert await _runs_of(redis_client, key_prefix, "b") == (set(), set())
     state = await store.get("b")
-    assert state is not None and (state.running, state.last_outcome) == (0, Outcome.SUCCEEDED)
+    assert state is not None and state.parked_reason == results[1].reason
+    assert "lots" in state.parked_reason and (state.running, state.counts) == (0, {"parked": 1})
+    assert [t.task_id for t in await due(store, T0 + YEAR)] == ["a", "c"]

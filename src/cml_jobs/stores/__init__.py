@@ -1,8 +1,11 @@
 """The persistence layer: the ``ScheduleStore`` Protocol and its implementations.
 
 ``InMemoryScheduleStore`` keeps everything in the process (the embedded default and
-tests); ``RedisScheduleStore`` shares tasks between processes and hosts. A new store
-(MongoDB, say) implements the Protocol and passes ``tests/stores/test_contract.py``.
+tests); ``RedisScheduleStore`` and ``PostgresScheduleStore`` share tasks between
+processes and hosts. A new store (MongoDB, say) implements the Protocol and passes
+``tests/stores/test_contract.py``. Capabilities beyond the contract are Protocols of their
+own: ``OperationsStore`` (run history, the worker registry, extra runs; every store here),
+``WakeupSource`` and ``TransactionalStore`` (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ from cml_jobs.stores._base import (
     Run,
     ScheduleStore,
     TaskState,
+    TransactionalStore,
+    WakeupSource,
 )
 from cml_jobs.stores._bulk import AddResult, BulkScheduleStore
+from cml_jobs.stores._ops import OperationsStore, RunRecord, WorkerInfo
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
 if TYPE_CHECKING:
+    from cml_jobs.stores.postgres import PostgresScheduleStore
     from cml_jobs.stores.redis import RedisScheduleStore
 
 __all__ = [
@@ -41,18 +48,29 @@ __all__ = [
     "Finish",
     "InMemoryScheduleStore",
     "NewTask",
+    "OperationsStore",
     "Outcome",
+    "PostgresScheduleStore",
     "RedisScheduleStore",
     "Run",
+    "RunRecord",
     "ScheduleStore",
     "TaskState",
+    "TransactionalStore",
+    "WakeupSource",
+    "WorkerInfo",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # The Redis store imports redis; keep that import out of the memory-only path.
+    # The Redis and PostgreSQL stores import their drivers; keep those imports out of the
+    # memory-only path.
     if name == "RedisScheduleStore":
         from cml_jobs.stores.redis import RedisScheduleStore
 
         return RedisScheduleStore
+    if name == "PostgresScheduleStore":
+        from cml_jobs.stores.postgres import PostgresScheduleStore
+
+        return PostgresScheduleStore
     raise AttributeError(f"module 'cml_jobs.stores' has no attribute {name!r}")

@@ -10,9 +10,10 @@ applies decisions atomically and is always *given* ``now``.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # The records live in _records; they are re-exported here, where the contract is.
 from cml_jobs.stores._records import (
@@ -42,12 +43,15 @@ __all__ = [
     "Run",
     "ScheduleStore",
     "TaskState",
+    "TransactionalStore",
+    "WakeupSource",
 ]
 
 
 @runtime_checkable
 class ScheduleStore(Protocol):
-    """Where tasks and their runs live. Memory and Redis implement it; so can others.
+    """Where tasks and their runs live. Memory, Redis and PostgreSQL implement it; so can
+    others.
 
     Ten methods in pairs: ``add``/``remove`` a task, ``set_paused`` on and off, ``poll``
     then ``claim`` due occurrences (or ``reclaim_expired`` lost ones), ``extend`` a run's
@@ -107,7 +111,9 @@ class ScheduleStore(Protocol):
         the sleep after it.
 
         Paused and parked tasks, and tasks with no next occurrence, are never due. A task
-        whose stored due time cannot be read is parked with that reason, not returned.
+        whose stored due time cannot be read is parked with that reason, not returned; an
+        id whose stored state is no task at all is dropped from the due tasks and named
+        once in ``unreadable``.
         """
         ...
 
@@ -117,7 +123,9 @@ class ScheduleStore(Protocol):
         """Apply each decision atomically, if the task still has ``expected_due_at``.
 
         For each decision whose task exists, is not paused or parked, and still has
-        ``expected_due_at``: with ``park_reason`` the task is parked (``PARKED``).
+        ``expected_due_at``: with ``park_reason``, or when its stored state cannot be
+        used (a count that is not a number), the task is parked (``PARKED``, with the
+        reason).
         Otherwise, when ``run_at`` is set and fewer than ``max_instances`` runs are under
         way, a run for ``run_at`` is created under a new fence with its lease ending at
         ``lease_until`` (``CLAIMED``); when ``run_at`` is set but the limit is reached, the
@@ -139,14 +147,21 @@ class ScheduleStore(Protocol):
         """Re-issue up to ``limit`` runs whose lease expired at or before ``now``.
 
         Each expired run is replaced by a run of the same occurrence with a new fence,
-        ``attempt + 1`` and its lease ending at ``lease_until``; the old fence stops being
-        valid. Runs of tasks that no longer exist, or are parked, are dropped.
+        ``attempt + 1`` (the same attempt for a run given back with ``extend(...,
+        release=True)``: no worker was lost) and its lease ending at ``lease_until``; the
+        old fence stops being valid. Runs of tasks that no longer exist, or are parked,
+        are dropped.
         """
         ...
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         """Move the lease of each run still valid to ``lease_until`` (the heartbeat; a
         ``lease_until`` in the past gives the run back for an immediate re-issue).
+
+        With ``release``, a worker that stops cleanly gives the runs back: their re-issue
+        keeps their attempt, so a rolling restart is not taken for a lost worker.
 
         Returns:
             Per run, whether its fence is still valid; a worker stops a run that is not.
@@ -158,12 +173,44 @@ class ScheduleStore(Protocol):
 
         With ``end_task`` the task is deleted (a job that stopped its recurrence); with
         ``Outcome.PARKED`` it is parked with ``error`` as the reason. A task with no next
-        occurrence is deleted once its last run is finished (a one-time task ends after
-        its run), unless it is parked. A stale fence (a late write from a run that was
-        re-issued or cancelled) writes nothing. With ``started_at``, that time becomes the
-        task's last run time.
+        occurrence ends once its last run is finished (a one-time task ends after its
+        run), unless it is parked: with ``history`` it is kept, ended (``ended_at``), for
+        the store's history retention, else deleted. ``history`` is added to the task's
+        run history. A stale fence (a late write from a run that was re-issued or
+        cancelled) writes nothing. With ``started_at``, that time becomes the task's last
+        run time.
 
         Returns:
             Per finish, whether it was recorded.
+        """
+        ...
+
+
+# Capabilities some stores have beyond the contract: each is a Protocol of its own, which
+# the engine checks with isinstance, so that ScheduleStore stays small.
+
+
+@runtime_checkable
+class WakeupSource(Protocol):
+    """A store that tells a dispatcher when a task was scheduled or resumed by any
+    process, so that it need not wait for its next poll (PostgreSQL's LISTEN/NOTIFY)."""
+
+    def wakeups(self, callback: Callable[[], None]) -> AbstractAsyncContextManager[None]:
+        """Call ``callback`` (on this event loop) whenever any process schedules or
+        resumes a task, from entry until exit; a missed notification (a lost connection)
+        is made up for by a call, never lost silently."""
+        ...
+
+
+@runtime_checkable
+class TransactionalStore(Protocol):
+    """A store that writes inside an app's own database transaction."""
+
+    def within(self, connection: Any) -> ScheduleStore:
+        """The store on ``connection``: what it writes there commits or rolls back with
+        the transaction open on that connection.
+
+        Raises:
+            ConfigurationError: ``connection`` is not a connection this store can use.
         """
         ...

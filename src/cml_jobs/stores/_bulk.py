@@ -12,9 +12,10 @@ import enum
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from cml_jobs.exceptions import TaskExistsError
 from cml_jobs.stores._records import NewTask
 
-__all__ = ["AddResult", "BulkScheduleStore"]
+__all__ = ["AddResult", "BulkScheduleStore", "task_exists"]
 
 
 class AddResult(str, enum.Enum):
@@ -51,3 +52,11 @@ class BulkScheduleStore(Protocol):
             Per id, how many of its runs were under way, or None if there was no task.
         """
         ...
+
+
+def task_exists(task_id: str) -> TaskExistsError:
+    """The error for a different task already scheduled under ``task_id`` (no replace)."""
+    return TaskExistsError(
+        f"a different task with id {task_id!r} is already scheduled; pass replace=True to "
+        "replace it, or cancel it first"
+    )

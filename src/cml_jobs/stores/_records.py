@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from cml_jobs._outcome import Outcome
+from cml_jobs.stores._ops import RunRecord
 
 __all__ = [
     "ClaimResult",
@@ -66,11 +67,15 @@ class DueBatch:
         next_ready_at: the earliest ready time among the tasks not returned, or None.
         generation: an id the store keeps for as long as it keeps its data; a different
             one later means everything stored before was lost.
+        unreadable: ids listed as due whose stored state is no task at all (a key of
+            another type written around cml-jobs), so they could not even be parked; the
+            store took them out of its due index, so each is reported once.
     """
 
     tasks: list[DueTask]
     next_ready_at: datetime | None
     generation: str = ""
+    unreadable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,12 +127,15 @@ class Run:
         fence: a token unique to this run; every write about the run must present it.
         occurrence_at: the intended time of the occurrence.
         attempt: 1 for the first attempt, +1 for each re-run after a lost lease.
+        extra: an extra run (``trigger_task``, ``backfill``): it runs however late it
+            is, without waiting for jitter.
     """
 
     task_id: str
     fence: int
     occurrence_at: datetime
     attempt: int = 1
+    extra: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,11 +156,14 @@ class ClaimedRun:
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """The outcome of one ``Decision``: its status and, when ``CLAIMED``, the run."""
+    """The outcome of one ``Decision``: its status and, when ``CLAIMED``, the run; when
+    ``PARKED``, the reason (the decision's, or the store's when it found the task's stored
+    state unusable)."""
 
     task_id: str
     status: ClaimStatus
     run: Run | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,9 @@ class Finish:
         end_task: the job ended its recurrence: delete the task.
         started_at: when the run started (its body was called), recorded as the task's
             last run time; None for a run that never started (missed, parked).
+        history: the run's history row, added to the task's history (kept for the
+            store's ``history_retention`` once the task is gone); with it, a one-time
+            task whose run this is stays, ended at ``history.ended_at``, for that long.
     """
 
     run: Run
@@ -173,6 +187,7 @@ class Finish:
     error: str | None = None
     end_task: bool = False
     started_at: datetime | None = None
+    history: RunRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +206,10 @@ class TaskState:
         last_error: a one-line summary of the latest failure.
         counts: occurrences per outcome since the task was added.
         trace_context: the ``trace_context`` the task was added with.
+        note: an operator's note (``pause_task(note=...)``), or None.
+        ended_at: when the task ended (its last run finished), or None while it lives;
+            an ended task is kept, for its outcome and history, until ``expires_at``.
+        expires_at: when an ended task is forgotten.
     """
 
     task_id: str
@@ -204,3 +223,6 @@ class TaskState:
     last_error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     trace_context: str | None = None
+    note: str | None = None
+    ended_at: datetime | None = None
+    expires_at: datetime | None = None

@@ -7,6 +7,7 @@ cannot be read is shown as unknown rather than breaking a read of every task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -62,9 +63,11 @@ def opt_ms(at: datetime | None) -> str:
 
 
 def from_ms(stored: object) -> datetime:
-    # A time beyond what datetime holds (a tampered score) reads as its bound.
-    value = int(float(text(stored)))
-    return _EPOCH + timedelta(milliseconds=min(max(value, _MIN_MS), _MAX_MS))
+    # A time beyond what datetime holds (a tampered score, even inf or nan) reads as its
+    # bound; text that is no number at all raises ValueError.
+    number = float(text(stored))
+    value = _MIN_MS if number == -math.inf else _MAX_MS if not math.isfinite(number) else number
+    return _EPOCH + timedelta(milliseconds=min(max(int(value), _MIN_MS), _MAX_MS))
 
 
 def text(value: object) -> str:
@@ -117,16 +120,21 @@ def task_state(task_id: str, fields: Mapping[str, str]) -> TaskState:
         last_error=fields.get("last_error") or None,
         counts={k[2:]: _count(v) for k, v in fields.items() if k.startswith("n:") and _count(v)},
         trace_context=fields.get("trace"),
+        note=fields.get("note"),
+        ended_at=at("ended_at"),
+        expires_at=at("expires"),
     )
 
 
-def add_args(task: NewTask, replace: bool) -> list[str]:
-    """The ADD script's arguments for one task: id, descriptor, due, ready, replace, trace."""
+def add_args(task: NewTask, replace: bool, history_prefix: str) -> list[str]:
+    """The ADD script's arguments for one task: id, descriptor, due, ready, replace, trace,
+    history key."""
     if "|" in task.task_id:
         raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
-    flag = "1" if replace else "0"
+    flag, trace = "1" if replace else "0", task.trace_context or ""
     times = [ms(task.due_at), ms(task.ready_at)]
-    return [task.task_id, task.descriptor_json, *times, flag, task.trace_context or ""]
+    history = history_prefix + task.task_id
+    return [task.task_id, task.descriptor_json, *times, flag, trace, history]
 
 
 _ADDED = {1: AddResult.WRITTEN, 0: AddResult.UNCHANGED, -1: AddResult.CONFLICT}
@@ -167,6 +175,8 @@ def decision_args(d: Decision) -> list[str]:
 
 def finish_args(finish: Finish) -> list[str]:
     error_args = ["", "0"] if finish.error is None else [finish.error, "1"]
+    row = finish.history
+    history = ["", ""] if row is None else [row.to_json(), ms(row.ended_at)]
     return [
         finish.run.task_id,
         str(finish.run.fence),
@@ -174,17 +184,24 @@ def finish_args(finish: Finish) -> list[str]:
         *error_args,
         "1" if finish.end_task else "0",
         opt_ms(finish.started_at),
+        *history,
     ]
 
 
 def reissued(flat: Sequence[Any]) -> list[ClaimedRun]:
     return [
         ClaimedRun(
-            Run(text(flat[i]), int(flat[i + 1]), from_ms(flat[i + 2]), int(flat[i + 3])),
+            Run(
+                text(flat[i]),
+                int(flat[i + 1]),
+                from_ms(flat[i + 2]),
+                int(flat[i + 3]),
+                text(flat[i + 6]) == "1",
+            ),
             text(flat[i + 4]),
             text(flat[i + 5]) or None,
         )
-        for i in range(0, len(flat), 6)
+        for i in range(0, len(flat), 7)
     ]
 
 
@@ -197,6 +214,8 @@ def due_tasks(flat: Sequence[Any]) -> list[DueTask]:
 
 def claim_result(d: Decision, status: object, fence: object) -> ClaimResult:
     claim_status = ClaimStatus(text(status))
+    if claim_status is ClaimStatus.PARKED:  # the fence's place holds the reason
+        return ClaimResult(d.task_id, claim_status, reason=text(fence))
     if claim_status is not ClaimStatus.CLAIMED or d.run_at is None:
         return ClaimResult(d.task_id, claim_status)
     return ClaimResult(

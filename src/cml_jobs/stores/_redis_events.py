@@ -31,13 +31,13 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from cml_jobs._events import EventHub, TaskEvent
+from cml_jobs.stores._redis_connection import access_denied
 
 __all__ = ["EventPublisher", "EventStream", "StreamEntry", "publish_events", "stream_key"]
 
 logger = logging.getLogger("cml_jobs.events")
 
-#: Entries the stream keeps (approximately: Redis trims whole macro-nodes); an entry holds
-#: the events one flush wrote, from one to a few hundred.
+#: Entries kept (approximately: Redis trims whole macro-nodes), each one flush's events.
 DEFAULT_MAXLEN = 10_000
 _BATCH = 2000  # events per entry: enough to keep up with bulk scheduling
 
@@ -47,8 +47,8 @@ def stream_key(prefix: str) -> str:
     return f"{prefix}events"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: Any, errors: str = "strict") -> str:
+    return value.decode(errors=errors) if isinstance(value, bytes) else str(value)
 
 
 class EventPublisher:
@@ -76,14 +76,14 @@ class EventPublisher:
         self.key = stream_key(prefix)
         self.maxlen = maxlen
         self.linger = linger
-        # Events, encoded at flush time as one JSON array: one json.dumps per entry
-        # rather than one per event, and none on a run's path.
+        # Encoded at flush time, one json.dumps per entry (none on a run's path).
         self._pending: deque[TaskEvent] = deque(maxlen=buffer)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set: everything published has been written
         self._idle.set()
         self.dropped = 0
+        self.on_refused: Callable[[RedisError | OSError], None] | None = None
 
     def publish(self, event: TaskEvent) -> None:
         """Queue ``event`` for the stream (an ``EventHub`` callback)."""
@@ -121,6 +121,9 @@ class EventPublisher:
                 if not self._pending:
                     self._idle.set()
             except (RedisError, OSError) as exc:
+                if self.on_refused is not None and access_denied(exc):
+                    self.on_refused(exc)  # not transient: the worker stops
+                    return
                 logger.warning("event stream: cannot write (%s); retrying in %.1f s", exc, backoff)
                 self._ready.set()
                 await asyncio.sleep(backoff)
@@ -129,10 +132,8 @@ class EventPublisher:
     async def _flush(self) -> None:
         while self._pending:
             batch = [self._pending.popleft() for _ in range(min(len(self._pending), _BATCH))]
-            events = [event.to_dict() for event in batch]
-            entry: dict[Any, Any] = {
-                "events": json.dumps(events, separators=(",", ":"), default=str)
-            }
+            events = json.dumps([e.to_dict() for e in batch], separators=(",", ":"), default=str)
+            entry: dict[Any, Any] = {"events": events}
             try:
                 await self._client.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
             except BaseException:
@@ -167,6 +168,9 @@ class StreamEntry(NamedTuple):
 class EventStream:
     """Follows the lifecycle events that workers (and apps) publish to Redis.
 
+    An entry that holds no cml-jobs events (foreign, or damaged) is skipped: logged once,
+    counted in ``skipped``, and read past, so a reader's position moves on.
+
     Example:
         ```python
         stream = EventStream(redis.asyncio.Redis.from_url(url), prefix="cml:")
@@ -179,7 +183,7 @@ class EventStream:
         client: a ``redis.asyncio.Redis``; the stream does not close it.
         prefix: the cml-jobs key prefix the workers use.
         block: how long one read waits for new events.
-        batch: the most events one read returns.
+        batch: the most stream entries one read takes.
     """
 
     def __init__(
@@ -194,6 +198,9 @@ class EventStream:
         self.key = stream_key(prefix)
         self.block = block
         self.batch = batch
+        #: How many stream entries (or events inside one) could not be read and were skipped.
+        self.skipped = 0
+        self._reported: set[str] = set()  # positions already logged and counted
 
     async def last_id(self) -> str:
         """The position of the newest event, or ``"0-0"`` for an empty stream."""
@@ -201,26 +208,19 @@ class EventStream:
         if not newest:
             return "0-0"
         entry_id, fields = newest[0]
-        return f"{_text(entry_id)}/{len(_events(fields)) - 1}"
+        try:
+            count = len(_events(fields))
+        except ValueError:  # not events: a position past it all the same
+            count = 1
+        return f"{_text(entry_id)}/{max(count, 1) - 1}"
 
     async def read(self, after: str = "0-0", *, wait: bool = False) -> list[StreamEntry]:
         """The events after position ``after`` (``"0-0"``: from the oldest kept), from up to
-        ``batch`` stream entries.
+        ``batch`` stream entries past any that cannot be read.
 
         With ``wait``, waits up to ``block`` for an event when none is there yet.
         """
-        entry_id, _, index = after.partition("/")
-        found: list[StreamEntry] = []
-        if index:  # the rest of a partly read entry first
-            for got_id, fields in await self._client.xrange(self.key, entry_id, entry_id):
-                found += _entries(got_id, fields, after=int(index))
-        if found:
-            wait = False
-        block = int(self.block.total_seconds() * 1000) if wait else None
-        streams = await self._client.xread({self.key: entry_id}, count=self.batch, block=block)
-        for _, entries in streams:
-            for got_id, fields in entries:
-                found += _entries(got_id, fields)
+        found, _ = await self._read(after, wait)
         return found
 
     async def follow(self, after: str | None = None) -> AsyncIterator[StreamEntry]:
@@ -231,21 +231,70 @@ class EventStream:
         """
         position = after if after is not None else await self.last_id()
         while True:
-            for entry in await self.read(position, wait=True):
-                position = entry.id
+            found, position = await self._read(position, wait=True)
+            for entry in found:
                 yield entry
 
+    async def _read(self, after: str, wait: bool) -> tuple[list[StreamEntry], str]:
+        """The events after ``after``, and the position past all it looked at."""
+        entry_id, _, index = after.partition("/")
+        found: list[StreamEntry] = []
+        if index:  # the rest of a partly read entry first
+            for got_id, fields in await self._client.xrange(self.key, entry_id, entry_id):
+                found += self._entries(got_id, fields, after=int(index))
+        position = entry_id if index else after
+        while True:
+            block = int(self.block.total_seconds() * 1000) if wait and not found else None
+            streams = await self._client.xread({self.key: entry_id}, count=self.batch, block=block)
+            entries = [entry for _, got in streams for entry in got]
+            for got_id, fields in entries:
+                found += self._entries(got_id, fields)
+                entry_id = position = _text(got_id)
+            # A full batch of entries none of which could be read: look further rather
+            # than hand back nothing (a reader must never be stuck behind them).
+            if found or len(entries) < self.batch:
+                return found, position
 
-def _entries(entry_id: Any, fields: dict[Any, Any], after: int = -1) -> list[StreamEntry]:
-    stream_id = _text(entry_id)
-    return [
-        StreamEntry(f"{stream_id}/{i}", TaskEvent.from_dict(raw))
-        for i, raw in enumerate(_events(fields))
-        if i > after
-    ]
+    def _entries(self, entry_id: Any, fields: dict[Any, Any], after: int = -1) -> list[StreamEntry]:
+        stream_id = _text(entry_id, errors="replace")
+        try:
+            events = _events(fields)
+        except ValueError as exc:
+            self._skip(f"{stream_id}/*", exc)
+            return []
+        found = []
+        for i, raw in enumerate(events):
+            if i <= after:
+                continue
+            try:
+                found.append(StreamEntry(f"{stream_id}/{i}", TaskEvent.from_dict(raw)))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self._skip(f"{stream_id}/{i}", exc)
+        return found
+
+    def _skip(self, position: str, exc: Exception) -> None:
+        if position in self._reported:
+            return
+        if len(self._reported) >= 10_000:
+            self._reported.clear()
+        self._reported.add(position)
+        self.skipped += 1
+        logger.warning(
+            "event stream %s: entry %s holds no cml-jobs event (%s: %s); skipped",
+            self.key,
+            position,
+            type(exc).__name__,
+            str(exc)[:200],
+        )
 
 
-def _events(fields: dict[Any, Any]) -> list[dict[str, Any]]:
+def _events(fields: dict[Any, Any]) -> list[Any]:
+    """The events of one stream entry, parsed; ValueError (UnicodeDecodeError and
+    JSONDecodeError are ones) when it holds no JSON array of events."""
     raw = fields.get(b"events", fields.get("events"))
-    events: list[dict[str, Any]] = json.loads(_text(raw))
+    if raw is None:
+        raise ValueError(f"no 'events' field (fields: {sorted(map(_text, fields))[:5]!r})")
+    events = json.loads(_text(raw))
+    if not isinstance(events, list):
+        raise ValueError(f"'events' holds a JSON {type(events).__name__}, not an array")
     return events

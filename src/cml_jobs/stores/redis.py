@@ -6,7 +6,8 @@ Beside the store, this module is the Redis side's public face for the rest of cm
 (the worker imports nothing private from ``cml_jobs.stores``): ``redis_client`` and the
 options it is built from, so every connection reads a URL the same way, and
 ``publish_events``, which writes a process's lifecycle events to the event stream
-(read it with ``cml_jobs.events.EventStream``).
+(read it with ``cml_jobs.events.EventStream``), and ``damaged_keys``, which finds what
+in the store cannot be read (for ``cml-jobs check``).
 """
 
 # Key layout (p = the prefix, "cml:" by default):
@@ -18,8 +19,12 @@ options it is built from, so every connection reads a URL the same way, and
 #                         running      runs handed out and not finished (absent: 0)
 #                         last_run_at (ms), last_outcome, last_error
 #                         n:{outcome}  occurrences per Outcome value
-#                         r:{fence}    "{occurrence ms}|{attempt}", one field per run under way
+#                         r:{fence}    "{occurrence ms}|{attempt}" a run under way (<0: given back)
 #                         trace        W3C traceparent of the scheduling span; absent if none
+#                         note         an operator's note; ended_at, expires (ms) once ended
+#                         waiting      extra runs (r: fields "{occ}|0|x|{max}") not handed out
+#   {p}history:{id} LIST  JSON run history rows, newest first, trimmed to history_size
+#   {p}workers    HASH    worker id -> WorkerInfo JSON, refreshed by each heartbeat
 #   {p}due        ZSET    task id -> ready time (ms); only tasks that can be claimed
 #   {p}runs       ZSET    "{fence:016d}|{task id}" -> lease expiry (ms); the zero padding
 #                         orders runs whose leases end together oldest first
@@ -35,20 +40,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cml_jobs.exceptions import StoreUnavailableError, TaskExistsError
 from cml_jobs.stores._base import (
     ClaimedRun,
     ClaimResult,
@@ -59,10 +60,12 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
-from cml_jobs.stores._bulk import AddResult
+from cml_jobs.stores._bulk import task_exists
+from cml_jobs.stores._ops import DEFAULT_HISTORY_RETENTION, DEFAULT_HISTORY_SIZE
+from cml_jobs.stores._redis_bulk import RedisBulk
+from cml_jobs.stores._redis_checks import CHECKS
 from cml_jobs.stores._redis_codec import (
     add_args,
-    add_result,
     claim_result,
     decision_args,
     due_tasks,
@@ -74,17 +77,21 @@ from cml_jobs.stores._redis_codec import (
     opt_ms,
     pairs,
     reissued,
-    removed,
     task_state,
     text,
 )
 from cml_jobs.stores._redis_connection import (
+    access_denied,
+    access_message,
     connection_options,
     redis_client,
     retry_options,
     tls_options,
+    translated,
 )
 from cml_jobs.stores._redis_events import publish_events
+from cml_jobs.stores._redis_inspect import damaged_keys
+from cml_jobs.stores._redis_ops import OPS_LIB, RedisOperations
 from cml_jobs.stores._redis_scripts import (
     ADD,
     CLAIM,
@@ -95,29 +102,22 @@ from cml_jobs.stores._redis_scripts import (
     POLL,
     RECLAIM,
     REMOVE,
-    SET_PAUSED,
 )
+from cml_jobs.stores._redis_sentinel import sentinel_client
 
 __all__ = [
     "RedisScheduleStore",
+    "access_denied",
+    "access_message",
     "connection_options",
+    "damaged_keys",
     "open_redis_store",
     "publish_events",
     "redis_client",
     "retry_options",
+    "sentinel_client",
     "tls_options",
 ]
-
-
-def _each(body: str, stride: int) -> str:
-    """A script running a one-task script's ``body`` (ARGV: prefix, then the task's) per
-    task of ARGV[2], the batch as JSON (one argument: redis-py packs each in Python)."""
-    task = ", ".join(f"t[{k}]" for k in range(1, stride + 1))
-    return (
-        f"local function one(ARGV)\n{body}\nend\nlocal out = {{}}\n"
-        "for _, t in ipairs(cjson.decode(ARGV[2])) do\n"
-        f"  out[#out + 1] = one({{ARGV[1], {task}}})\nend\nreturn out\n"
-    )
 
 
 # An app's calls fail after this many retries with StoreUnavailableError, unlike a
@@ -125,32 +125,46 @@ def _each(body: str, stride: int) -> str:
 _APP_RETRIES = 3
 
 
-class RedisScheduleStore:
-    """A ``ScheduleStore`` and ``BulkScheduleStore`` on Redis, shared by every process that
-    uses the same prefix.
+class RedisScheduleStore(RedisOperations, RedisBulk):
+    """A ``ScheduleStore``, ``OperationsStore`` and ``BulkScheduleStore`` on Redis, shared by
+    every process that uses the same prefix.
 
     Args:
         redis: any ``redis.asyncio.Redis`` (arq's ``ArqRedis`` included), with or
             without ``decode_responses``. The store does not close it.
         prefix: prepended to every key, so several apps or tests can share one database.
+        history_size: runs kept per task in its history.
+        history_retention: how long a task that ended stays, with its history.
     """
 
-    def __init__(self, redis: redis.asyncio.Redis, *, prefix: str = "cml:") -> None:
+    def __init__(
+        self,
+        redis: redis.asyncio.Redis,
+        *,
+        prefix: str = "cml:",
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        history_retention: timedelta = DEFAULT_HISTORY_RETENTION,
+    ) -> None:
         self._redis = redis
         self._task_prefix = f"{prefix}task:"
+        self._history_prefix, self._workers_key = f"{prefix}history:", f"{prefix}workers"
+        self._retention_ms = str(max(history_retention // timedelta(milliseconds=1), 1))
+        self._history_size = str(max(history_size, 1))
         self._keys = [f"{prefix}due", f"{prefix}runs", f"{prefix}fence", f"{prefix}generation"]
         script = self._redis.register_script
-        self._add = script(LIB + ADD)
-        self._add_many = script(LIB + _each(ADD, 6))
-        self._remove = script(LIB + REMOVE)
-        self._remove_many = script(LIB + _each(REMOVE, 1))
-        self._set_paused = script(LIB + SET_PAUSED)
-        self._poll = script(LIB + POLL)
+        checked = LIB + CHECKS  # every writing script checks the shared keys first
+        self._add = script(checked + ADD)
+        self._remove = script(checked + REMOVE)
+        self._poll = script(checked + POLL)
         self._get = script(GET)
-        self._claim = script(LIB + CLAIM)
-        self._reclaim = script(LIB + RECLAIM)
-        self._extend = script(LIB + EXTEND)
-        self._finish = script(LIB + FINISH)
+        self._claim = script(checked + CLAIM)
+        self._reclaim = script(checked + OPS_LIB + RECLAIM)
+        self._extend = script(checked + EXTEND)
+        self._finish = script(checked + OPS_LIB + FINISH)
+        self._register_ops(checked)
+        self._register_bulk(checked)
+        # How a refused script is named to the operator ("EVALSHA (claim)").
+        self._names = {id(s): n.strip("_") for n, s in vars(self).items() if n != "_redis"}
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -158,31 +172,14 @@ class RedisScheduleStore:
         return self._redis
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
-        written = await self._call(self._add, *add_args(task, replace))
+        written = await self._call(self._add, *add_args(task, replace, self._history_prefix))
         if written == -1:
-            raise TaskExistsError(
-                f"a different task with id {task.task_id!r} is already scheduled; "
-                "pass replace=True to replace it, or cancel it first"
-            )
+            raise task_exists(task.task_id)
         return bool(written)
 
-    async def add_many(
-        self, tasks: Sequence[NewTask], *, replace: bool
-    ) -> builtins.list[AddResult]:
-        if not tasks:
-            return []
-        batch = json.dumps([add_args(task, replace) for task in tasks])
-        return [add_result(code) for code in await self._call(self._add_many, batch)]
-
     async def remove(self, task_id: str) -> int | None:
-        started = int(await self._call(self._remove, task_id))
+        started = int(await self._call(self._remove, task_id, self._history_prefix + task_id))
         return None if started < 0 else started
-
-    async def remove_many(self, task_ids: Sequence[str]) -> builtins.list[int | None]:
-        if not task_ids:
-            return []
-        counts = await self._call(self._remove_many, json.dumps([[i] for i in task_ids]))
-        return [removed(n) for n in counts]
 
     async def get(self, task_id: str) -> TaskState | None:
         flat = await self._call(self._get, task_id)
@@ -192,7 +189,7 @@ class RedisScheduleStore:
         # SCAN rather than an index of ids: an index would cost two commands on every
         # one-time task's life, for an operation that is rare.
         pattern = glob_escape(self._task_prefix) + "*"
-        with self._translated():
+        with self._translated("SCAN and HGETALL (list)"):
             keys = [text(key) async for key in self._redis.scan_iter(pattern, count=1000)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
@@ -215,11 +212,12 @@ class RedisScheduleStore:
         return bool(done)
 
     async def poll(self, now: datetime, limit: int) -> DueBatch:
-        flat, following, generation = await self._call(
+        flat, following, generation, unreadable = await self._call(
             self._poll, ms(now), str(max(limit, 0)), uuid.uuid4().hex
         )
         following_at = None if following is None else from_ms(following)
-        return DueBatch(due_tasks(flat), following_at, text(generation))
+        dropped = tuple(text(task_id) for task_id in unreadable)
+        return DueBatch(due_tasks(flat), following_at, text(generation), dropped)
 
     async def claim(
         self, decisions: Sequence[Decision], *, lease_until: datetime
@@ -238,51 +236,45 @@ class RedisScheduleStore:
         flat = await self._call(self._reclaim, ms(now), ms(lease_until), str(limit))
         return reissued(flat)
 
-    async def extend(self, runs: Sequence[Run], *, lease_until: datetime) -> builtins.list[bool]:
+    async def extend(
+        self, runs: Sequence[Run], *, lease_until: datetime, release: bool = False
+    ) -> builtins.list[bool]:
         if not runs:
             return []
-        pairs = fence_pairs(runs)
-        return [bool(ok) for ok in await self._call(self._extend, ms(lease_until), *pairs)]
+        args = (ms(lease_until), "1" if release else "0", *fence_pairs(runs))
+        return [bool(ok) for ok in await self._call(self._extend, *args)]
 
     async def finish(self, finishes: Sequence[Finish]) -> builtins.list[bool]:
         if not finishes:
             return []
         args = [arg for finish in finishes for arg in finish_args(finish)]
-        return [bool(done) for done in await self._call(self._finish, *args)]
+        done = await self._call(self._finish, *self._history_args(), *args)
+        return [bool(ok) for ok in done]
+
+    def _history_args(self) -> builtins.list[str]:
+        """The arguments FINISH and RECORD start with: where and how much history goes."""
+        return [self._history_prefix, self._history_size, self._retention_ms]
 
     async def _call(self, script: AsyncScript, *args: str) -> Any:
-        with self._translated():
+        with self._translated(f"EVALSHA ({self._names.get(id(script), 'a script')})"):
             return await script(keys=self._keys, args=[self._task_prefix, *args])
 
-    @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
-        try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailableError(
-                f"the schedule store cannot reach Redis at {self._where()} ({exc}); check that "
-                "Redis is running and that redis_url (CML_JOBS_REDIS_URL for workers) "
-                "points to it"
-            ) from exc
-
-    def _where(self) -> str:
-        kwargs = self._redis.connection_pool.connection_kwargs
-        if "path" in kwargs:
-            return repr(kwargs["path"])
-        return repr(f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
+    def _translated(self, command: str = "a command") -> contextlib.AbstractContextManager[None]:
+        return translated(self._redis, command)
 
 
 @contextlib.asynccontextmanager
 async def open_redis_store(
-    url: str, *, prefix: str = "cml:", patient: bool = False
+    url: str, *, prefix: str = "cml:", patient: bool = False, **history: Any
 ) -> AsyncIterator[RedisScheduleStore]:
     """A ``RedisScheduleStore`` on a client of its own for ``url``, closed at exit.
 
     Args:
-        url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: a ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL.
         prefix: the store's key prefix.
         patient: wait for Redis for as long as it takes (a worker's heartbeat); otherwise
             calls fail with ``StoreUnavailableError`` after a few retries (an app).
+        **history: ``history_size`` and ``history_retention``, as the store takes them.
 
     Raises:
         StoreUnavailableError: Redis cannot be reached (not patient).
@@ -291,7 +283,7 @@ async def open_redis_store(
         {} if patient else {"retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), _APP_RETRIES)}
     )
     client = redis_client(url, patient=True, **options)
-    store = RedisScheduleStore(client, prefix=prefix)
+    store = RedisScheduleStore(client, prefix=prefix, **history)
     try:
         with store._translated():
             await client.ping()

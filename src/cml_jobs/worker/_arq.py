@@ -12,22 +12,31 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import fields
 from datetime import timedelta
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 from arq import func
 from arq.connections import ArqRedis, RedisSettings
 
 from cml_jobs._decide import HANDOFF_DELAY
 from cml_jobs._execution import Assignment
+from cml_jobs._redis_url import is_sentinel_url, parse_sentinel_url
 from cml_jobs._runtime import Engine, Runtime
 from cml_jobs._timing import from_ms, to_ms
 from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores import Finish, Outcome, Run
-from cml_jobs.stores.redis import connection_options, retry_options
+from cml_jobs.stores.redis import (
+    access_denied,
+    access_message,
+    connection_options,
+    retry_options,
+    sentinel_client,
+)
 
 __all__ = [
     "ARQ_JOB_TIMEOUT",
@@ -37,6 +46,7 @@ __all__ = [
     "WorkerContext",
     "dumps",
     "loads",
+    "redis_pool",
     "redis_settings",
     "run_function",
 ]
@@ -44,6 +54,8 @@ __all__ = [
 logger = logging.getLogger("cml_jobs.worker")
 
 FUNCTION_NAME = "cml_jobs.run"
+#: Tasks whose hand-on this worker has logged (a rolling deploy may take minutes).
+_HANDED_ON: OrderedDict[str, None] = OrderedDict()
 # arq's own timeout must never cut a run short: runs have their own per-task timeout.
 ARQ_JOB_TIMEOUT = timedelta(days=1)
 
@@ -52,6 +64,7 @@ class WorkerContext(TypedDict, total=False):
     """The part of arq's ``ctx`` that cml-jobs uses."""
 
     cml_jobs: Engine
+    cml_jobs_failure: str  # why the worker stops (Redis refused its credentials)
     cml_jobs_exit: AsyncExitStack  # stops the engine, the runtime and the event publisher
     redis: ArqRedis
     job_id: str
@@ -64,6 +77,7 @@ class _Payload(TypedDict):
     a: int  # attempt
     c: str | None  # W3C traceparent of the span that scheduled the task
     d: str  # the descriptor, as stored
+    x: NotRequired[bool]  # an extra run (trigger_task, backfill)
 
 
 def dumps(value: Any) -> bytes:
@@ -105,6 +119,8 @@ class ArqSink:
                 "c": assignment.trace_context,
                 "d": codec.encode(assignment.descriptor),
             }
+            if run.extra:
+                payload["x"] = True
             await self._enqueue(payload, f"cml:{run.task_id}:{payload['o']}:{run.fence}")
 
     async def _enqueue(
@@ -120,7 +136,9 @@ async def _run(ctx: WorkerContext, payload: _Payload) -> None:
     """The arq function: execute one queued run in this worker, if it is still valid."""
     engine = ctx["cml_jobs"]
     runtime = engine.runtime
-    run = Run(payload["t"], payload["f"], from_ms(payload["o"]), payload["a"])
+    run = Run(
+        payload["t"], payload["f"], from_ms(payload["o"]), payload["a"], payload.get("x", False)
+    )
     try:
         descriptor = runtime.codec.decode(payload["d"])
     except InvalidDescriptorError as exc:
@@ -148,9 +166,15 @@ async def _hand_on(ctx: WorkerContext, run: Run, payload: _Payload, job_name: st
         )
         await runtime.store.finish([Finish(run, Outcome.PARKED, reason)])
         return
-    logger.info(
-        "job %r of task %r is not registered in this worker; handing it on", job_name, run.task_id
-    )
+    if run.task_id not in _HANDED_ON:  # one line per task, not one per hand-on
+        _HANDED_ON[run.task_id] = None
+        if len(_HANDED_ON) > 1024:
+            _HANDED_ON.popitem(last=False)
+        logger.info(
+            "job %r of task %r is not registered in this worker; handing it on",
+            job_name,
+            run.task_id,
+        )
     job_id = f"{ctx.get('job_id', 'cml')}:h{to_ms(runtime.clock.now())}"
     await ArqSink(runtime, ctx["redis"])._enqueue(payload, job_id, HANDOFF_DELAY)
 
@@ -165,11 +189,29 @@ run_function = func(
 
 
 class SafeRedisSettings(RedisSettings):
-    """arq's ``RedisSettings`` whose repr never shows the password (arq's own repr does)."""
+    """arq's ``RedisSettings`` whose repr never shows the password (arq's own repr does),
+    and that stops a worker at once when Redis refuses its password or permissions."""
+
+    @property
+    def conn_retries(self) -> int:
+        """How many times arq retries connecting: none when Redis refused the credentials."""
+        # arq's create_pool reads this in its ``except`` block, after a failed PING, and
+        # retries whatever failed; a refused password or permission is not transient.
+        failure = sys.exc_info()[1]
+        if failure is not None and access_denied(failure):
+            where = {"username": self.username, "host": self.host, "port": self.port}
+            message = access_message(failure, {**where, "db": self.database}, "PING")
+            logger.critical("cml-jobs worker stops: %s", message)
+            raise SystemExit(f"cml-jobs worker stopped: {message}")
+        return self._conn_retries
+
+    @conn_retries.setter
+    def conn_retries(self, value: int) -> None:
+        self._conn_retries = value
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{name}={'***' if name == 'password' and value else repr(value)}"
+            f"{name.lstrip('_')}={'***' if name == 'password' and value else repr(value)}"
             for name, value in self.__dict__.items()
         )
         return f"RedisSettings({shown})"
@@ -189,8 +231,11 @@ def redis_settings(url: str) -> RedisSettings:
 
     Raises:
         ConfigurationError: a TLS option on a ``redis://`` URL, or a TLS option's value
-            that is not valid (the message never includes the URL).
+            that is not valid (the message never includes the URL); a
+            ``redis+sentinel://`` URL that is not valid.
     """
+    if is_sentinel_url(url):
+        return _sentinel_settings(url)
     parsed = RedisSettings.from_dsn(url)
     settings = SafeRedisSettings(**{f.name: getattr(parsed, f.name) for f in fields(parsed)})
     options = {**connection_options(url), **retry_options(patient=True)}
@@ -199,3 +244,40 @@ def redis_settings(url: str) -> RedisSettings:
     settings.conn_retries = 1_000_000_000
     settings.conn_retry_delay = 1
     return settings
+
+
+def _sentinel_settings(url: str) -> RedisSettings:
+    """arq's own Sentinel settings for a ``redis+sentinel://`` URL: what ``arq --check``
+    connects with. The worker itself runs on ``redis_pool(url, ...)``."""
+    target = parse_sentinel_url(url)
+    return SafeRedisSettings(
+        host=list(target.sentinels),
+        database=target.db,
+        username=target.username,
+        password=target.password,
+        sentinel=True,
+        sentinel_master=target.service_name,
+    )
+
+
+def redis_pool(url: str, queue_name: str) -> ArqRedis | None:
+    """The worker's arq pool for a ``redis+sentinel://`` URL; None for any other URL (arq
+    builds the pool from ``redis_settings``).
+
+    arq's own Sentinel pool gives its connections no retry policy, so the first command
+    cut off by a failover would end the worker. This pool retries as every worker
+    connection does (``retry_options(patient=True)``) and asks the Sentinels for the
+    primary at each new connection, so the worker follows the primary through a failover.
+    The pool connects lazily, in the worker's event loop.
+
+    Raises:
+        ConfigurationError: the URL is not a valid ``redis+sentinel://`` URL.
+    """
+    if not is_sentinel_url(url):
+        return None
+    client = sentinel_client(url, redis_class=ArqRedis, **retry_options(patient=True))
+    pool = cast(ArqRedis, client)  # an instance of a subclass of redis_class
+    pool.job_serializer = dumps
+    pool.job_deserializer = loads
+    pool.default_queue_name = queue_name
+    return pool

@@ -216,6 +216,8 @@ class System:
     # Workers that only see the work stored before they start (APScheduler 3): the
     # workloads store it first, then start them, with a longer lead to the first due time.
     schedules_before_start = False
+    # A call that schedules many tasks at once (cml-jobs: bus.schedule_tasks).
+    has_bulk_api = False
 
     def __init__(self, bench: Bench, run_id: str) -> None:
         self.bench = bench
@@ -239,7 +241,11 @@ class System:
 
     async def close(self) -> None: ...
 
-    async def schedule_once(self, ids: Iterable[str], due_ms: int, *, bulk: bool = True) -> None:
+    async def schedule_once(
+        self, ids: Iterable[str], due_ms: int, *, bulk: bool | str = True
+    ) -> None:
+        """Schedule one-time tasks: one awaited call each (bulk False), concurrent calls
+        (True), or the system's bulk call ("api", where it has one)."""
         raise NotImplementedError
 
     async def schedule_every(
@@ -267,6 +273,7 @@ async def gather_chunks(calls: Iterable[Any], chunk: int = CHUNK) -> None:
 class CmlJobs(System):
     name = "cml"
     label = "cml-jobs"
+    has_bulk_api = True
 
     def __init__(self, bench: Bench, run_id: str, worker_env: dict[str, str]) -> None:
         super().__init__(bench, run_id)
@@ -306,7 +313,9 @@ class CmlJobs(System):
             await self.scheduler.stop()
             self.scheduler = None
 
-    async def schedule_once(self, ids: Iterable[str], due_ms: int, *, bulk: bool = True) -> None:
+    async def schedule_once(
+        self, ids: Iterable[str], due_ms: int, *, bulk: bool | str = True
+    ) -> None:
         from cml_jobs import ScheduledTaskDescriptor
 
         when = at(due_ms)
@@ -315,9 +324,13 @@ class CmlJobs(System):
         ]
         await self.schedule(descriptors, bulk=bulk)
 
-    async def schedule(self, descriptors: Sequence[Any], *, bulk: bool, bus: Any = None) -> None:
+    async def schedule(
+        self, descriptors: Sequence[Any], *, bulk: bool | str, bus: Any = None
+    ) -> None:
         bus = bus or self.scheduler.bus
-        if bulk:
+        if bulk == "api":
+            await bus.schedule_tasks(descriptors)
+        elif bulk:
             await gather_chunks(bus.schedule_task(d) for d in descriptors)
         else:
             for d in descriptors:
@@ -335,7 +348,7 @@ class CmlJobs(System):
             )
             for i, first in zip(ids, first_ms, strict=True)
         ]
-        await self.schedule(descriptors, bulk=True)
+        await self.schedule(descriptors, bulk="api")
 
     async def schedule_backlog(self, ids: Sequence[str], outage_ms: int, interval_ms: int) -> int:
         # Honest past: the tasks are scheduled through the bus as they would have been
@@ -398,7 +411,9 @@ class RawArq(System):
     def _once(self, task: str, due_ms: int) -> Any:
         return self.pool.enqueue_job("noop", task, due_ms, _job_id=task, _defer_until=at(due_ms))
 
-    async def schedule_once(self, ids: Iterable[str], due_ms: int, *, bulk: bool = True) -> None:
+    async def schedule_once(
+        self, ids: Iterable[str], due_ms: int, *, bulk: bool | str = True
+    ) -> None:
         if bulk:
             await gather_chunks(self._once(i, due_ms) for i in ids)
         else:
@@ -480,7 +495,9 @@ class ApScheduler3(System):
 
         await asyncio.to_thread(add_all)
 
-    async def schedule_once(self, ids: Iterable[str], due_ms: int, *, bulk: bool = True) -> None:
+    async def schedule_once(
+        self, ids: Iterable[str], due_ms: int, *, bulk: bool | str = True
+    ) -> None:
         when = at(due_ms)
         await self._add([(i, "date", {"run_date": when}) for i in ids])
 

@@ -35,6 +35,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("worker_cpu_pct", "worker CPU % (of one core)", "n"),
         ("worker_rss_peak_mib", "peak worker RSS (MiB)", "n"),
         ("cmds_per_run", "Redis commands per run (window; by command below)", "n"),
+        ("schedule_rate_per_s", "tasks stored per second (scheduling them all)", "n"),
+        ("redis_bytes_per_task", "Redis bytes per task (used_memory delta)", "n"),
     ],
     "D": [
         ("cmds_per_occ", "D. Redis commands per occurrence (enqueue + execute)", "n"),
@@ -53,6 +55,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
     "E": [
         ("schedule_single_per_s", "E. schedule rate, single awaited calls, /s", "n"),
         ("schedule_bulk_per_s", "E. schedule rate, asyncio.gather chunks of 200, /s", "n"),
+        ("schedule_api_per_s", "E. schedule rate, one bulk call (schedule_tasks), /s", "n"),
         ("recovery_s", "E. recovery: worker start → backlog handled", "s"),
         ("recovered", "E. recovery: tasks caught up", "i"),
         ("catch_up_runs_per_task", "E. recovery: catch-up runs per task", "n"),

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,12 @@ NOTES = [
     "ran one catch-up occurrence (≤ worker start). arq: one overdue tick job per task that "
     "re-enqueues itself at the next grid point after now.",
     "F: workload C2 with 1, 2 and 4 worker processes (the 1-worker figure is C2's).",
+    "C3: 1,000 and 100,000 recurrent tasks every 60 s, phases spread evenly, one worker, "
+    "60 s window (unless the title says otherwise): does lateness, CPU or worker memory grow "
+    "with the schedule? Schedule rate = tasks / time to store them all (cml-jobs: "
+    "bus.schedule_tasks; APScheduler 3: add_job from a thread; arq: enqueue_job in "
+    "asyncio.gather chunks of 200). Redis bytes per task: used_memory delta across that "
+    "scheduling, divided by the tasks.",
 ]
 
 
@@ -94,6 +101,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start a throwaway redis-server on a free port (same binary as on PATH) so that "
         "no other client pollutes INFO commandstats; --redis-url is then ignored",
+    )
+    p.add_argument(
+        "--c3-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="C3's measured window (default 60; quick: 2): shorter for a smoke run",
     )
     p.add_argument("--out", default="benchmarks/results/latest.json")
     p.add_argument(
@@ -247,6 +261,8 @@ class Runner:
         if "D" in only:
             await self.measure("D", "D", lambda sy, k: workloads.idle(sy, s, k))
         sizes = dict(zip(("C1", "C2"), s.c_sizes, strict=True))
+        if "3" in only:
+            await self._c3()
         if "C" in only:
             for key, n in sizes.items():
                 title = f"{key}. {n:,} recurrent tasks every {s.c_interval_ms / 1000:g} s"
@@ -269,6 +285,19 @@ class Runner:
             self.save()
         if "E" in only:  # last: its 100,000-task backlog is the longest part
             await self.measure("E", "E", lambda sy, k: self._e(sy, k))
+
+    async def _c3(self) -> None:
+        """C3: the recurrent schedule at C3's sizes (1,000 and 100,000 tasks), interval
+        and window: does lateness, CPU or memory grow with the schedule?"""
+        s = self.sizes
+        window = self.args.c3_window
+        duration = int(window * 1000) if window else s.c3_duration_ms
+        c3 = replace(s, c_interval_ms=s.c3_interval_ms, c_duration_ms=duration)
+        for key, n in zip(("C3a", "C3b"), s.c3_sizes, strict=True):
+            title = f"C3. {n:,} recurrent tasks every {c3.c_interval_ms / 1000:g} s"
+            if duration != c3.c_interval_ms:
+                title += f" ({duration / 1000:g} s window)"
+            await self.measure(key, title, lambda sy, k, n=n: workloads.recurrent(sy, c3, k, n))
 
     async def _e(self, system: System, per_task_ms: float) -> dict[str, Any]:
         rate = await workloads.schedule_rate(system, self.sizes, per_task_ms)
@@ -311,10 +340,14 @@ async def amain(argv: list[str]) -> int:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not systems or set(systems) - set(SYSTEMS):
         raise SystemExit(f"--systems: choose from {','.join(SYSTEMS)}, got {args.systems!r}")
-    only = "".join(part.strip().upper() for part in args.only.split(","))
-    unknown = set(only) - set(WORKLOADS)
+    # "C3" is a workload of its own (100,000 tasks); every run of all workloads has it.
+    parts = [part.strip().upper() for part in args.only.split(",") if part.strip()]
+    only = "".join(part for part in parts if part != "C3")
+    if "C3" in parts or args.only == WORKLOADS:
+        only += "3"
+    unknown = set(only) - set(WORKLOADS) - {"3"}
     if unknown:
-        raise SystemExit(f"--only: unknown workload(s) {sorted(unknown)}; choose from A-F")
+        raise SystemExit(f"--only: unknown workload(s) {sorted(unknown)}; choose from A-F, C3")
     private = None
     if args.private_redis:
         private, args.redis_url = start_private_redis()

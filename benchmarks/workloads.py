@@ -33,6 +33,9 @@ class Sizes:
     e_bulk: int
     e_backlog: int
     f_workers: tuple[int, ...]
+    c3_sizes: tuple[int, ...]  # C3: the same schedule at these sizes, every c3_interval_ms
+    c3_interval_ms: int
+    c3_duration_ms: int
     timeout_s: float
     start_lead_ms: int  # B, C: extra lead for workers started after their work is stored
 
@@ -51,6 +54,9 @@ FULL = Sizes(
     e_bulk=10_000,
     e_backlog=100_000,
     f_workers=(1, 2, 4),
+    c3_sizes=(1_000, 100_000),
+    c3_interval_ms=60_000,
+    c3_duration_ms=60_000,
     timeout_s=300.0,
     start_lead_ms=3_000,
 )
@@ -69,6 +75,9 @@ QUICK = Sizes(
     e_bulk=500,
     e_backlog=500,
     f_workers=(1, 2),
+    c3_sizes=(50, 500),
+    c3_interval_ms=2_000,
+    c3_duration_ms=2_000,
     timeout_s=5.0,  # keeps --quick within ~30 s even if a system stalls
     start_lead_ms=1_500,
 )
@@ -282,9 +291,12 @@ async def recurrent(
     await system.open()
     workers = await started_early(system, worker_count)
     try:
-        t0 = now_ms() + lead_ms(system, sizes, 1000, n, per_task_ms)
+        t0 = now_ms() + lead_ms(system, sizes, 1000 + n // 20, n, per_task_ms)
         firsts = [t0 + i * interval // n for i in range(n)]  # phases spread over one interval
+        used0, clock0 = await bench.used_memory(), time.perf_counter()
         await system.schedule_every(ids, interval, firsts)
+        scheduled_s = time.perf_counter() - clock0
+        used1 = await bench.used_memory()
         workers = await started_late(system, workers, worker_count)
         ahead_ms = t0 - now_ms()
         await sleep_until(t0)
@@ -318,6 +330,8 @@ async def recurrent(
         "worker_cpu_pct": sum(cpu),
         "worker_cpu_pct_max": max(cpu),
         "scheduled_ahead_s": ahead_ms / 1000,
+        "schedule_rate_per_s": n / scheduled_s if scheduled_s else None,
+        "redis_bytes_per_task": (used1 - used0) / n,
         **counts.per_run(started_in_window),
         **workers.rss_figures(),
     }
@@ -379,9 +393,19 @@ async def schedule_rate(system: System, sizes: Sizes, per_task_ms: float) -> dic
         t = time.perf_counter()
         await system.schedule_once(ids, due, bulk=True)
         bulk = len(ids) / (time.perf_counter() - t)
+        api = None
+        if system.has_bulk_api:  # cml-jobs: bus.schedule_tasks, one call for all
+            ids = [f"ea{i}" for i in range(sizes.e_backlog)]
+            t = time.perf_counter()
+            await system.schedule_once(ids, due, bulk="api")
+            api = len(ids) / (time.perf_counter() - t)
     finally:
         await system.close()
-    return {"schedule_single_per_s": single, "schedule_bulk_per_s": bulk}
+    return {
+        "schedule_single_per_s": single,
+        "schedule_bulk_per_s": bulk,
+        "schedule_api_per_s": api,
+    }
 
 
 async def recovery(system: System, sizes: Sizes, per_task_ms: float) -> dict[str, Any]:

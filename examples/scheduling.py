@@ -11,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cml_jobs import (
+    BackgroundTasksBus,
     BackgroundTaskScheduler,
     CronTaskDescriptor,
     RecurrentBackgroundJob,
@@ -18,6 +19,7 @@ from cml_jobs import (
     ScheduledBackgroundJob,
     ScheduledTaskDescriptor,
     TaskExistsError,
+    TasksRefusedError,
     backgroundjob,
 )
 
@@ -106,11 +108,34 @@ async def main() -> None:
         await bus.pause_task("sync-globex")  # keeps the task, runs nothing
         await bus.resume_task("sync-globex")  # next occurrence on the same grid
         await bus.cancel_task("remind-u42")  # gone; returns how many runs were under way
+        await schedule_accounts(bus, ["initech", "umbrella", "hooli"])
+        await bus.cancel_tasks(["sync-hooli"])  # id -> runs under way (None: no such task)
         for info in await scheduler.list_tasks():
             print(f"{info.id:<18} next run at {info.next_run_time:%Y-%m-%d %H:%M:%S} UTC")
 
 
 # --8<-- [end:bus]
+
+
+# --8<-- [start:bulk]
+async def schedule_accounts(bus: BackgroundTasksBus, accounts: list[str]) -> None:
+    """One task per account: every descriptor checked first, 1,000 per store call."""
+    descriptors = [
+        RecurrentTaskDescriptor(
+            id=f"sync-{a}", name="SyncJob", data={"account_id": a}, interval=300
+        )
+        for a in accounts
+    ]
+    try:
+        result = await bus.schedule_tasks(descriptors)
+    except TasksRefusedError as refused:  # batches without a refused one were written
+        for task_id, error in refused.result.refused.items():
+            print(f"task {task_id} refused: {error}")
+        return
+    print(f"{len(result.scheduled)} scheduled, {len(result.unchanged)} already were")
+
+
+# --8<-- [end:bulk]
 
 
 if __name__ == "__main__":

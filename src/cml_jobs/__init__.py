@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cml_jobs._bulk import BulkScheduleResult
 from cml_jobs._bus import BackgroundTasksBus, TaskInfo
 from cml_jobs._config import Settings
 from cml_jobs._descriptors import (
@@ -44,6 +45,7 @@ from cml_jobs.exceptions import (
     TaskExistsError,
     TaskNotFoundError,
     TaskParkedError,
+    TasksRefusedError,
     UnknownJobError,
 )
 from cml_jobs.stores import Outcome, RunRecord, WorkerInfo
@@ -62,6 +64,7 @@ __all__ = [
     "BackgroundJob",
     "BackgroundTaskScheduler",
     "BackgroundTasksBus",
+    "BulkScheduleResult",
     "Clock",
     "CmlJobsError",
     "ConfigurationError",
@@ -94,6 +97,7 @@ __all__ = [
     "TaskInfo",
     "TaskNotFoundError",
     "TaskParkedError",
+    "TasksRefusedError",
     "UnknownJobError",
     "WorkerInfo",
     "WorkerSettings",

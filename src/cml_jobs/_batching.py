@@ -39,8 +39,9 @@ class Batcher(Generic[T]):
         self._pending.append((item, future))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush())
-        # The shield keeps a cancelled run from cancelling the flush that serves others.
-        return await asyncio.shield(future)
+        # A cancelled run cancels only its own future: the flush serves the others, and
+        # still records this item.
+        return await future
 
     async def _flush(self) -> None:
         while self._pending:

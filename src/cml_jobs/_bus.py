@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace as replace_fields
 from datetime import datetime
 from typing import Any
 
 from cml_jobs import _telemetry
+from cml_jobs._bulk import BulkScheduleResult, BulkWriter
 from cml_jobs._codec import DescriptorCodec
-from cml_jobs._descriptors import (
-    MAX_DESCRIPTOR_BYTES,
-    TaskDescriptor,
-)
+from cml_jobs._descriptors import MAX_DESCRIPTOR_BYTES, TaskDescriptor
 from cml_jobs._events import EventHub, EventKind, TaskEvent
 from cml_jobs._operations import Operations, _not_found
 from cml_jobs._registry import JobRegistry
-from cml_jobs._task_info import TaskInfo, count_by_state
+from cml_jobs._task_info import PLAIN, TaskInfo, count_by_state
 from cml_jobs._timing import Clock
 from cml_jobs._triggers import (
     describe_trigger,
@@ -28,11 +27,7 @@ from cml_jobs.exceptions import (
     InvalidTriggerError,
     PayloadTooLargeError,
 )
-from cml_jobs.stores._base import (
-    NewTask,
-    ScheduleStore,
-    TransactionalStore,
-)
+from cml_jobs.stores._base import NewTask, ScheduleStore, TransactionalStore
 
 __all__ = ["BackgroundTasksBus", "TaskInfo"]
 
@@ -63,10 +58,13 @@ class BackgroundTasksBus(Operations):
     ) -> None:
         self._store = store
         self._registry = registry
-        self._codec = codec or DescriptorCodec()
+        self._codec = codec or PLAIN
         self._clock = clock
         self._hub = hub
         self._on_scheduled = on_scheduled
+        self._bulk = BulkWriter(
+            store=store, hub=hub, clock=clock, prepare=self._prepare, on_scheduled=on_scheduled
+        )
 
     async def schedule_task(
         self, descriptor: TaskDescriptor, *, replace: bool = False, connection: Any = None
@@ -94,13 +92,10 @@ class BackgroundTasksBus(Operations):
             ConfigurationError: ``connection`` is given to a store that cannot use it.
         """
         store = self._store if connection is None else _within(self._store, connection)
-        self._registry.validate(descriptor)
-        now = self._clock.now()
-        due_at = self._first_due(descriptor, now)
-        encoded = self._encoded(descriptor)
+        task = self._prepare(descriptor, self._clock.now())
+        due_at = task.due_at
         with _telemetry.schedule_span(descriptor.name, descriptor.id) as trace_context:
-            ready = ready_at(descriptor, due_at)
-            task = NewTask(descriptor.id, encoded, due_at, ready, trace_context)
+            task = replace_fields(task, trace_context=trace_context)
             added = await store.add(task, replace=replace)
         if not added:  # the same task was already there: show it as it is
             return await self._info(store, descriptor.id)
@@ -108,6 +103,49 @@ class BackgroundTasksBus(Operations):
         # As the store keeps it (to the millisecond), without reading it back.
         next_run = due_at.replace(microsecond=due_at.microsecond // 1000 * 1000)
         return TaskInfo(descriptor.id, descriptor.name, descriptor, next_run)
+
+    async def schedule_tasks(
+        self,
+        descriptors: Iterable[TaskDescriptor],
+        *,
+        replace: bool = False,
+        batch_size: int = 1000,
+    ) -> BulkScheduleResult:
+        """Validate every descriptor, then schedule them ``batch_size`` per atomic store
+        call; a batch that holds a refused descriptor writes nothing, the others are
+        written. Tasks already scheduled with the same descriptor are left as they are.
+
+        Args:
+            descriptors: the tasks, each with its own id.
+            replace: replace different tasks that have the same ids.
+            batch_size: descriptors per store call.
+
+        Returns:
+            The ids scheduled and those already scheduled unchanged.
+
+        Raises:
+            TasksRefusedError: some were refused (invalid as for ``schedule_task``, an id
+                given twice, or without ``replace`` an id held by a different task); its
+                ``result`` names each with its error, and the valid ones held back.
+        """
+        return await self._bulk.schedule(list(descriptors), replace=replace, batch_size=batch_size)
+
+    async def cancel_tasks(
+        self, task_ids: Iterable[str], *, batch_size: int = 1000
+    ) -> dict[str, int | None]:
+        """Remove many tasks, ``batch_size`` per atomic store call (see ``cancel_task``).
+
+        Returns:
+            Per id, how many of its runs were under way; None for an id with no task.
+        """
+        return await self._bulk.cancel(list(task_ids), batch_size=batch_size)
+
+    def _prepare(self, descriptor: TaskDescriptor, now: datetime) -> NewTask:
+        """Check a descriptor and build the task the store adds (without trace context)."""
+        self._registry.validate(descriptor)
+        due_at = self._first_due(descriptor, now)
+        encoded = self._encoded(descriptor)
+        return NewTask(descriptor.id, encoded, due_at, ready_at(descriptor, due_at))
 
     def _encoded(self, descriptor: TaskDescriptor) -> str:
         encoded = self._codec.encode(descriptor)

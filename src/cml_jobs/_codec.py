@@ -31,18 +31,31 @@ _LARGEST_STORED = MAX_DESCRIPTOR_BYTES + 1024
 class DescriptorCodec:
     """Encodes descriptors for a store and decodes what a store holds.
 
-    Decoded descriptors are kept by their stored text in a bounded cache, so a recurrent
-    task is parsed once rather than on every occurrence (a replaced task has new text).
+    Decoded descriptors are kept by their stored text in a cache bounded by entries and
+    by bytes, so a recurrent task is parsed once rather than on every occurrence (a
+    replaced task has new text) while a worker's memory does not grow with the schedule.
 
     Args:
         signing_key: sign on the way in and check on the way out; None stores plain JSON.
-        cache_size: how many decoded descriptors are kept.
+        cache_size: the most decoded descriptors kept.
+        cache_bytes: about the most memory they take (the stored text plus an estimate
+            of the parsed model, ``ENTRY_OVERHEAD`` bytes each).
     """
 
-    def __init__(self, signing_key: str | bytes | None = None, *, cache_size: int = 4096) -> None:
+    #: What a parsed descriptor costs beyond its stored text (measured: ~1.5 KB).
+    ENTRY_OVERHEAD = 1536
+
+    def __init__(
+        self,
+        signing_key: str | bytes | None = None,
+        *,
+        cache_size: int = 2048,
+        cache_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._key = signing_key.encode() if isinstance(signing_key, str) else signing_key
         self._cache: OrderedDict[str, TaskDescriptor] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache_size, self._cache_bytes = cache_size, cache_bytes
+        self._cached_bytes = 0
 
     def __repr__(self) -> str:
         return f"DescriptorCodec(signed={self._key is not None})"  # never the key
@@ -65,8 +78,12 @@ class DescriptorCodec:
             return descriptor
         descriptor = parse_descriptor(self._opened(stored))
         self._cache[stored] = descriptor
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cached_bytes += len(stored) + self.ENTRY_OVERHEAD
+        while self._cache and (
+            len(self._cache) > self._cache_size or self._cached_bytes > self._cache_bytes
+        ):
+            evicted, _ = self._cache.popitem(last=False)
+            self._cached_bytes -= len(evicted) + self.ENTRY_OVERHEAD
         return descriptor
 
     def _opened(self, stored: str) -> str:

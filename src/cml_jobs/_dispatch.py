@@ -11,7 +11,6 @@ whoever wins, and the claim decides that the run starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -99,16 +98,19 @@ class Dispatcher:
         self._reclaim_after: datetime | None = None
         self._next_ready: datetime | None = None  # as of the last tick
         self._generation: str | None = None
+        self._sleeper: asyncio.Future[None] | None = None  # the sleep a wake cuts short
         self.on_refused: Callable[[str], None] | None = None  # a worker stops for good
 
     def wake(self) -> None:
         """Tick now: something earlier than the next known due time was scheduled."""
         self._wake.set()
+        if self._sleeper is not None:
+            self._sleeper.cancel()
 
     def slot_freed(self) -> None:
         """A run ended; tick now only if the last tick left due work for lack of room."""
         if self._starved:
-            self._wake.set()
+            self.wake()
 
     async def tick(self) -> TickReport:
         """Claim what is due now, as much as the sink has room for, and submit it."""
@@ -199,6 +201,14 @@ class Dispatcher:
         Store failures are logged and retried with backoff; only refused credentials (with
         ``on_refused`` set) end the loop.
         """
+        watch = asyncio.ensure_future(stopping.wait())  # one waiter for the loop's life
+        watch.add_done_callback(lambda _: self.wake())
+        try:
+            await self._loop(stopping)
+        finally:
+            watch.cancel()
+
+    async def _loop(self, stopping: asyncio.Event) -> None:
         backoff = 0.1
         while not stopping.is_set():
             try:
@@ -223,27 +233,24 @@ class Dispatcher:
     def _delay(self) -> float:
         # The last tick learnt when the next task is ready; a task scheduled since then
         # in this process wakes us, one scheduled elsewhere is seen within poll_interval.
+        # Waking a quarter of the lookahead early claims that task before it is due: the
+        # tick's round trips do not make it late.
         longest = self.poll_interval.total_seconds()
         if self._next_ready is None:
             return longest
-        wait = (self._next_ready - self.clock.now()).total_seconds()
+        wait = (self._next_ready - self.clock.now() - self.lookahead / 4).total_seconds()
         return min(max(wait, 0.0), longest)
 
     async def _sleep(self, seconds: float, stopping: asyncio.Event) -> None:
-        if self._wake.is_set():
+        if self._wake.is_set() or stopping.is_set():
             return
-        waits = [
-            asyncio.ensure_future(self.clock.sleep(seconds)),
-            asyncio.ensure_future(self._wake.wait()),
-            asyncio.ensure_future(stopping.wait()),
-        ]
+        # One future per sleep: ``wake`` (and ``stopping``, through it) cancels it.
+        self._sleeper = sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([sleeper])
         finally:
-            for waiter in waits:
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+            self._sleeper = None
+            sleeper.cancel()
 
 
 def _assignments(

@@ -71,26 +71,23 @@ class TaskEvent:
 
     def to_json(self) -> str:
         """The event as one JSON object (times as ISO 8601, the duration in seconds)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
 
-        def iso(at: datetime | None) -> str | None:
-            return at.isoformat() if at is not None else None
-
-        return json.dumps(
-            {
-                "kind": self.kind.value,
-                "task_id": self.task_id,
-                "job_name": self.job_name,
-                "at": iso(self.at),
-                "occurrence_at": iso(self.occurrence_at),
-                "attempt": self.attempt,
-                "duration": self.duration.total_seconds() if self.duration is not None else None,
-                "error": self.error,
-                "count": self.count,
-                "data": self.data,
-            },
-            separators=(",", ":"),
-            default=str,
-        )
+    def to_dict(self) -> dict[str, Any]:
+        """The fields ``to_json`` writes, as JSON-ready values."""
+        at, occurrence, duration = self.at, self.occurrence_at, self.duration
+        return {
+            "kind": self.kind.value,
+            "task_id": self.task_id,
+            "job_name": self.job_name,
+            "at": at.isoformat(),
+            "occurrence_at": occurrence.isoformat() if occurrence is not None else None,
+            "attempt": self.attempt,
+            "duration": duration.total_seconds() if duration is not None else None,
+            "error": self.error,
+            "count": self.count,
+            "data": self.data,
+        }
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> TaskEvent:
@@ -165,6 +162,8 @@ class EventHub:
                 callback(event)
             except Exception:
                 logger.exception("event observer %r failed on %s", callback, event.kind.value)
+        if not self._iterators:  # most processes have no iterator: skip the weak set's copy
+            return
         for iterator in list(self._iterators):
             if not iterator.offer(event):
                 self.dropped += 1

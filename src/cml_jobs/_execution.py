@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Assignment", "Executor"]
 
 logger = logging.getLogger("cml_jobs.runs")
+_NO_TIME = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,8 @@ class Executor:
         assert task is not None
         self._active[run.fence] = (run, task)
         try:
-            if not run.extra:  # claimed within the lookahead: start at its time
-                early = -lateness(assignment.descriptor, run.occurrence_at, self.clock.now())
+            early = -lateness(assignment.descriptor, run.occurrence_at, self.clock.now())
+            if not run.extra and early > _NO_TIME:  # claimed early: start at its time
                 await self.clock.sleep(early.total_seconds())
             await self._run(assignment)
         except asyncio.CancelledError:
@@ -186,8 +187,10 @@ class Executor:
                         EventKind.STARTED, run, name, data=self._reporter.data(descriptor)
                     )
                 body = job.run_every if isinstance(job, RecurrentBackgroundJob) else job.run_at  # type: ignore[attr-defined]
-                timeout = descriptor.timeout.total_seconds() if descriptor.timeout else None
-                await asyncio.wait_for(body(), timeout)
+                if descriptor.timeout is None:
+                    await body()
+                else:
+                    await asyncio.wait_for(body(), descriptor.timeout.total_seconds())
                 return _Result(Outcome.SUCCEEDED, attempt=attempt)
             except StopRecurrence as stop:
                 return _Result(Outcome.STOPPED, stop, attempt)

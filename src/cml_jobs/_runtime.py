@@ -38,8 +38,8 @@ logger = logging.getLogger("cml_jobs")
 # A worker claims what falls due in the next few ms in one tick, and records the runs
 # that end within a few ms in one call: far fewer round trips when runs are frequent,
 # at no cost to punctuality (each run still starts at its own time).
-LOOKAHEAD = timedelta(milliseconds=5)
-FINISH_WINDOW = timedelta(milliseconds=5)
+LOOKAHEAD = timedelta(milliseconds=20)
+FINISH_WINDOW = timedelta(milliseconds=20)
 
 
 @dataclass(frozen=True)

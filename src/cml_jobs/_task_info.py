@@ -11,7 +11,10 @@ from cml_jobs._descriptors import TaskDescriptor
 from cml_jobs.exceptions import InvalidDescriptorError
 from cml_jobs.stores._base import Outcome, TaskState
 
-__all__ = ["TaskInfo", "count_by_state"]
+__all__ = ["PLAIN", "TaskInfo", "count_by_state"]
+
+#: Descriptors as plain JSON, without a signing key.
+PLAIN = DescriptorCodec()
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class TaskInfo:
     def from_state(cls, state: TaskState, codec: DescriptorCodec | None = None) -> TaskInfo:
         """Build from the store's record, read with ``codec`` (plain JSON by default)."""
         try:
-            descriptor: TaskDescriptor | None = (codec or _PLAIN).decode(state.descriptor_json)
+            descriptor: TaskDescriptor | None = (codec or PLAIN).decode(state.descriptor_json)
         except InvalidDescriptorError:
             descriptor = None
         live = not state.paused and state.parked_reason is None and state.ended_at is None
@@ -73,9 +76,6 @@ class TaskInfo:
             note=state.note,
             ended_at=state.ended_at,
         )
-
-
-_PLAIN = DescriptorCodec()
 
 
 def count_by_state(tasks: list[TaskInfo]) -> dict[str, int]:

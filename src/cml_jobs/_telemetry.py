@@ -7,13 +7,14 @@ attributes never carry a task id (unbounded cardinality); spans do.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, ProxyTracerProvider, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from cml_jobs._outcome import Outcome
@@ -24,6 +25,7 @@ __all__ = [
     "record_outcome",
     "record_retry",
     "run_span",
+    "schedule_batch_span",
     "schedule_span",
     "set_task_counts",
 ]
@@ -84,8 +86,25 @@ _meter.create_observable_gauge(
 )
 
 
+# Metric attributes are built once per job name, outcome and error type (bounded by the
+# registry and the code), not on every run; OpenTelemetry only reads them.
+@functools.lru_cache(maxsize=1024)
 def _job(job_name: str) -> dict[str, str]:
     return {SYSTEM: SYSTEM_NAME, DESTINATION: job_name}
+
+
+@functools.lru_cache(maxsize=1024)
+def _outcome_attributes(job_name: str, outcome: Outcome, error_type: str | None) -> dict[str, str]:
+    attributes = {**_job(job_name), OUTCOME: outcome.value}
+    if error_type:
+        attributes[ERROR_TYPE] = error_type
+    return attributes
+
+
+def _tracing() -> bool:
+    """Whether an app installed a tracer provider (until then every span is a no-op, and
+    a run skips building one). Asked on every run: a provider set later is used at once."""
+    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
 
 
 def record_outcome(
@@ -97,9 +116,7 @@ def record_outcome(
     error_type: str | None = None,
 ) -> None:
     """Count ``count`` occurrences that ended with ``outcome``; time the run if it ran."""
-    attributes = {**_job(job_name), OUTCOME: outcome.value}
-    if error_type:
-        attributes[ERROR_TYPE] = error_type
+    attributes = _outcome_attributes(job_name, outcome, error_type)
     _outcomes.add(count, attributes)
     if duration is not None:
         _duration.record(duration.total_seconds(), attributes)
@@ -124,7 +141,7 @@ def record_store_reset() -> None:
 
 def record_retry(job_name: str, error_type: str | None = None) -> None:
     """Count one retry of a failed run."""
-    attributes = _job(job_name)
+    attributes = dict(_job(job_name))
     if error_type:
         attributes[ERROR_TYPE] = error_type
     _retries.add(1, attributes)
@@ -154,6 +171,24 @@ def schedule_span(job_name: str, task_id: str) -> Iterator[str | None]:
         yield carrier.get("traceparent")
 
 
+@contextmanager
+def schedule_batch_span(count: int) -> Iterator[str | None]:
+    """A producer span around scheduling ``count`` tasks in one store call; yields its
+    ``traceparent`` (or None), which is stored with each of them."""
+    attributes: dict[str, str | int] = {
+        SYSTEM: SYSTEM_NAME,
+        "messaging.operation.name": "create",
+        "messaging.operation.type": "create",
+        "messaging.batch.message_count": count,
+    }
+    with _tracer.start_as_current_span(
+        "create tasks", kind=SpanKind.PRODUCER, attributes=attributes
+    ):
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)
+        yield carrier.get("traceparent")
+
+
 def _links(trace_context: str | None) -> list[Link]:
     if not trace_context:
         return []
@@ -169,6 +204,22 @@ def run_span(
     """A consumer span around one run: the root of a new trace, linked to the span that
     scheduled the task (``trace_context``), so a recurrence never grows one endless trace.
     Active runs are counted meanwhile."""
+    job = _job(job_name)
+    _active.add(1, job)
+    try:
+        if not _tracing():
+            yield trace.INVALID_SPAN
+            return
+        with _run_span(job_name, task_id, attempt, trace_context) as span:
+            yield span
+    finally:
+        _active.add(-1, job)
+
+
+@contextmanager
+def _run_span(
+    job_name: str, task_id: str, attempt: int, trace_context: str | None
+) -> Iterator[Span]:
     attributes: dict[str, str | int] = {
         **_job(job_name),
         "messaging.operation.name": "process",
@@ -176,20 +227,16 @@ def run_span(
         "cml_jobs.task.id": task_id,
         "cml_jobs.run.attempt": attempt,
     }
-    _active.add(1, _job(job_name))
-    try:
-        with _tracer.start_as_current_span(
-            f"process {job_name}",
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=_links(trace_context),
-            context=trace.set_span_in_context(trace.INVALID_SPAN),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            yield span
-    finally:
-        _active.add(-1, _job(job_name))
+    with _tracer.start_as_current_span(
+        f"process {job_name}",
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=_links(trace_context),
+        context=trace.set_span_in_context(trace.INVALID_SPAN),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
 
 
 def mark_failed(span: Span, error: BaseException) -> None:

@@ -12,6 +12,7 @@ Our exception hierarchy::
     │   │   └── PayloadTooLargeError . a descriptor above the size limit
     │   ├── TaskExistsError .......... a task with that id exists and replace=False
     │   ├── TaskParkedError .......... the task is parked: unpark it before running it
+    │   ├── TasksRefusedError ........ (also ValueError) schedule_tasks refused some descriptors
     │   └── ServiceNotFoundError ..... (also LookupError) get_required_service found no provider,
     │                                  or several
     ├── TaskNotFoundError ............ (also LookupError) no task with that id
@@ -23,6 +24,11 @@ Every message names the bad value and says what to do about it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cml_jobs._bulk import BulkScheduleResult
 
 __all__ = [
     "CmlJobsError",
@@ -39,6 +45,7 @@ __all__ = [
     "TaskExistsError",
     "TaskNotFoundError",
     "TaskParkedError",
+    "TasksRefusedError",
     "UnknownJobError",
 ]
 
@@ -81,6 +88,19 @@ class TaskExistsError(ConfigurationError):
 
 class TaskParkedError(ConfigurationError):
     """The task is parked (its descriptor could not run); ``unpark_task`` it first."""
+
+
+class TasksRefusedError(ConfigurationError, ValueError):
+    """``schedule_tasks`` refused some descriptors; the batches that held them wrote nothing.
+
+    Attributes:
+        result: what was done with every descriptor: ``result.refused`` maps each refused
+            id to its error, ``result.held_back`` lists the valid ids of those batches.
+    """
+
+    def __init__(self, message: str, result: BulkScheduleResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class ServiceNotFoundError(ConfigurationError, LookupError):

@@ -28,6 +28,7 @@ from cml_jobs.stores._base import (
     TransactionalStore,
     WakeupSource,
 )
+from cml_jobs.stores._bulk import AddResult, BulkScheduleStore
 from cml_jobs.stores._ops import OperationsStore, RunRecord, WorkerInfo
 from cml_jobs.stores.memory import InMemoryScheduleStore
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from cml_jobs.stores.redis import RedisScheduleStore
 
 __all__ = [
+    "AddResult",
+    "BulkScheduleStore",
     "ClaimResult",
     "ClaimStatus",
     "ClaimedRun",

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from cml_jobs.stores._bulk import AddResult
 from cml_jobs.stores._records import (
     ClaimedRun,
     ClaimResult,
@@ -19,12 +20,15 @@ from cml_jobs.stores._records import (
     Decision,
     DueTask,
     Finish,
+    NewTask,
     Outcome,
     Run,
     TaskState,
 )
 
 __all__ = [
+    "add_args",
+    "add_result",
     "claim_result",
     "decision_args",
     "due_tasks",
@@ -36,6 +40,7 @@ __all__ = [
     "opt_ms",
     "pairs",
     "reissued",
+    "removed",
     "task_state",
     "text",
 ]
@@ -119,6 +124,35 @@ def task_state(task_id: str, fields: Mapping[str, str]) -> TaskState:
         ended_at=at("ended_at"),
         expires_at=at("expires"),
     )
+
+
+def add_args(task: NewTask, replace: bool, history_prefix: str) -> list[str]:
+    """The ADD script's arguments for one task: id, descriptor, due, ready, replace, trace,
+    history key."""
+    if "|" in task.task_id:
+        raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
+    flag, trace = "1" if replace else "0", task.trace_context or ""
+    times = [ms(task.due_at), ms(task.ready_at)]
+    history = history_prefix + task.task_id
+    return [task.task_id, task.descriptor_json, *times, flag, trace, history]
+
+
+_ADDED = {1: AddResult.WRITTEN, 0: AddResult.UNCHANGED, -1: AddResult.CONFLICT}
+
+
+def add_result(code: object) -> AddResult:
+    """What the ADD script's answer (1, 0 or -1) says; anything else is the store's error."""
+    if isinstance(code, Exception):
+        raise code
+    return _ADDED[int(text(code))]
+
+
+def removed(count: object) -> int | None:
+    """What the REMOVE script's answer says: runs under way, or None for no task."""
+    if isinstance(count, Exception):
+        raise count
+    n = int(text(count))
+    return None if n < 0 else n
 
 
 def fence_pairs(runs: Sequence[Run]) -> list[str]:

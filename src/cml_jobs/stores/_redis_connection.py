@@ -7,9 +7,10 @@ the Redis store's clients, the worker's lease heartbeat and health check, and (t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -39,6 +40,7 @@ __all__ = [
     "retry_options",
     "store_error",
     "tls_options",
+    "translated",
 ]
 
 # The worker's logger: a worker waiting for Redis is what operators watch this log for.
@@ -130,6 +132,23 @@ def store_error(error: RedisError, connection: Mapping[str, Any], command: str) 
             "workers) points to it"
         )
     return None
+
+
+@contextlib.contextmanager
+def translated(client: redis.asyncio.Redis, command: str) -> Iterator[None]:
+    """Raise what ``store_error`` makes of a Redis error met by ``command`` on ``client``;
+    an error it does not translate is raised as it is."""
+    try:
+        yield
+    except RedisError as exc:
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        if hasattr(pool, "service_name"):  # redis+sentinel://
+            kwargs["where"] = f"the primary of Sentinel service {pool.service_name!r}"
+        error = store_error(exc, kwargs, command)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _where(connection: Mapping[str, Any]) -> str:

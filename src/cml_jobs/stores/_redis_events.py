@@ -37,10 +37,9 @@ __all__ = ["EventPublisher", "EventStream", "StreamEntry", "publish_events", "st
 
 logger = logging.getLogger("cml_jobs.events")
 
-#: Entries the stream keeps (approximately: Redis trims whole macro-nodes); an entry holds
-#: the events one flush wrote, from one to a few hundred.
+#: Entries kept (approximately: Redis trims whole macro-nodes), each one flush's events.
 DEFAULT_MAXLEN = 10_000
-_BATCH = 500
+_BATCH = 2000  # events per entry: enough to keep up with bulk scheduling
 
 
 def stream_key(prefix: str) -> str:
@@ -77,7 +76,8 @@ class EventPublisher:
         self.key = stream_key(prefix)
         self.maxlen = maxlen
         self.linger = linger
-        self._pending: deque[str] = deque(maxlen=buffer)
+        # Encoded at flush time, one json.dumps per entry (none on a run's path).
+        self._pending: deque[TaskEvent] = deque(maxlen=buffer)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set: everything published has been written
@@ -89,7 +89,7 @@ class EventPublisher:
         """Queue ``event`` for the stream (an ``EventHub`` callback)."""
         if len(self._pending) == self._pending.maxlen:
             self.dropped += 1
-        self._pending.append(event.to_json())
+        self._pending.append(event)
         self._idle.clear()
         self._ready.set()
 
@@ -132,7 +132,8 @@ class EventPublisher:
     async def _flush(self) -> None:
         while self._pending:
             batch = [self._pending.popleft() for _ in range(min(len(self._pending), _BATCH))]
-            entry: dict[Any, Any] = {"events": "[" + ",".join(batch) + "]"}
+            events = json.dumps([e.to_dict() for e in batch], separators=(",", ":"), default=str)
+            entry: dict[Any, Any] = {"events": events}
             try:
                 await self._client.xadd(self.key, entry, maxlen=self.maxlen, approximate=True)
             except BaseException:

@@ -11,7 +11,6 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from cml_jobs.exceptions import TaskExistsError
 from cml_jobs.stores._base import (
     ClaimedRun,
     ClaimResult,
@@ -25,6 +24,7 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
+from cml_jobs.stores._bulk import AddResult, task_exists
 from cml_jobs.stores._memory_ops import MemoryOperations, Task, ms
 from cml_jobs.stores._memory_ops import _schedule as schedule
 from cml_jobs.stores._ops import (
@@ -38,7 +38,7 @@ __all__ = ["InMemoryScheduleStore"]
 
 
 class InMemoryScheduleStore(MemoryOperations):
-    """A ``ScheduleStore`` and ``OperationsStore`` in plain dicts.
+    """A ``ScheduleStore``, ``OperationsStore`` and ``BulkScheduleStore`` in plain dicts.
 
     Args:
         history_size: runs kept per task in its history.
@@ -64,16 +64,24 @@ class InMemoryScheduleStore(MemoryOperations):
     # -- tasks -------------------------------------------------------------------------
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
+        result = self._add(task, replace)
+        if result is AddResult.CONFLICT:
+            raise task_exists(task.task_id)
+        return result is AddResult.WRITTEN
+
+    async def add_many(
+        self, tasks: Sequence[NewTask], *, replace: bool
+    ) -> builtins.list[AddResult]:
+        return [self._add(task, replace) for task in tasks]
+
+    def _add(self, task: NewTask, replace: bool) -> AddResult:
         existing = self._tasks.get(task.task_id)
         if existing is not None and existing.ended_at is not None:
             existing = None  # an ended task is only kept to be seen: a new one replaces it
         if existing is not None and existing.descriptor_json == task.descriptor_json:
-            return False
+            return AddResult.UNCHANGED
         if existing is not None and not replace:
-            raise TaskExistsError(
-                f"a different task with id {task.task_id!r} is already scheduled; "
-                "pass replace=True to replace it, or cancel it first"
-            )
+            return AddResult.CONFLICT
         self._drop(task.task_id)
         self._tasks[task.task_id] = Task(
             descriptor_json=task.descriptor_json,
@@ -81,7 +89,7 @@ class InMemoryScheduleStore(MemoryOperations):
             ready_at=ms(task.ready_at),
             trace_context=task.trace_context,
         )
-        return True
+        return AddResult.WRITTEN
 
     async def remove(self, task_id: str) -> int | None:
         task = self._tasks.get(task_id)
@@ -91,6 +99,9 @@ class InMemoryScheduleStore(MemoryOperations):
         self._drop(task_id)
         self._history.pop(task_id, None)
         return under_way
+
+    async def remove_many(self, task_ids: Sequence[str]) -> builtins.list[int | None]:
+        return [await self.remove(task_id) for task_id in task_ids]
 
     async def get(self, task_id: str) -> TaskState | None:
         task = self._tasks.get(task_id)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,9 +49,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
-from cml_jobs.exceptions import TaskExistsError
 from cml_jobs.stores._base import (
     ClaimedRun,
     ClaimResult,
@@ -62,9 +60,12 @@ from cml_jobs.stores._base import (
     Run,
     TaskState,
 )
+from cml_jobs.stores._bulk import task_exists
 from cml_jobs.stores._ops import DEFAULT_HISTORY_RETENTION, DEFAULT_HISTORY_SIZE
+from cml_jobs.stores._redis_bulk import RedisBulk
 from cml_jobs.stores._redis_checks import CHECKS
 from cml_jobs.stores._redis_codec import (
+    add_args,
     claim_result,
     decision_args,
     due_tasks,
@@ -85,8 +86,8 @@ from cml_jobs.stores._redis_connection import (
     connection_options,
     redis_client,
     retry_options,
-    store_error,
     tls_options,
+    translated,
 )
 from cml_jobs.stores._redis_events import publish_events
 from cml_jobs.stores._redis_inspect import damaged_keys
@@ -118,14 +119,15 @@ __all__ = [
     "tls_options",
 ]
 
+
 # An app's calls fail after this many retries with StoreUnavailableError, unlike a
 # worker's, which wait for Redis for as long as it takes.
 _APP_RETRIES = 3
 
 
-class RedisScheduleStore(RedisOperations):
-    """A ``ScheduleStore`` and ``OperationsStore`` on Redis, shared by every process that
-    uses the same prefix.
+class RedisScheduleStore(RedisOperations, RedisBulk):
+    """A ``ScheduleStore``, ``OperationsStore`` and ``BulkScheduleStore`` on Redis, shared by
+    every process that uses the same prefix.
 
     Args:
         redis: any ``redis.asyncio.Redis`` (arq's ``ArqRedis`` included), with or
@@ -160,6 +162,7 @@ class RedisScheduleStore(RedisOperations):
         self._extend = script(checked + EXTEND)
         self._finish = script(checked + OPS_LIB + FINISH)
         self._register_ops(checked)
+        self._register_bulk(checked)
         # How a refused script is named to the operator ("EVALSHA (claim)").
         self._names = {id(s): n.strip("_") for n, s in vars(self).items() if n != "_redis"}
 
@@ -169,20 +172,9 @@ class RedisScheduleStore(RedisOperations):
         return self._redis
 
     async def add(self, task: NewTask, *, replace: bool) -> bool:
-        if "|" in task.task_id:
-            raise ValueError(f"task id {task.task_id!r} contains '|', which the store reserves")
-        times = (ms(task.due_at), ms(task.ready_at))
-        replacing = "1" if replace else "0"
-        trace = task.trace_context or ""
-        history = self._history_prefix + task.task_id
-        written = await self._call(
-            self._add, task.task_id, task.descriptor_json, *times, replacing, trace, history
-        )
+        written = await self._call(self._add, *add_args(task, replace, self._history_prefix))
         if written == -1:
-            raise TaskExistsError(
-                f"a different task with id {task.task_id!r} is already scheduled; "
-                "pass replace=True to replace it, or cancel it first"
-            )
+            raise task_exists(task.task_id)
         return bool(written)
 
     async def remove(self, task_id: str) -> int | None:
@@ -267,19 +259,8 @@ class RedisScheduleStore(RedisOperations):
         with self._translated(f"EVALSHA ({self._names.get(id(script), 'a script')})"):
             return await script(keys=self._keys, args=[self._task_prefix, *args])
 
-    @contextlib.contextmanager
-    def _translated(self, command: str = "a command") -> Iterator[None]:
-        try:
-            yield
-        except RedisError as exc:
-            pool = self._redis.connection_pool
-            kwargs = dict(pool.connection_kwargs)
-            if hasattr(pool, "service_name"):  # redis+sentinel://
-                kwargs["where"] = f"the primary of Sentinel service {pool.service_name!r}"
-            translated = store_error(exc, kwargs, command)
-            if translated is None:
-                raise
-            raise translated from exc
+    def _translated(self, command: str = "a command") -> contextlib.AbstractContextManager[None]:
+        return translated(self._redis, command)
 
 
 @contextlib.asynccontextmanager

@@ -315,3 +315,37 @@ def test_a_worker_without_a_container_does_not_load_dependency_injector() -> Non
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == ["False"]
+
+
+MAX_MODULE_LINES = 300
+MAX_FUNCTION_LINES = 40
+
+
+def _too_long(root: Path) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text()
+        name = path.relative_to(root.parent).as_posix()
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{name}:{node.lineno} {node.name}(): {length} lines")
+    return found
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """Every module of the package is at most 300 lines and every function at most 40
+    (STYLE.md): past that, split along the data flow."""
+    assert _too_long(PACKAGE) == []
+
+
+def test_the_size_rule_catches_a_long_function(tmp_path: Path) -> None:
+    """A function of 41 lines is reported, with its module and line."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(40))
+    (package / "m.py").write_text(f"def long():\n{body}\n")
+    assert _too_long(package) == ["pkg/m.py:1 long(): 41 lines"]

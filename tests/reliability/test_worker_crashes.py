@@ -303,7 +303,12 @@ async def test_three_rolling_restarts_in_a_row_do_not_use_up_a_runs_attempts(
         [record] = await last.until(
             lambda: last.records(redis_client), "the run finished on the 4th worker"
         )
-        task = await app.bus.get_task("rolling")
+
+        async def ended() -> TaskInfo | None:  # the job's record comes before its outcome
+            task = await app.bus.get_task("rolling")
+            return task if task.last_outcome is not None else None
+
+        task = await last.until(ended, "the run's outcome recorded")
     starts = await last.starts(redis_client)
     assert [start["attempt"] for start in starts] == [1, 1, 1, 1]
     assert [start["pid"] for start in starts][:3] == stopped

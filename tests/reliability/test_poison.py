@@ -191,10 +191,16 @@ def _assert_the_stream_reader_saw_every_run(seen: Observed) -> None:
         if event.kind is EventKind.SUCCEEDED and event.occurrence_at is not None:
             succeeded.setdefault(event.task_id, []).append(to_ms(event.occurrence_at))
     finished = Counter((r["task"], r["occurrence"]) for r in seen.finished)
+    late_by_cancel = 0
     for i in range(HEALTHY):
         task_id = f"ok-{i:03}"
-        ran = sorted(o for t, o in finished if t == task_id)  # not the runs cancelled at the end
-        assert succeeded[task_id] == ran, task_id
+        ran = sorted(o for t, o in finished if t == task_id)
+        # A job writes its record when its body ends, before its (batched) finish: a task
+        # cancelled at the end in between keeps that last record without an outcome, and
+        # so without an event. Any other run missing from the stream is a lost event.
+        assert succeeded[task_id] in (ran, ran[:-1]), task_id
+        late_by_cancel += succeeded[task_id] != ran
+    print(f"{late_by_cancel} task(s) cancelled between their last body and its finish")
 
 
 async def _rest(stream: EventStream, after: str) -> list[StreamEntry]:

@@ -137,6 +137,13 @@ async def test_redis_outage_mid_run_loses_no_worker_and_records_each_occurrence_
     assert after == list(range(min(after), max(after) + 1, INTERVAL_MS)), "a gap after resuming"
     gap = (min(after) - max(before)) // INTERVAL_MS - 1
     assert gap >= 4, f"only {gap} occurrences fell in a 7 s outage"
-    assert steady.counts.get(Outcome.MISSED.value) == gap, f"missed not recorded: {steady.counts}"
+    # Each occurrence of the outage is recorded missed, or skipped when it came due while
+    # the run Redis cut off still held the task's one slot (max_instances=1) and was not
+    # yet re-issued.
+    in_gap = steady.counts.get(Outcome.MISSED.value, 0) + steady.counts.get(
+        Outcome.SKIPPED.value, 0
+    )
+    assert in_gap == gap, f"missed not recorded: {steady.counts}"
+    assert steady.counts.get(Outcome.MISSED.value, 0) >= gap - 1, steady.counts
     assert steady.counts.get(Outcome.SUCCEEDED.value, 0) >= len(runs) - 1, steady.counts
     assert Outcome.FAILED.value not in steady.counts, f"a run failed: {steady.counts}"

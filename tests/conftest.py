@@ -18,6 +18,7 @@ from cml_jobs.stores._base import ScheduleStore
 from cml_jobs.stores.memory import InMemoryScheduleStore
 from cml_jobs.stores.postgres import PostgresScheduleStore, open_postgres_store
 from cml_jobs.stores.redis import RedisScheduleStore
+from tests.ci import unavailable
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -29,19 +30,12 @@ def redis_url() -> str:
     return os.environ.get("CML_JOBS_TEST_REDIS_URL", DEFAULT_REDIS_URL)
 
 
-def _redis_unreachable(url: str, exc: Exception) -> None:
-    _unreachable(
+def _redisunavailable(url: str, exc: Exception) -> None:
+    unavailable(
         f"Redis at {url!r} is unreachable ({exc}); start one "
         "(redis-server --port 6379 --save '' --appendonly no) "
         "or point CML_JOBS_TEST_REDIS_URL at one"
     )
-
-
-def _unreachable(message: str) -> None:
-    # CI must exercise every store, so a missing server there is a failure, not a skip.
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +53,7 @@ async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
     try:
         conn = await asyncpg.connect(postgres_server_url, timeout=5)
     except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
-        _unreachable(
+        unavailable(
             f"PostgreSQL at {postgres_server_url!r} is unreachable ({exc!r}); start one "
             "(make postgres checks it) or point CML_JOBS_TEST_POSTGRES_URL at one"
         )
@@ -87,7 +81,7 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
         await client.ping()
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         await client.aclose()
-        _redis_unreachable(redis_url, exc)
+        _redisunavailable(redis_url, exc)
     yield client
     await client.aclose()
 

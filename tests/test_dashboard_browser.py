@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from cml_jobs._descriptors import encode_descriptor
 from cml_jobs.stores import NewTask
 from cml_jobs.stores.redis import RedisScheduleStore
 from cml_jobs.web import dashboard
+from tests.ci import unavailable
 
 pytestmark = pytest.mark.redis
 
@@ -43,10 +43,7 @@ def _free_port() -> int:
 async def browser() -> AsyncIterator[Any]:
     """Headless chromium; under CI=true a missing browser fails the test (make browser)."""
     if not shutil.which(CHROMIUM):
-        message = f"{CHROMIUM} is missing; run `make browser` (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable(f"{CHROMIUM} is missing; run `make browser` (apt-get install chromium)")
     from playwright.async_api import async_playwright, expect
 
     expect.set_options(timeout=DEADLINE_MS)

@@ -36,6 +36,7 @@ from cml_jobs import (
 from cml_jobs._migrate._load import redis_connect_args
 from cml_jobs.cli import main as cli
 from cml_jobs.cli._migrate import migrate_group
+from tests.ci import unavailable
 
 APP = "tests.fixtures.apscheduler_app"
 MAPS = [
@@ -80,9 +81,7 @@ def source(request: pytest.FixtureRequest) -> Iterator[Source]:
         engine.connect().close()
     except Exception as exc:
         engine.dispose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL!r} is unreachable: {exc}")
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL!r} is unreachable: {exc}")
+        unavailable(f"PostgreSQL at {POSTGRES_URL!r} is unreachable: {exc}")
     store = SQLAlchemyJobStore(engine=engine, tablename=table)
     yield Source(store, [f"--sqlalchemy-url={POSTGRES_URL}", f"--tablename={table}"])
     store.jobs_t.drop(engine, checkfirst=True)

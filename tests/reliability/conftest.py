@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -25,20 +25,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cml_jobs import BackgroundTaskScheduler
+from tests.ci import unavailable
 from tests.workers import WorkerFleet
 
 INTERVAL_MS = 1000
 PREFIX = "rel:"
 #: The oldest Redis cml-jobs supports (ACL users, TLS); any newer one is recognised.
 MIN_REDIS = (6, 0)
-
-
-def unavailable(message: str) -> NoReturn:
-    """A tool the test needs is missing: a failure under ``CI=true`` (.ci/run installs
-    everything these tests need), a skip on a developer's machine."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: .ci/run should have provided it)", pytrace=False)
-    pytest.skip(message)
 
 
 def redis_server_version() -> tuple[int, ...] | None:
